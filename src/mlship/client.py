@@ -1,0 +1,124 @@
+"""`mlship predict`: read rows from JSON or CSV and send them to a server (or a local model)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlship.contract import Feature
+from mlship.errors import ClientError
+
+
+def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[dict[str, Any]]:
+    """Instances from a .csv (header row) or .json file (an object, a list, or {instances: [...]}).
+
+    ``-`` reads JSON from standard input is handled by the caller passing the text as a Path-less str.
+    CSV cells are converted with the input schema when known, else guessed (int, float, text).
+    """
+    text = Path(source).read_text(encoding="utf-8") if isinstance(source, Path) else source
+    name = source.name if isinstance(source, Path) else "input"
+    if isinstance(source, Path) and source.suffix.lower() == ".csv":
+        return _csv_rows(text, features, name)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"{name} is not valid JSON: {exc}.",
+                          fix="Give a .csv file with a header row, or JSON instances.") from None
+    if isinstance(data, dict) and "instances" in data:
+        data = data["instances"]
+    rows = data if isinstance(data, list) else [data]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise ClientError(f"{name}: expected an object of features or a list of them.")
+    return rows
+
+
+def _csv_rows(text: str, features: dict[str, Feature] | None, name: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for line, raw in enumerate(reader, start=2):
+        row: dict[str, Any] = {}
+        for key, cell in raw.items():
+            if key is None:
+                raise ClientError(f"{name}:{line}: more cells than header columns.")
+            row[key] = _convert(cell, features.get(key) if features else None, f"{name}:{line} {key}")
+        rows.append(row)
+    if not rows:
+        raise ClientError(f"{name} has no data rows.", fix="Add rows under the header line.")
+    return rows
+
+
+def _convert(cell: str | None, feature: Feature | None, where: str) -> Any:
+    cell = (cell or "").strip()
+    kind = feature.type if feature else None
+    if kind == "str":
+        return cell
+    if kind == "bool" or (kind is None and cell.lower() in ("true", "false")):
+        if cell.lower() in ("true", "1", "yes"):
+            return True
+        if cell.lower() in ("false", "0", "no"):
+            return False
+        raise ClientError(f"{where}: expected true/false, got {cell!r}.")
+    for convert in ((int,) if kind == "int" else (int, float)):
+        try:
+            return convert(cell)
+        except ValueError:
+            continue
+    if kind in ("int", "float"):
+        raise ClientError(f"{where}: expected a number, got {cell!r}.")
+    return cell
+
+
+def post_json(url: str, body: Any, api_key: str | None = None, timeout: float = 60.0) -> Any:
+    """POST JSON and return the decoded reply; HTTP errors become ClientError with the server's message."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    return _open(req, timeout)
+
+
+def get_json(url: str, api_key: str | None = None, timeout: float = 10.0) -> Any:
+    req = urllib.request.Request(url, method="GET")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    return _open(req, timeout)
+
+
+def _open(req: urllib.request.Request, timeout: float) -> Any:
+    if not req.full_url.startswith(("http://", "https://")):
+        raise ClientError(f"Not an http(s) URL: {req.full_url}.", fix="Use e.g. http://127.0.0.1:8080.")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise ClientError(_http_error(exc), fix=_http_fix(exc.code)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ClientError(f"Cannot reach {req.full_url}: {reason}.",
+                          fix="Check the URL and that the server is running (`mlship serve`).") from None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        payload = json.loads(exc.read())
+    except (ValueError, OSError):
+        return f"{exc.url} answered HTTP {exc.code}."
+    text = f"{exc.url} answered HTTP {exc.code}: {payload.get('message', payload)}"
+    for item in payload.get("detail", [])[:10]:
+        loc = ".".join(str(p) for p in item.get("loc", []))
+        text += f"\n  {loc}: {item.get('msg')} (expected {item.get('expected')}, got {item.get('got')})"
+    return text
+
+
+def _http_fix(code: int) -> str | None:
+    return {
+        401: "Pass the key with --api-key or $MLSHIP_API_KEY.",
+        413: "Send fewer rows per request (--batch-size).",
+        422: "Fix the listed fields; `mlship info` or GET /metadata shows the input schema.",
+        503: "The server is loading or overloaded; retry in a moment.",
+    }.get(code)

@@ -1,0 +1,136 @@
+"""`mlship init`: inspect an artifact and write a working mlship.yaml (and a MODEL.md stub)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlship import plugins
+from mlship.contract import Contract
+from mlship.contract_io import CONTRACT_FILE, Project
+from mlship.errors import ArtifactError, ContractError
+from mlship.runtimes.base import ArtifactInfo, Runtime
+
+MODEL_CARD = """# {name}
+
+What the model predicts, for whom, and how it was trained.
+
+- Training data:
+- Hyper-parameters:
+- Metrics:
+- Caveats and known failure modes:
+"""
+
+
+@dataclass
+class InitResult:
+    contract_path: Path
+    contract: Contract
+    info: ArtifactInfo
+    created: list[Path] = field(default_factory=list)
+
+
+def detect_runtime(artifact: Path) -> str:
+    """The first registered runtime that claims the artifact's file type."""
+    for name in plugins.available("runtime"):
+        cls: type[Runtime] = plugins.get_runtime(name)
+        if cls.can_load(artifact):
+            return name
+    kinds = ", ".join(sorted(plugins.available("runtime")))
+    raise ArtifactError(
+        f"No runtime recognises {artifact.name}.",
+        why=f"Installed runtimes: {kinds}. The sklearn runtime reads .joblib/.pkl/.pickle files.",
+        fix="Pass --runtime NAME, or save the model in a supported format (joblib.dump(model, 'model.joblib')).",
+    )
+
+
+def service_name(artifact: Path) -> str:
+    """A DNS-safe service name from the artifact's file name."""
+    name = re.sub(r"[^a-z0-9-]+", "-", artifact.stem.lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if not name or not name[0].isalpha():
+        name = f"model-{name}".rstrip("-")
+    return name[:63].rstrip("-")
+
+
+def read_sample(path: Path, features: list[str]) -> dict[str, Any]:
+    """The first row of a CSV (with a header) or the first object of a JSON file."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            row = next(csv.DictReader(fh), None)
+        if row is None:
+            raise ContractError(f"{path} has no data rows.", fix="Give a CSV with a header and one row.")
+        return {k: _number(v) for k, v in row.items() if k in features}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "instances" in data:
+        data = data["instances"]
+    return dict(data[0] if isinstance(data, list) else data)
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def init_project(artifact: Path, *, directory: Path, runtime: str | None = None, name: str | None = None,
+                 sample: Path | None = None, force: bool = False) -> InitResult:
+    """Write ``directory/mlship.yaml`` for ``artifact``; refuses to overwrite unless ``force``."""
+    from mlship.serving.predictor import Predictor
+    from mlship.serving.validation import sample_instance
+
+    if not artifact.exists():
+        raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
+    target = directory / CONTRACT_FILE
+    if target.exists() and not force:
+        raise ContractError(
+            f"{target} already exists.",
+            why="mlship init never overwrites your contract.",
+            fix="Edit it, run `mlship validate`, or pass --force to replace it.",
+        )
+    runtime = runtime or detect_runtime(artifact)
+    rt: Runtime = plugins.get_runtime(runtime)()
+    info = rt.inspect(rt.load(artifact), artifact)
+    info.notes.extend(rt.load_warnings())
+    data: dict[str, Any] = {
+        "name": name or service_name(artifact),
+        "runtime": runtime,
+        "artifact": Path(os.path.relpath(artifact.resolve(), directory.resolve())).as_posix(),
+        "task": info.task,
+        "input": {"features": dict(info.features)},
+    }
+    if info.labels:
+        data["output"] = {"labels": info.labels}
+    data["dependencies"] = {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
+                            "requirements": info.requirements}
+    created: list[Path] = []
+    card = directory / "MODEL.md"
+    if not card.exists():
+        card.write_text(MODEL_CARD.format(name=data["name"]), encoding="utf-8")
+        created.append(card)
+    data["docs"] = "MODEL.md"
+    contract = Contract.model_validate(data)
+    example = read_sample(sample, contract.feature_names) if sample else sample_instance(contract.input.features)
+    predictor = Predictor(Project(contract, directory.resolve(), target))
+    predictor.load()
+    output = predictor.predict(predictor.validator.validate(example).rows)[0]
+    expected = {"label": output["label"]} if "label" in output else {"value": output["value"]}
+    data["examples"] = [{"input": example, "output": expected}]
+    contract = Contract.model_validate(data)
+    header = (f"# mlship contract for {artifact.name}, written by `mlship init`.\n"
+              "# Reference: schema/mlship.schema.json. Check it with `mlship validate`.\n")
+    target.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    created.insert(0, target)
+    return InitResult(contract_path=target, contract=contract, info=info, created=created)

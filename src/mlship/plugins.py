@@ -1,0 +1,73 @@
+"""Plugin registry: ``name -> class`` for runtimes and targets.
+
+Built-in plugins are listed first (imported lazily, so `mlship --help` never imports a framework);
+third-party plugins register through the entry-point groups ``mlship.runtimes`` and
+``mlship.targets``. Two plugins claiming one name is an error that names both.
+
+A third-party runtime is one class in an installed package::
+
+    # pyproject.toml of the plugin package
+    [project.entry-points."mlship.runtimes"]
+    xgboost = "mlship_xgboost:XGBoostRuntime"
+
+See :class:`mlship.runtimes.base.Runtime` for a complete example.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from mlship.errors import PluginError
+
+BUILTIN_RUNTIMES: dict[str, str] = {
+    "sklearn": "mlship.runtimes.sklearn:SklearnRuntime",
+}
+BUILTIN_TARGETS: dict[str, str] = {}
+
+GROUPS = {"runtime": "mlship.runtimes", "target": "mlship.targets"}
+
+
+def _import(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def available(kind: str) -> dict[str, str]:
+    """Every registered plugin of a kind as ``name -> "module:Class"``; duplicates are errors."""
+    builtin = BUILTIN_RUNTIMES if kind == "runtime" else BUILTIN_TARGETS
+    found = dict(builtin)
+    for ep in entry_points(group=GROUPS[kind]):
+        if ep.name in found and found[ep.name] != ep.value:
+            raise PluginError(
+                f"Two {kind} plugins are named `{ep.name}`: {found[ep.name]} and {ep.value}.",
+                why="Each plugin name must be unique so mlship.yaml is unambiguous.",
+                fix=f"Uninstall one of the packages providing {ep.value.split(':')[0]} "
+                f"or {found[ep.name].split(':')[0]}.",
+            )
+        found[ep.name] = ep.value
+    return found
+
+
+def get(kind: str, name: str) -> Any:
+    """The plugin class registered under ``name``; unknown names list the available ones."""
+    plugins = available(kind)
+    if name not in plugins:
+        names = ", ".join(sorted(plugins)) or "(none installed)"
+        raise PluginError(
+            f"Unknown {kind} `{name}`. Available: {names}.",
+            fix=f"Use one of those names, or install the package that provides the `{name}` {kind}.",
+        )
+    try:
+        return _import(plugins[name])
+    except ImportError as exc:
+        raise PluginError(
+            f"The {kind} `{name}` cannot be imported: {exc}.",
+            why=f"It is provided by {plugins[name]}, which needs packages that are not installed.",
+            fix=f"Install the missing package (e.g. `pip install 'mlship[{name}]'`).",
+        ) from None
+
+
+def get_runtime(name: str) -> Any:
+    return get("runtime", name)

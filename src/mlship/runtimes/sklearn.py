@@ -1,0 +1,165 @@
+"""scikit-learn runtime: joblib / pickle artifacts (compressed joblib included)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlship.errors import ArtifactError
+from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
+
+
+class SklearnRuntime(Runtime):
+    """Estimators and pipelines saved with ``joblib.dump`` or ``pickle.dump``."""
+
+    name = "sklearn"
+    extensions = (".joblib", ".pkl", ".pickle", ".sav")
+
+    def __init__(self) -> None:
+        self._warnings: list[str] = []
+        self.saved_version: str | None = None
+
+    def load(self, path: Path) -> Any:
+        try:
+            import joblib
+            import sklearn
+        except ImportError as exc:
+            raise ArtifactError(
+                f"The sklearn runtime needs scikit-learn and joblib: {exc}.",
+                fix="pip install scikit-learn joblib (the versions you trained with).",
+            ) from None
+        if not path.is_file():
+            raise ArtifactError(f"Model file not found: {path}.", fix="Train the model or fix `artifact`.")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model = joblib.load(path)
+            except ModuleNotFoundError as exc:
+                raise ArtifactError(
+                    f"{path.name} needs the module `{exc.name}`, which is not importable.",
+                    why="A pickle stores references to the classes it contains, not their code.",
+                    fix=f"Install the package that provides `{exc.name}`, or add its code next to "
+                    "mlship.yaml and load the model from a `load:` function in predict.py.",
+                ) from None
+            except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
+                raise ArtifactError(
+                    f"{path.name} is not a readable joblib/pickle file: {exc.__class__.__name__}: {exc}",
+                    why="The sklearn runtime loads files written by joblib.dump or pickle.dump.",
+                    fix="Re-save the model with `joblib.dump(model, 'model.joblib')`, or choose the "
+                    "runtime that matches the file.",
+                ) from None
+        self.saved_version = sklearn.__version__
+        for w in caught:
+            original = getattr(w.message, "original_sklearn_version", None)
+            if original:
+                self.saved_version = str(original)
+            if issubclass(w.category, UserWarning):
+                self._warnings.append(str(w.message).splitlines()[0])
+        if not hasattr(model, "predict"):
+            raise ArtifactError(
+                f"{path.name} holds a {type(model).__name__}, which has no predict() method.",
+                fix="Save the fitted estimator or pipeline itself, or wrap the object with a "
+                "`predict: predict.py:predict` function in mlship.yaml.",
+            )
+        return model
+
+    def load_warnings(self) -> list[str]:
+        return list(dict.fromkeys(self._warnings))
+
+    def inspect(self, model: Any, path: Path) -> ArtifactInfo:
+        from sklearn.base import is_classifier, is_regressor
+
+        notes: list[str] = []
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None:
+            features = {str(n): "float" for n in names}
+        else:
+            n = getattr(model, "n_features_in_", None)
+            if n is None:
+                raise ArtifactError(
+                    f"Cannot tell how many input features {type(model).__name__} takes.",
+                    fix="Fit the model before saving it, or write input.features in mlship.yaml by hand.",
+                )
+            features = {f"x{i}": "float" for i in range(int(n))}
+            notes.append(
+                "The model was trained without feature names; features are named x0..xN. "
+                "Train on a pandas DataFrame to get real names, or rename them in mlship.yaml."
+            )
+        classes = getattr(model, "classes_", None)
+        if is_classifier(model) or (classes is not None and not is_regressor(model)):
+            task = "classification"
+            labels = [str(c) for c in classes] if classes is not None else None
+        else:
+            task, labels = "regression", None
+        reqs = [f"scikit-learn=={self.saved_version}"] if self.saved_version else []
+        if names is not None:
+            reqs.append(_pin("pandas"))
+        return ArtifactInfo(
+            task=task,
+            features=features,
+            labels=labels,
+            requirements=reqs,
+            framework_version=self.saved_version,
+            notes=notes,
+        )
+
+    def check(self, model: Any, features: list[str]) -> list[str]:
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None:
+            expected = [str(n) for n in names]
+            if sorted(expected) != sorted(features):
+                missing = sorted(set(expected) - set(features))
+                unknown = sorted(set(features) - set(expected))
+                return [
+                    f"input.features must match the model's feature names {expected}"
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; not in the model {unknown}" if unknown else "")
+                ]
+            return []
+        n = getattr(model, "n_features_in_", None)
+        if n is not None and int(n) != len(features):
+            return [f"the model takes {int(n)} features but input.features lists {len(features)}"]
+        return []
+
+    def predict(self, model: Any, rows: list[list[Any]], features: list[str]) -> ModelOutput:
+        x = _model_input(model, rows, features)
+        proba_fn = getattr(model, "predict_proba", None)
+        classes = getattr(model, "classes_", None)
+        if proba_fn is not None and classes is not None:
+            try:
+                proba = np.asarray(proba_fn(x))
+            except AttributeError:  # e.g. SVC(probability=False) exposes predict_proba but refuses
+                proba = None
+            if proba is not None:
+                return ModelOutput(
+                    values=[classes[i] for i in proba.argmax(axis=1)],
+                    probabilities=proba,
+                    classes=list(classes),
+                )
+        return ModelOutput(values=list(np.asarray(model.predict(x)).tolist()))
+
+
+def _model_input(model: Any, rows: list[list[Any]], features: list[str]) -> Any:
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        import pandas as pd
+
+        frame = pd.DataFrame(rows, columns=features)
+        return frame[[str(n) for n in names]]
+    try:
+        return np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray(rows, dtype=object)
+
+
+def _pin(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{package}=={version(package)}"
+    except PackageNotFoundError:
+        return package

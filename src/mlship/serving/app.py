@@ -1,0 +1,253 @@
+"""The ASGI application: routing, limits, auth, readiness and the /predict hot path.
+
+A plain ASGI callable (no framework) so each request costs little more than the model call.
+The model runs in a thread pool; the event loop only parses, validates and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from mlship import __version__
+from mlship.contract_io import Project
+from mlship.errors import MlshipError
+from mlship.serving import openapi, pages
+from mlship.serving.metrics import Metrics
+from mlship.serving.predictor import Predictor
+from mlship.serving.validation import Batch, InvalidInput
+
+log = logging.getLogger("mlship.server")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
+KNOWN_PATHS = frozenset({"/", "/healthz", "/readyz", "/predict", "/metadata", "/openapi.json", "/docs", "/metrics"})
+JSON = b"application/json"
+
+
+class TooLarge(Exception):
+    pass
+
+
+class App:
+    """ASGI app for one project. ``state`` is loading -> ready (or failed) -> stopping."""
+
+    def __init__(self, project: Project, api_keys: list[str], on_fatal: Callable[[], None] | None = None) -> None:
+        self.project = project
+        self.opts = project.contract.serve
+        self.api_keys = [k.encode() for k in api_keys]
+        self.on_fatal = on_fatal
+        self.predictor = Predictor(project)
+        self.version = project.version
+        self.state = "loading"
+        self.error: str | None = None
+        self.metrics = Metrics()
+        self.executor = concurrent.futures.ThreadPoolExecutor(self.opts.threads, thread_name_prefix="mlship-model")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        c = project.contract
+        auth = bool(api_keys)
+        self._openapi = orjson.dumps(openapi.openapi(c, self.version, auth))
+        self._index = pages.index_page(c, self.version, auth).encode()
+        self._docs = pages.docs_page(c, self.version, project.docs_text).encode()
+        self._metadata = orjson.dumps({
+            "name": c.name, "version": self.version, "runtime": c.runtime, "task": c.task,
+            "labels": c.output.labels, "input": openapi.instance_schema(c),
+            "docs": project.docs_text, "mlship_version": __version__,
+        })
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        """Load and warm up the model in a background thread; the port is already bound."""
+        threading.Thread(target=self._load, name="mlship-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.predictor.load()
+            for warning in self.predictor.warnings:
+                log.warning("while loading the model: %s", warning)
+            self.predictor.warm_up()
+        except MlshipError as exc:
+            self._fail(exc.render())
+            return
+        except Exception as exc:
+            self._fail(f"{exc.__class__.__name__}: {exc}")
+            return
+        if self.state == "loading":
+            self.state = "ready"
+            self.metrics.ready = 1
+        log.info("model %s %s ready in %.2fs", self.project.contract.name, self.version, time.perf_counter() - started)
+
+    def _fail(self, message: str) -> None:
+        self.state, self.error = "failed", message
+        log.error("model failed to load; /readyz stays 503:\n%s", message)
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: stop reporting ready; in-flight requests still finish."""
+        self.state = "stopping"
+        self.metrics.ready = 0
+
+    # -- ASGI -----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        code = await self._route(scope, receive, send, path)
+        self.metrics.request(path if path in KNOWN_PATHS else "other", code, time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.loop = asyncio.get_running_loop()
+                self.start_loading()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
+        method = scope["method"]
+        if path == "/predict":
+            if method != "POST":
+                return await _error(send, 405, "method_not_allowed", "use POST /predict", [(b"allow", b"POST")])
+            if not self._authorized(scope):
+                return await self._unauthorized(send)
+            return await self._predict(scope, receive, send)
+        if path not in KNOWN_PATHS:
+            return await _error(send, 404, "not_found", f"no endpoint {path}; see /docs")
+        if method not in ("GET", "HEAD"):
+            return await _error(send, 405, "method_not_allowed", f"use GET {path}", [(b"allow", b"GET")])
+        if path not in PUBLIC_PATHS and not self._authorized(scope):
+            return await self._unauthorized(send)
+        if path == "/healthz":
+            return await _respond(send, 200, b'{"status":"alive"}')
+        if path == "/readyz":
+            return await self._readyz(send)
+        static = {"/": (self._index, b"text/html; charset=utf-8"), "/docs": (self._docs, b"text/html; charset=utf-8"),
+                  "/openapi.json": (self._openapi, JSON), "/metadata": (self._metadata, JSON)}
+        if path in static:
+            body, ctype = static[path]
+            return await _respond(send, 200, body, ctype)
+        return await _respond(send, 200, self.metrics.render().encode(), b"text/plain; version=0.0.4")
+
+    async def _readyz(self, send: Send) -> int:
+        if self.state == "ready":
+            return await _respond(send, 200, orjson.dumps({"status": "ready", "version": self.version}))
+        body = {"status": self.state}
+        if self.error:
+            body["error"] = self.error
+        return await _respond(send, 503, orjson.dumps(body), headers=[(b"retry-after", b"1")])
+
+    def _authorized(self, scope: Scope) -> bool:
+        if not self.api_keys:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                token = value[7:].strip()
+                return any(hmac.compare_digest(token, key) for key in self.api_keys)
+        return False
+
+    async def _unauthorized(self, send: Send) -> int:
+        return await _error(send, 401, "unauthorized", "send `Authorization: Bearer <API key>`",
+                            [(b"www-authenticate", b"Bearer")])
+
+    # -- /predict ---------------------------------------------------------------------------------
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
+        if self.state != "ready":
+            return await _error(send, 503, "not_ready", f"the model is {self.state}; retry later",
+                                [(b"retry-after", b"1")])
+        if self.metrics.in_progress >= self.opts.max_concurrency:
+            self.metrics.errors["overload"] += 1
+            return await _error(send, 503, "overloaded",
+                                f"{self.metrics.in_progress} predictions in progress; retry shortly",
+                                [(b"retry-after", b"1")])
+        try:
+            raw = await self._read_body(scope, receive)
+        except TooLarge:
+            return await _error(send, 413, "body_too_large",
+                                f"request body exceeds {self.opts.max_body_bytes} bytes; send fewer instances")
+        try:
+            batch = self.predictor.validator.validate(orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            self.metrics.errors["invalid_input"] += 1
+            return await _error(send, 422, "invalid_json", f"the body is not valid JSON: {exc}",
+                                detail=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}])
+        except InvalidInput as exc:
+            self.metrics.errors["invalid_input"] += 1
+            return await _error(send, 422, "invalid_input", exc.errors[0]["msg"], detail=exc.errors)
+        self.metrics.batch.observe(len(batch.rows))
+        return await self._run_model(batch, send)
+
+    async def _run_model(self, batch: Batch, send: Send) -> int:
+        loop = self.loop or asyncio.get_running_loop()
+        self.metrics.in_progress += 1
+        future = self.executor.submit(self.predictor.predict, batch.rows)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), self.opts.timeout_s)
+        except TimeoutError:
+            self.metrics.errors["timeout"] += 1
+            return await _error(send, 504, "timeout", f"the prediction took longer than {self.opts.timeout_s:g}s")
+        except MlshipError as exc:
+            self.metrics.errors["model"] += 1
+            log.error("prediction failed: %s", exc.render())
+            return await _error(send, 500, "prediction_failed", exc.message)
+        body = result[0] if batch.single else {"predictions": result}
+        return await _respond(send, 200, orjson.dumps(body), headers=[(b"x-model-version", self.version.encode())])
+
+    def _release(self) -> None:
+        self.metrics.in_progress -= 1
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.opts.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, ctype: bytes = JSON,
+                   headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    hdrs = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+    if headers:
+        hdrs.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+async def _error(send: Send, status: int, error: str, message: str,
+                 headers: list[tuple[bytes, bytes]] | None = None, detail: list[dict[str, Any]] | None = None) -> int:
+    payload: dict[str, Any] = {"error": error, "message": message}
+    if detail is not None:
+        payload["detail"] = detail
+    return await _respond(send, status, orjson.dumps(payload), headers=headers)

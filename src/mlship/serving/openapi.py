@@ -1,0 +1,117 @@
+"""OpenAPI 3.1 document for a project, generated from the contract's input schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlship import __version__
+from mlship.contract import Contract, Feature
+
+_JSON_TYPES = {"float": "number", "int": "integer", "str": "string", "bool": "boolean"}
+
+
+def feature_schema(feature: Feature) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": _JSON_TYPES[feature.type]}
+    if feature.description:
+        schema["description"] = feature.description
+    if feature.enum is not None:
+        schema["enum"] = list(feature.enum)
+    if feature.minimum is not None:
+        schema["minimum"] = feature.minimum
+    if feature.maximum is not None:
+        schema["maximum"] = feature.maximum
+    return schema
+
+
+def instance_schema(contract: Contract) -> dict[str, Any]:
+    feats = contract.input.features
+    return {
+        "type": "object",
+        "properties": {name: feature_schema(f) for name, f in feats.items()},
+        "required": list(feats),
+        "additionalProperties": False,
+    }
+
+
+def prediction_schema(contract: Contract) -> dict[str, Any]:
+    if contract.task == "regression":
+        return {"type": "object", "properties": {"value": {}}, "required": ["value"]}
+    props: dict[str, Any] = {"label": {"type": "string"}}
+    props["probabilities"] = {"type": "object", "additionalProperties": {"type": "number"}}
+    if contract.output.labels:
+        props["label"] = {"type": "string", "enum": list(contract.output.labels)}
+    return {"type": "object", "properties": props, "required": ["label"]}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
+    example = contract.examples[0].input if contract.examples else None
+    single: dict[str, Any] = {"$ref": "#/components/schemas/Instance"}
+    batch = {
+        "type": "object",
+        "properties": {
+            "instances": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Instance"},
+                "minItems": 1,
+                "maxItems": contract.serve.max_instances,
+            }
+        },
+        "required": ["instances"],
+        "additionalProperties": False,
+    }
+    body: dict[str, Any] = {"schema": {"oneOf": [single, batch]}}
+    if example is not None:
+        body["examples"] = {"one": {"value": example}, "batch": {"value": {"instances": [example]}}}
+    predict_op: dict[str, Any] = {
+        "summary": f"Predict with {contract.name}",
+        "operationId": "predict",
+        "requestBody": {"required": True, "content": {"application/json": body}},
+        "responses": {
+            "200": {
+                "description": "One prediction for a bare instance; {predictions: [...]} for instances.",
+                "content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/Prediction"},
+                    {"type": "object", "properties": {"predictions": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}},
+                ]}}},
+            },
+            "401": _error("Missing or wrong API key."),
+            "413": _error("Request body too large."),
+            "422": _error("Invalid input: `detail` lists each field path, expected and got."),
+            "503": _error("Not ready yet, or overloaded (see Retry-After)."),
+            "504": _error("The prediction took longer than the timeout."),
+        },
+    }
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": contract.name,
+            "version": version,
+            "description": f"{contract.task} model served by mlship {__version__} ({contract.runtime}).",
+        },
+        "paths": {
+            "/predict": {"post": predict_op},
+            "/metadata": {"get": {"summary": "Model metadata", "responses": {"200": {"description": "OK"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 200 once the model is loaded and warmed up",
+                                "security": [], "responses": {"200": {"description": "ready"},
+                                                              "503": {"description": "not ready"}}}},
+        },
+        "components": {
+            "schemas": {
+                "Instance": instance_schema(contract),
+                "Prediction": prediction_schema(contract),
+                "Error": {"type": "object", "properties": {"error": {"type": "string"},
+                                                            "message": {"type": "string"},
+                                                            "detail": {"type": "array"}}},
+            }
+        },
+    }
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+    return doc

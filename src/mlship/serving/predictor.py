@@ -1,0 +1,148 @@
+"""Load a project's model and turn validated rows into JSON-ready predictions.
+
+Used by the server, by `mlship predict --local` and by `mlship validate`: one code path.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mlship import plugins
+from mlship.contract_io import Project
+from mlship.errors import ArtifactError, PredictionError, UserCodeError
+from mlship.runtimes.base import ModelOutput, Runtime
+from mlship.serving.validation import Validator, sample_instance
+from mlship.usercode import load_function, short_traceback
+
+
+class Predictor:
+    """The model plus everything needed to call it. ``load()`` is slow; the rest is thread-safe."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        contract = project.contract
+        self.features = contract.feature_names
+        self.validator = Validator(contract.input.features, contract.serve.max_instances)
+        self.runtime: Runtime = plugins.get_runtime(contract.runtime)()
+        self.model: Any = None
+        self.warnings: list[str] = []
+        self._user_predict: Callable[..., Any] | None = None
+        self._label_of: dict[Any, str] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load the artifact (through the user's `load` hook when given) and check it fits."""
+        c = self.project.contract
+        if c.load:
+            loader = load_function(self.project.root, c.load, "load")
+            try:
+                self.model = loader(self.project.artifact_path)
+            except Exception as exc:
+                raise UserCodeError(
+                    f"{c.load} raised {exc.__class__.__name__}: {exc}",
+                    why=short_traceback(exc),
+                    fix="Fix the load function; it receives the artifact path and returns the model.",
+                ) from None
+        else:
+            self.model = self.runtime.load(self.project.artifact_path)
+            self.warnings = self.runtime.load_warnings()
+        if c.predict:
+            self._user_predict = load_function(self.project.root, c.predict, "predict")
+        else:
+            problems = self.runtime.check(self.model, self.features)
+            if problems:
+                raise ArtifactError(
+                    f"The model does not match mlship.yaml: {'; '.join(problems)}.",
+                    fix="Run `mlship init` again for this model, or fix input.features.",
+                )
+        self._label_of = self._label_map()
+
+    def _label_map(self) -> dict[Any, str]:
+        labels = self.project.contract.output.labels
+        classes = getattr(self.model, "classes_", None)
+        if labels is None or classes is None:
+            return {}
+        classes = list(classes)
+        if [str(c) for c in classes] == labels:
+            return {}
+        if len(classes) != len(labels):
+            raise ArtifactError(
+                f"output.labels has {len(labels)} labels but the model has {len(classes)} classes "
+                f"({', '.join(map(str, classes))}).",
+                fix="List one label per class, in the order of the model's classes_.",
+            )
+        return {c: label for c, label in zip(classes, labels, strict=True)}
+
+    def warm_up(self) -> list[dict[str, Any]]:
+        """One prediction on the first example (or a schema-made instance); proves the model works."""
+        examples = self.project.contract.examples
+        instance = examples[0].input if examples else sample_instance(self.project.contract.input.features)
+        return self.predict(self.validator.validate(instance).rows)
+
+    def predict(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+        """Predictions for validated rows, one JSON-ready dict per row."""
+        try:
+            if self._user_predict is not None:
+                return self._call_user(rows)
+            out = self.runtime.predict(self.model, rows, self.features)
+        except (PredictionError, UserCodeError):
+            raise
+        except Exception as exc:
+            raise PredictionError(
+                f"The model raised {exc.__class__.__name__}: {exc}", why=short_traceback(exc)
+            ) from None
+        return self._format(out, len(rows))
+
+    def _call_user(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+        assert self._user_predict is not None
+        instances = [dict(zip(self.features, row, strict=True)) for row in rows]
+        try:
+            result = list(self._user_predict(self.model, instances))
+        except Exception as exc:
+            raise UserCodeError(
+                f"{self.project.contract.predict} raised {exc.__class__.__name__}: {exc}",
+                why=short_traceback(exc),
+            ) from None
+        if len(result) != len(rows):
+            raise UserCodeError(
+                f"{self.project.contract.predict} returned {len(result)} outputs for {len(rows)} instances.",
+                fix="Return one output (a value or a dict) per instance, in order.",
+            )
+        key = "label" if self.project.contract.task == "classification" else "value"
+        return [_jsonable(r) if isinstance(r, dict) else {key: _jsonable(r)} for r in result]
+
+    def _format(self, out: ModelOutput, n: int) -> list[dict[str, Any]]:
+        if len(out.values) != n:
+            raise PredictionError(f"The model returned {len(out.values)} predictions for {n} rows.")
+        if self.project.contract.task == "regression":
+            return [{"value": _jsonable(v)} for v in out.values]
+        label_of = self._label_of
+        labels = [label_of.get(v, v) if label_of else v for v in out.values]
+        if out.probabilities is None or out.classes is None:
+            return [{"label": _jsonable(v)} for v in labels]
+        names = [str(label_of.get(c, c)) for c in out.classes]
+        proba = np.asarray(out.probabilities, dtype=np.float64).tolist()
+        return [
+            {"label": _jsonable(label), "probabilities": dict(zip(names, row, strict=True))}
+            for label, row in zip(labels, proba, strict=True)
+        ]
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python; non-finite floats -> None (JSON has no NaN)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,117 @@
+"""Run the prediction server: bind first, load the model in the background, drain on SIGTERM.
+
+``python -m mlship.serving`` (used in images) and `mlship serve` both call :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from mlship.contract_io import Project
+from mlship.errors import ServeError
+from mlship.serving.app import App
+
+log = logging.getLogger("mlship.server")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: $PORT, then mlship.yaml serve.port
+    log_level: str = "info"
+
+
+def api_keys_for(project: Project, environ: dict[str, str] | None = None) -> list[str]:
+    """API keys from the environment. Required (and checked) when serve.auth is api_key."""
+    env = os.environ if environ is None else environ
+    opts = project.contract.serve
+    keys = [k.strip() for k in env.get(opts.api_keys_env, "").split(",") if k.strip()]
+    if opts.auth == "api_key" and not keys:
+        raise ServeError(
+            f"serve.auth is api_key but ${opts.api_keys_env} holds no keys.",
+            why="Starting without keys would leave the model open to anyone.",
+            fix=f"export {opts.api_keys_env}=key1,key2 (comma-separated), or set serve.auth: none.",
+        )
+    return keys
+
+
+def resolve_port(project: Project, port: int | None, environ: dict[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    if port is not None:
+        return port
+    if env.get("PORT"):
+        try:
+            return int(env["PORT"])
+        except ValueError:
+            raise ServeError(f"$PORT is not a number: {env['PORT']!r}.", fix="Set PORT=8080.") from None
+    return project.contract.serve.port
+
+
+class _Server(uvicorn.Server):
+    """uvicorn server that marks the app not-ready as soon as a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: App) -> None:
+        super().__init__(config)
+        self.mlship_app = app
+        self.exit_code = 0
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.mlship_app.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+    def fatal(self) -> None:
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"Port {port} on {host} is already in use.",
+                fix=f"Stop the other process or choose another port: --port {port + 1}.",
+            ) from None
+        raise ServeError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(project: Project, config: ServeConfig) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code (1 if the model failed to load)."""
+    keys = api_keys_for(project)
+    port = resolve_port(project, config.port)
+    sock = _bind(config.host, port)  # bind before anything slow, so the platform sees the port at once
+    app = App(project, keys)
+    uv_config = uvicorn.Config(
+        app,
+        lifespan="on",
+        http="httptools",
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        log_level=config.log_level,
+        log_config=None,  # use the process's logging setup: one format for mlship and uvicorn
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(max(1, project.contract.serve.shutdown_grace_s)),
+        timeout_keep_alive=5,
+    )
+    server = _Server(uv_config, app)
+    app.on_fatal = server.fatal
+    log.info("mlship serving %s on http://%s:%d (auth: %s)", project.contract.name, config.host, port,
+             "api_key" if keys else "none")
+    server.run(sockets=[sock])
+    return server.exit_code

@@ -1,0 +1,148 @@
+"""Shared fixtures: a trained iris model, project folders, and real server processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IRIS = REPO / "examples" / "iris-sklearn"
+sys.path.insert(0, str(IRIS))
+
+import train as iris_train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test: no colour, fixed width, a temp HOME, no inherited keys or PORT."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for var in ("MLSHIP_API_KEYS", "MLSHIP_API_KEY", "PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model/iris.joblib trained once per session from sklearn's bundled data."""
+    return iris_train.train(tmp_path_factory.mktemp("iris") / "model" / "iris.joblib")
+
+
+@pytest.fixture
+def iris_dir(tmp_path: Path, iris_model: Path) -> Path:
+    """A fresh copy of the iris example (model, rows.csv, MODEL.md) with an mlship.yaml from init."""
+    from mlship.init import init_project
+
+    (tmp_path / "model").mkdir()
+    shutil.copy(iris_model, tmp_path / "model" / "iris.joblib")
+    for name in ("rows.csv", "MODEL.md"):
+        shutil.copy(IRIS / name, tmp_path / name)
+    init_project(tmp_path / "model" / "iris.joblib", directory=tmp_path, sample=tmp_path / "rows.csv")
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_custom_project(directory: Path, predict_py: str, serve: str = "", extra: str = "") -> Path:
+    """A project with user code (predict.py) around a trivial artifact; for slow/failing models."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.pkl").write_bytes(b"not used")
+    (directory / "predict.py").write_text(textwrap.dedent(predict_py))
+    (directory / "mlship.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: custom
+            runtime: sklearn
+            artifact: model.pkl
+            task: regression
+            load: predict.py:load
+            predict: predict.py:predict
+            input:
+              features: {x: float}
+            examples:
+              - input: {x: 1.0}
+            """
+        )
+        + textwrap.dedent(serve)
+        + textwrap.dedent(extra)
+    )
+    return directory
+
+
+class Server:
+    """A real `python -m mlship.serving` process on a free loopback port."""
+
+    def __init__(self, project_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, **(env or {})}
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlship.serving", str(project_dir / "mlship.yaml"),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def wait_http(self, timeout: float = 20.0) -> float:
+        """Seconds from process start until /healthz answers."""
+        return self._wait("/healthz", timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        return self._wait("/readyz", timeout)
+
+    def _wait(self, path: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"{path} not 200 after {timeout}s:\n{self.stop()}")
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 15.0) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.output()
+
+    def output(self) -> str:
+        if self.proc.poll() is None or self.proc.stdout is None:
+            return ""
+        return self.proc.stdout.read()
+
+
+@contextmanager
+def running(project_dir: Path, env: dict[str, str] | None = None, ready: bool = True) -> Iterator[Server]:
+    server = Server(project_dir, env)
+    try:
+        server.wait_ready() if ready else server.wait_http()
+        yield server
+    finally:
+        server.stop()
