@@ -92,11 +92,13 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **(env or {})}
+        self.log = project_dir / f"server-{self.port}.log"
+        self._log_fh = self.log.open("w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlship.serving", str(project_dir / "mlship.yaml"),
              "--host", "127.0.0.1", "--port", str(self.port)],
-            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=full_env, stdout=self._log_fh, stderr=subprocess.STDOUT, text=True,
         )
 
     def wait_http(self, timeout: float = 20.0) -> float:
@@ -130,12 +132,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.output()
+        self._log_fh.close()
+        return self.log.read_text()
 
     def output(self) -> str:
-        if self.proc.poll() is None or self.proc.stdout is None:
-            return ""
-        return self.proc.stdout.read()
+        """Everything the server logged so far."""
+        self._log_fh.flush()
+        return self.log.read_text()
 
 
 @contextmanager
