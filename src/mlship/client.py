@@ -15,10 +15,10 @@ from mlship.errors import ClientError
 
 
 def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[dict[str, Any]]:
-    """Instances from a .csv (header row) or .json file (an object, a list, or {instances: [...]}).
+    """Instances from a .csv (header row) or .json file, or from JSON text when ``source`` is a str.
 
-    ``-`` reads JSON from standard input is handled by the caller passing the text as a Path-less str.
-    CSV cells are converted with the input schema when known, else guessed (int, float, text).
+    JSON may be one object, a list of objects, or ``{"instances": [...]}``. CSV cells are converted
+    with the input schema when known, else guessed (int, float, text).
     """
     text = Path(source).read_text(encoding="utf-8") if isinstance(source, Path) else source
     name = source.name if isinstance(source, Path) else "input"
@@ -75,32 +75,31 @@ def _convert(cell: str | None, feature: Feature | None, where: str) -> Any:
 
 def post_json(url: str, body: Any, api_key: str | None = None, timeout: float = 60.0) -> Any:
     """POST JSON and return the decoded reply; HTTP errors become ClientError with the server's message."""
-    data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
-    if api_key:
-        req.add_header("Authorization", f"Bearer {api_key}")
-    return _open(req, timeout)
+    return _request(url, "POST", json.dumps(body).encode(), api_key, timeout)
 
 
 def get_json(url: str, api_key: str | None = None, timeout: float = 10.0) -> Any:
-    req = urllib.request.Request(url, method="GET")
+    return _request(url, "GET", None, api_key, timeout)
+
+
+def _request(url: str, method: str, data: bytes | None, api_key: str | None, timeout: float) -> Any:
+    if not url.startswith(("http://", "https://")):
+        raise ClientError(f"Not an http(s) URL: {url}.", fix="Use e.g. http://127.0.0.1:8080.")
+    headers = {"Content-Type": "application/json"} if data is not None else {}
     if api_key:
-        req.add_header("Authorization", f"Bearer {api_key}")
-    return _open(req, timeout)
-
-
-def _open(req: urllib.request.Request, timeout: float) -> Any:
-    if not req.full_url.startswith(("http://", "https://")):
-        raise ClientError(f"Not an http(s) URL: {req.full_url}.", fix="Use e.g. http://127.0.0.1:8080.")
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 (http(s) only)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http(s) only)
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         raise ClientError(_http_error(exc), fix=_http_fix(exc.code)) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ClientError(f"Cannot reach {req.full_url}: {reason}.",
+        raise ClientError(f"Cannot reach {url}: {reason}.",
                           fix="Check the URL and that the server is running (`mlship serve`).") from None
+    except ValueError as exc:
+        raise ClientError(f"{url} did not answer JSON: {exc}.", fix="Is this an mlship server?") from None
 
 
 def _http_error(exc: urllib.error.HTTPError) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mlship.contract import Task
 from mlship.errors import ArtifactError
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
 
@@ -90,6 +91,8 @@ class SklearnRuntime(Runtime):
                 "Train on a pandas DataFrame to get real names, or rename them in mlship.yaml."
             )
         classes = getattr(model, "classes_", None)
+        task: Task
+        labels: list[str] | None
         if is_classifier(model) or (classes is not None and not is_regressor(model)):
             task = "classification"
             labels = [str(c) for c in classes] if classes is not None else None

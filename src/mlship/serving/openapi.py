@@ -44,7 +44,8 @@ def prediction_schema(contract: Contract) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
@@ -96,7 +97,8 @@ def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
         "paths": {
             "/predict": {"post": predict_op},
             "/metadata": {"get": {"summary": "Model metadata", "responses": {"200": {"description": "OK"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [],
+                                 "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Readiness: 200 once the model is loaded and warmed up",
                                 "security": [], "responses": {"200": {"description": "ready"},
                                                               "503": {"description": "not ready"}}}},

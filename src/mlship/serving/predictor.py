@@ -6,7 +6,6 @@ Used by the server, by `mlship predict --local` and by `mlship validate`: one co
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,6 @@ class Predictor:
         self.warnings: list[str] = []
         self._user_predict: Callable[..., Any] | None = None
         self._label_of: dict[Any, str] = {}
-        self._lock = threading.Lock()
 
     def load(self) -> None:
         """Load the artifact (through the user's `load` hook when given) and check it fits."""

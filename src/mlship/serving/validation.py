@@ -121,9 +121,9 @@ def _err(loc: list[Any], msg: str, kind: str, expected: str, got: str) -> dict[s
 
 
 def _expected(feature: Feature) -> str:
-    text = feature.type
+    text: str = feature.type
     if feature.enum is not None:
-        text += " in " + ", ".join(map(str, feature.enum))
+        text = f"{text} in " + ", ".join(map(str, feature.enum))
     if feature.minimum is not None:
         text += f" >= {feature.minimum:g}"
     if feature.maximum is not None:
@@ -167,7 +167,7 @@ def sample_instance(features: dict[str, Feature]) -> dict[str, Any]:
             out[name] = f.enum[0]
         elif f.type in ("float", "int"):
             base = f.minimum if f.minimum is not None else (0.0 if f.maximum is None else min(0.0, f.maximum))
-            out[name] = int(math.ceil(base)) if f.type == "int" else float(base)
+            out[name] = math.ceil(base) if f.type == "int" else float(base)
         else:
             out[name] = "" if f.type == "str" else False
     return out
