@@ -116,6 +116,31 @@ class ServeOptions(Strict):
     )
 
 
+class BuildOptions(Strict):
+    """How the image is built (`mlship build`)."""
+
+    base_image: str | None = Field(
+        default=None,
+        description="Base image; default python:<dependencies.python>-slim. $MLSHIP_BASE_IMAGE and "
+        "--base-image override it.",
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        description="Extra files (globs relative to mlship.yaml) copied next to the contract, e.g. modules "
+        "that predict.py imports.",
+    )
+
+
+class TestOptions(Strict):
+    """Budgets checked by `mlship test` on the built image."""
+
+    ready_timeout_s: float = Field(default=60.0, gt=0, description="Fail if /readyz is not 200 by then.")
+    max_cold_start_s: float | None = Field(
+        default=None, gt=0, description="Budget for container start -> first successful prediction."
+    )
+    max_image_mb: float | None = Field(default=None, gt=0, description="Budget for the image size (MB).")
+
+
 class Contract(Strict):
     """The whole mlship.yaml."""
 
@@ -140,6 +165,8 @@ class Contract(Strict):
     docs: str | None = Field(default=None, description="Markdown model card, served at /docs.")
     examples: list[Example] = Field(default_factory=list)
     serve: ServeOptions = Field(default_factory=ServeOptions)
+    build: BuildOptions = Field(default_factory=BuildOptions)
+    test: TestOptions = Field(default_factory=TestOptions)
     targets: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-target options, validated by each target plugin."
     )

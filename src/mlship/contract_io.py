@@ -124,13 +124,13 @@ def _describe(err: Any, root: yaml.Node | None, filename: str) -> str:
         key = str(loc[-1])
         valid = _valid_keys(loc[:-1])
         near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-        hint = f"; did you mean `{near[0]}`?" if near else ""
+        hint = f"; did you mean `{near[0]}`?" if near else "."
         return f"{where} -> {path}: unknown key `{key}`{hint} Valid keys here: {', '.join(valid)}"
     if err["type"] == "missing":
         return f"{where} -> {path}: required key is missing"
     got = err.get("input")
-    got_text = "" if isinstance(got, dict | list) else f", got {got!r}"
     msg = str(err["msg"]).removeprefix("Value error, ")
+    got_text = "" if isinstance(got, dict | list) or f"got {got!r}" in msg else f", got {got!r}"
     return f"{where} -> {path}: {msg}{got_text}"
 
 
@@ -155,15 +155,28 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     """The field names of the contract section found at ``loc``."""
     model: Any = Contract
+    in_mapping = False  # the previous field was dict[str, X]: this part is a user key, not a field
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or in_mapping:
+            in_mapping = False
             continue
+        in_mapping = _is_mapping(model, str(part))
         model = _section_type(model, str(part))
         if model is None:
             return []
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []
+
+
+def _is_mapping(model: Any, part: str) -> bool:
+    """Whether field ``part`` of ``model`` is a ``dict[str, X]`` (optionally ``| None``)."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        return False
+    annotation = model.model_fields[part].annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(typing.get_origin(a) is dict for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) is dict
 
 
 def _section_type(model: Any, part: str) -> Any:

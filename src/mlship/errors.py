@@ -12,6 +12,10 @@ The tree::
     ├── UserCodeError                the predict snippet (predict.py) cannot be imported or failed
     ├── PredictionError              the model raised while predicting
     ├── ServeError                   the server cannot start (port in use, missing API keys, ...)
+    ├── BuildError                   an image cannot be built (dependencies, version skew, Dockerfile)
+    ├── EngineError                  no Docker engine is reachable, or it refused a request
+    ├── GateError                    `mlship test`: the built image failed its checks
+    ├── TargetError                  a deploy target failed (and what was cleaned up)
     └── ClientError                  `mlship predict` could not reach the URL or got an error back
 """
 
@@ -69,3 +73,19 @@ class ServeError(MlshipError):
 
 class ClientError(MlshipError):
     """`mlship predict` could not reach the server or got an error response."""
+
+
+class BuildError(MlshipError):
+    """An image cannot be built: unresolvable dependencies, version skew, a failing build step."""
+
+
+class EngineError(MlshipError):
+    """The Docker engine is unreachable or refused a request."""
+
+
+class GateError(MlshipError):
+    """The built image failed `mlship test` (not ready, wrong outputs, over budget)."""
+
+
+class TargetError(MlshipError):
+    """A deploy target operation failed."""

@@ -63,6 +63,8 @@ def service_name(artifact: Path) -> str:
 
 def read_sample(path: Path, features: list[str]) -> dict[str, Any]:
     """The first row of a CSV (with a header) or the first object of a JSON file."""
+    if not path.is_file():
+        raise ContractError(f"Sample file not found: {path}.", fix="Check the --sample path.")
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as fh:
             row = next(csv.DictReader(fh), None)
@@ -89,7 +91,7 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
                  sample: Path | None = None, force: bool = False) -> InitResult:
     """Write ``directory/mlship.yaml`` for ``artifact``; refuses to overwrite unless ``force``."""
     from mlship.serving.predictor import Predictor
-    from mlship.serving.validation import sample_instance
+    from mlship.serving.validation import InvalidInput, sample_instance
 
     if not artifact.exists():
         raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
@@ -116,6 +118,7 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     data["dependencies"] = {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
                             "requirements": info.requirements}
     created: list[Path] = []
+    directory.mkdir(parents=True, exist_ok=True)
     card = directory / "MODEL.md"
     if not card.exists():
         card.write_text(MODEL_CARD.format(name=data["name"]), encoding="utf-8")
@@ -125,7 +128,13 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     example = read_sample(sample, contract.feature_names) if sample else sample_instance(contract.input.features)
     predictor = Predictor(Project(contract, directory.resolve(), target))
     predictor.load()
-    output = predictor.predict(predictor.validator.validate(example).rows)[0]
+    try:
+        rows = predictor.validator.validate(example).rows
+    except InvalidInput as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors)
+        raise ContractError(f"The sample row does not fit the model's inputs: {fields}.",
+                            fix=f"Give a sample with the columns {', '.join(contract.feature_names)}.") from None
+    output = predictor.predict(rows)[0]
     expected = {"label": output["label"]} if "label" in output else {"value": output["value"]}
     data["examples"] = [{"input": example, "output": expected}]
     contract = Contract.model_validate(data)

@@ -67,6 +67,12 @@ def get(kind: str, name: str) -> Any:
             why=f"It is provided by {plugins[name]}, which needs packages that are not installed.",
             fix=f"Install the missing package (e.g. `pip install 'mlship[{name}]'`).",
         ) from None
+    except AttributeError as exc:
+        raise PluginError(
+            f"The {kind} `{name}` cannot be imported: {exc}.",
+            why=f"Its entry point names {plugins[name]}, which that module does not define.",
+            fix="Upgrade or reinstall the package that provides it.",
+        ) from None
 
 
 def get_runtime(name: str) -> Any:

@@ -79,6 +79,10 @@ class Runtime(ABC):
         """Problems between the model and the contract's features (empty when they agree)."""
         return []
 
+    def saved_versions(self, model: Any) -> dict[str, str]:
+        """Packages whose exact version the artifact needs (e.g. the pickle's scikit-learn version)."""
+        return {}
+
     def load_warnings(self) -> list[str]:
         """Warnings raised while loading (e.g. a framework version mismatch)."""
         return []

@@ -46,6 +46,13 @@ class SklearnRuntime(Runtime):
                     fix=f"Install the package that provides `{exc.name}`, or add its code next to "
                     "mlship.yaml and load the model from a `load:` function in predict.py.",
                 ) from None
+            except AttributeError as exc:  # e.g. a class defined in the training script's __main__
+                raise ArtifactError(
+                    f"{path.name} refers to a class or function that cannot be found: {exc}.",
+                    why="A pickle stores references to the classes it contains, not their code.",
+                    fix="Import or define that class where the model is loaded: add its code next to "
+                    "mlship.yaml and load the model from a `load:` function in predict.py.",
+                ) from None
             except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
                 raise ArtifactError(
                     f"{path.name} is not a readable joblib/pickle file: {exc.__class__.__name__}: {exc}",
@@ -67,6 +74,9 @@ class SklearnRuntime(Runtime):
                 "`predict: predict.py:predict` function in mlship.yaml.",
             )
         return model
+
+    def saved_versions(self, model: Any) -> dict[str, str]:
+        return {"scikit-learn": self.saved_version} if self.saved_version else {}
 
     def load_warnings(self) -> list[str]:
         return list(dict.fromkeys(self._warnings))

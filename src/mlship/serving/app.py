@@ -10,11 +10,13 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 import orjson
 
 from mlship import __version__
@@ -34,6 +36,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
 KNOWN_PATHS = frozenset({"/", "/healthz", "/readyz", "/predict", "/metadata", "/openapi.json", "/docs", "/metrics"})
 JSON = b"application/json"
+MAX_DEPTH = 10_000  # nesting levels of arrays/objects accepted in a request body
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]] = 1
+_DEPTH_STEP[[ord("]"), ord("}")]] = -1
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
 
 
 class TooLarge(Exception):
@@ -176,26 +183,40 @@ class App:
             return await _error(send, 503, "not_ready", f"the model is {self.state}; retry later",
                                 [(b"retry-after", b"1")])
         if self.metrics.in_progress >= self.opts.max_concurrency:
-            self.metrics.errors["overload"] += 1
-            return await _error(send, 503, "overloaded",
-                                f"{self.metrics.in_progress} predictions in progress; retry shortly",
-                                [(b"retry-after", b"1")])
+            return await self._overloaded(send)
         try:
             raw = await self._read_body(scope, receive)
         except TooLarge:
             return await _error(send, 413, "body_too_large",
                                 f"request body exceeds {self.opts.max_body_bytes} bytes; send fewer instances")
+        if _too_deep(raw):
+            self.metrics.errors["invalid_input"] += 1
+            return await _error(send, 422, "invalid_json", f"the body nests deeper than {MAX_DEPTH} levels",
+                                detail=[{"loc": ["body"], "msg": "nested too deeply", "type": "json_invalid",
+                                         "expected": f"at most {MAX_DEPTH} levels of arrays/objects",
+                                         "got": f"more than {MAX_DEPTH}"}])
         try:
             batch = self.predictor.validator.validate(orjson.loads(raw))
         except orjson.JSONDecodeError as exc:
             self.metrics.errors["invalid_input"] += 1
             return await _error(send, 422, "invalid_json", f"the body is not valid JSON: {exc}",
-                                detail=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}])
+                                detail=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid",
+                                         "expected": "a JSON document", "got": str(exc)}])
         except InvalidInput as exc:
             self.metrics.errors["invalid_input"] += 1
             return await _error(send, 422, "invalid_input", exc.errors[0]["msg"], detail=exc.errors)
+        if self.metrics.in_progress >= self.opts.max_concurrency:
+            # checked again: other requests may have started while this body was arriving, and
+            # nothing awaits from here to the increment in _run_model
+            return await self._overloaded(send)
         self.metrics.batch.observe(len(batch.rows))
         return await self._run_model(batch, send)
+
+    async def _overloaded(self, send: Send) -> int:
+        self.metrics.errors["overload"] += 1
+        return await _error(send, 503, "overloaded",
+                            f"{self.metrics.in_progress} predictions in progress; retry shortly",
+                            [(b"retry-after", b"1")])
 
     async def _run_model(self, batch: Batch, send: Send) -> int:
         loop = self.loop or asyncio.get_running_loop()
@@ -204,7 +225,7 @@ class App:
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), self.opts.timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes on Python 3.10
             self.metrics.errors["timeout"] += 1
             return await _error(send, 504, "timeout", f"the prediction took longer than {self.opts.timeout_s:g}s")
         except MlshipError as exc:
@@ -233,6 +254,21 @@ class App:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether arrays/objects in a JSON text nest deeper than MAX_DEPTH (brackets in strings don't count).
+
+    orjson before 3.9.15 has no nesting limit (CVE-2024-27454): ~500k levels, well under the default
+    1 MiB body limit, overflow the C stack and kill the whole process. Ordinary bodies hold fewer
+    brackets than the limit, so for them this costs two ``bytes.count`` calls.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    chars = np.frombuffer(_ESCAPE.sub(b"", raw), dtype=np.uint8)  # drop escapes: every '"' left delimits
+    outside = np.cumsum(chars == ord('"')) % 2 == 0
+    depth = np.cumsum(np.where(outside, _DEPTH_STEP[chars], 0), dtype=np.int64)
+    return depth.size > 0 and int(depth.max()) > MAX_DEPTH
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: bytes = JSON,

@@ -120,13 +120,14 @@ class Predictor:
         if self.project.contract.task == "regression":
             return [{"value": _jsonable(v)} for v in out.values]
         label_of = self._label_of
-        labels = [label_of.get(v, v) if label_of else v for v in out.values]
+        # labels are strings (as in OpenAPI and output.labels), also for models with int classes
+        labels = [str(_jsonable(label_of.get(v, v) if label_of else v)) for v in out.values]
         if out.probabilities is None or out.classes is None:
-            return [{"label": _jsonable(v)} for v in labels]
-        names = [str(label_of.get(c, c)) for c in out.classes]
+            return [{"label": v} for v in labels]
+        names = [str(_jsonable(label_of.get(c, c))) for c in out.classes]
         proba = np.asarray(out.probabilities, dtype=np.float64).tolist()
         return [
-            {"label": _jsonable(label), "probabilities": dict(zip(names, row, strict=True))}
+            {"label": label, "probabilities": dict(zip(names, row, strict=True))}
             for label, row in zip(labels, proba, strict=True)
         ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -64,8 +65,14 @@ class _Server(uvicorn.Server):
         self.exit_code = 0
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        # Not super().handle_exit: uvicorn (>= 0.29) records the signal and re-raises it after a
+        # graceful shutdown, so the process would die of SIGTERM (or KeyboardInterrupt on SIGINT)
+        # instead of returning serve()'s exit code (0 after a clean drain).
         self.mlship_app.begin_shutdown()
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for in-flight requests
+        else:
+            self.should_exit = True
 
     def fatal(self) -> None:
         self.exit_code = 1

@@ -7,6 +7,7 @@ every error says where (``loc``), what was expected and what was received.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,10 @@ class InvalidInput(Exception):
 
 
 def _got(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # arrays/objects nested deeper than the recursion limit
+        text = reprlib.repr(value)
     text = text if len(text) <= 40 else text[:37] + "..."
     return f"{_json_type(value)} {text}"
 
@@ -103,7 +107,7 @@ class Validator:
                     errors.append(_err([*loc, name], problem, "value_error",
                                        _expected(self.features[name]), _got(inst[name])))
                 row.append(value)
-            if len(inst) != len(self.names):
+            if len(inst) != len(row):  # row holds one value per known feature present
                 for key in inst:
                     if key not in self._known:
                         errors.append(_err([*loc, str(key)], "unknown feature", "extra_forbidden",
@@ -166,8 +170,12 @@ def sample_instance(features: dict[str, Feature]) -> dict[str, Any]:
         if f.enum:
             out[name] = f.enum[0]
         elif f.type in ("float", "int"):
-            base = f.minimum if f.minimum is not None else (0.0 if f.maximum is None else min(0.0, f.maximum))
-            out[name] = math.ceil(base) if f.type == "int" else float(base)
+            if f.minimum is not None:  # an int rounds towards the inside of [minimum, maximum]
+                base, whole = f.minimum, math.ceil(f.minimum)
+            else:
+                base = 0.0 if f.maximum is None else min(0.0, f.maximum)
+                whole = math.floor(base)
+            out[name] = whole if f.type == "int" else float(base)
         else:
             out[name] = "" if f.type == "str" else False
     return out

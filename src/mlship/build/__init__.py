@@ -1,0 +1,1 @@
+"""Container images: build context (Dockerfile + wheelhouse + model), engine access, push."""

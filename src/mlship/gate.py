@@ -1,0 +1,110 @@
+"""`mlship test`: start the built image, wait for /readyz, replay the contract's examples over HTTP,
+and check cold start and image size against the contract's budgets. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlship import client as http
+from mlship.build import engine
+from mlship.contract_io import Project
+from mlship.errors import ClientError, GateError
+from mlship.examples import check_example
+
+
+@dataclass
+class GateReport:
+    image: str
+    size_mb: float
+    ready_s: float = 0.0  # container start -> /readyz 200
+    first_prediction_s: float = 0.0  # container start -> first successful prediction
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    logs: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data.pop("logs")
+        return data
+
+
+def run_gate(project: Project, image: str, timeout_s: float | None = None) -> GateReport:
+    """Run the image like a platform would (PORT=8080, SIGTERM to stop) and check it."""
+    budgets = project.contract.test
+    info = engine.inspect(image)
+    report = GateReport(image=image, size_mb=round(info.size / 1e6, 1))
+    cli = engine.client()
+    started = time.monotonic()
+    container = cli.containers.run(image, detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
+                                   environment={"PORT": "8080"}, labels={"dev.mlship.role": "test"})
+    try:
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+        url = f"http://127.0.0.1:{port}"
+        deadline = started + (timeout_s or budgets.ready_timeout_s)
+        report.ready_s = _wait_ready(url, started, deadline, container)
+        if report.ready_s < 0:
+            report.problems.append(f"not ready within {timeout_s or budgets.ready_timeout_s:g}s")
+        else:
+            _replay(project, url, report, started)
+        if budgets.max_cold_start_s is not None and report.first_prediction_s > budgets.max_cold_start_s:
+            report.problems.append(f"cold start {report.first_prediction_s:.2f}s is over the budget "
+                                   f"test.max_cold_start_s={budgets.max_cold_start_s:g}")
+        if budgets.max_image_mb is not None and report.size_mb > budgets.max_image_mb:
+            report.problems.append(f"image is {report.size_mb:g} MB, over test.max_image_mb={budgets.max_image_mb:g}")
+    finally:
+        container.stop(timeout=10)
+        report.logs = container.logs().decode(errors="replace")[-4000:]
+        container.remove(force=True)
+    return report
+
+
+def _wait_ready(url: str, started: float, deadline: float, container: Any) -> float:
+    """Seconds from ``started`` until /readyz is 200; -1 if the deadline passes or the container dies."""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:  # noqa: S310 - loopback http
+                if resp.status == 200:
+                    return round(time.monotonic() - started, 3)
+        except (urllib.error.URLError, OSError):
+            container.reload()
+            if container.status in ("exited", "dead"):
+                return -1.0
+        time.sleep(0.05)
+    return -1.0
+
+
+def _replay(project: Project, url: str, report: GateReport, started: float) -> None:
+    examples = project.contract.examples
+    if not examples:
+        report.problems.append("mlship.yaml has no examples to replay")
+        return
+    for i, example in enumerate(examples):
+        try:
+            got = http.post_json(f"{url}/predict", example.input, timeout=30)
+        except ClientError as exc:
+            report.examples.append({"index": i, "ok": False, "problems": [exc.message]})
+            report.problems.append(f"examples[{i}]: {exc.message}")
+            continue
+        if i == 0:
+            report.first_prediction_s = round(time.monotonic() - started, 3)
+        result = check_example(i, example, got)
+        report.examples.append({"index": i, "ok": result.ok, "got": got, "problems": result.problems})
+        report.problems += [f"examples[{i}]: {p}" for p in result.problems]
+
+
+def require_ok(report: GateReport) -> None:
+    if not report.ok:
+        raise GateError(f"{report.image} failed `mlship test`:\n  " + "\n  ".join(report.problems),
+                        why="Container log tail:\n" + report.logs[-1500:] if report.logs else None,
+                        fix="Fix the model or the expected outputs in mlship.yaml, rebuild, and test again.")
