@@ -40,17 +40,25 @@ def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return iris_train.train(tmp_path_factory.mktemp("iris") / "model" / "iris.joblib")
 
 
-@pytest.fixture
-def iris_dir(tmp_path: Path, iris_model: Path) -> Path:
-    """A fresh copy of the iris example (model, rows.csv, MODEL.md) with an mlship.yaml from init."""
+def make_iris_project(directory: Path, iris_model: Path, extra_yaml: str = "") -> Path:
+    """A copy of the iris example (model, rows.csv, MODEL.md) with an mlship.yaml from `mlship init`."""
     from mlship.init import init_project
 
-    (tmp_path / "model").mkdir()
-    shutil.copy(iris_model, tmp_path / "model" / "iris.joblib")
+    (directory / "model").mkdir(parents=True, exist_ok=True)
+    shutil.copy(iris_model, directory / "model" / "iris.joblib")
     for name in ("rows.csv", "MODEL.md"):
-        shutil.copy(IRIS / name, tmp_path / name)
-    init_project(tmp_path / "model" / "iris.joblib", directory=tmp_path, sample=tmp_path / "rows.csv")
-    return tmp_path
+        shutil.copy(IRIS / name, directory / name)
+    init_project(directory / "model" / "iris.joblib", directory=directory, sample=directory / "rows.csv")
+    if extra_yaml:
+        with (directory / "mlship.yaml").open("a") as fh:
+            fh.write(extra_yaml)
+    return directory
+
+
+@pytest.fixture
+def iris_dir(tmp_path: Path, iris_model: Path) -> Path:
+    """A fresh copy of the iris example with an mlship.yaml from init."""
+    return make_iris_project(tmp_path, iris_model)
 
 
 def free_port() -> int:
@@ -149,3 +157,37 @@ def running(project_dir: Path, env: dict[str, str] | None = None, ready: bool = 
         yield server
     finally:
         server.stop()
+
+
+# --- Docker: a real engine, a locally made base image, real builds -------------------------------
+TEST_BASE_IMAGE = os.environ.get("MLSHIP_TEST_BASE_IMAGE", "mlship-test-base:bookworm")
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> object:
+    """The real Docker engine (scripts/test starts dockerd and makes the base image)."""
+    from mlship.build import engine
+
+    cli = engine.client()
+    cli.images.get(TEST_BASE_IMAGE)  # made by scripts/make-base-image; fails loudly if missing
+    return cli
+
+
+@pytest.fixture
+def base_image_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLSHIP_BASE_IMAGE", TEST_BASE_IMAGE)
+    return TEST_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def iris_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> tuple[Path, str]:
+    """The iris example built once per session: (project dir, image tag)."""
+    from mlship.build import engine
+    from mlship.build.context import build_pins, plan_build, write_context
+    from mlship.contract_io import load_project
+
+    root = make_iris_project(tmp_path_factory.mktemp("iris-image"), iris_model)
+    project = load_project(root)
+    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    image = engine.build(write_context(plan, root / ".mlship" / "build"), plan.tag)
+    return root, image.tag

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import IRIS, Server, running
+from conftest import Server, make_iris_project, running
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 LABELS = {"setosa", "versicolor", "virginica"}
@@ -63,17 +62,6 @@ batches = st.fixed_dictionaries(
     {"instances": st.lists(instance_like, max_size=6) | any_json},
     optional={"extra": any_json},
 )
-
-
-def make_iris_project(directory: Path, iris_model: Path) -> Path:
-    from mlship.init import init_project
-
-    (directory / "model").mkdir(parents=True)
-    shutil.copy(iris_model, directory / "model" / "iris.joblib")
-    for name in ("rows.csv", "MODEL.md"):
-        shutil.copy(IRIS / name, directory / name)
-    init_project(directory / "model" / "iris.joblib", directory=directory, sample=directory / "rows.csv")
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import IRIS, Server, running
+from conftest import Server, make_iris_project, running
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 LABELS = ["setosa", "versicolor", "virginica"]
@@ -22,23 +21,10 @@ VIRGINICA = {"sepal_length": 7.7, "sepal_width": 3.0, "petal_length": 6.1, "peta
 MAX_INSTANCES = 5
 
 
-def make_iris_project(directory: Path, iris_model: Path) -> Path:
-    """Like conftest's iris_dir, but usable from a module-scoped fixture; serve.max_instances is small."""
-    from mlship.init import init_project
-
-    (directory / "model").mkdir(parents=True)
-    shutil.copy(iris_model, directory / "model" / "iris.joblib")
-    for name in ("rows.csv", "MODEL.md"):
-        shutil.copy(IRIS / name, directory / name)
-    init_project(directory / "model" / "iris.joblib", directory=directory, sample=directory / "rows.csv")
-    with (directory / "mlship.yaml").open("a") as fh:
-        fh.write(f"serve:\n  max_instances: {MAX_INSTANCES}\n")
-    return directory
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Iterator[Server]:
-    project = make_iris_project(tmp_path_factory.mktemp("iris-http"), iris_model)
+    project = make_iris_project(tmp_path_factory.mktemp("iris-http"), iris_model,
+                                f"serve:\n  max_instances: {MAX_INSTANCES}\n")
     # module fixtures start before the autouse env isolation: make sure no inherited key turns auth on
     with running(project, env={"MLSHIP_API_KEYS": ""}) as srv:
         yield srv
