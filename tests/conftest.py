@@ -23,6 +23,9 @@ sys.path.insert(0, str(IRIS))
 
 import train as iris_train  # noqa: E402
 
+# The wheelhouse cache outlives the per-test HOME, so image builds in tests download wheels once.
+WHEEL_CACHE = Path(os.environ.get("MLSHIP_CACHE") or Path.home() / ".cache" / "mlship")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -30,6 +33,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("MLSHIP_CACHE", str(WHEEL_CACHE))
     for var in ("MLSHIP_API_KEYS", "MLSHIP_API_KEY", "PORT"):
         monkeypatch.delenv(var, raising=False)
 

@@ -97,7 +97,8 @@ def test_help_lists_commands_and_workflow() -> None:
     assert result.exit_code == 0, result.output
     listed = result.stdout.split("Commands:")[1]
     names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ") and line.strip()]
-    assert names == ["init", "validate", "serve", "predict", "info", "build", "test", "push"]
+    assert names == ["init", "validate", "serve", "predict", "info", "build", "test", "push",
+                     "deploy", "status", "logs", "rollback", "destroy"]
     text = plain(result.stdout)
     assert "Workflow: `mlship init model.joblib` writes mlship.yaml" in text
     assert "`mlship serve` starts the HTTP server" in text

@@ -60,10 +60,10 @@ def test_builtin_sklearn() -> None:
     assert plugins.available("runtime")["sklearn"] == "mlship.runtimes.sklearn:SklearnRuntime"
 
 
-def test_no_builtin_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     use_entry_points(monkeypatch)
-    assert plugins.available("target") == {}
-    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: \(none installed\)\.$"):
+    assert plugins.available("target") == {"local": "mlship.targets.local:LocalTarget"}
+    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: local\.$"):
         plugins.get("target", "aws")
 
 

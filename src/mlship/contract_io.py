@@ -43,7 +43,8 @@ class Project:
         if isinstance(reqs, list):
             return list(reqs)
         lines = (self.root / reqs).read_text(encoding="utf-8").splitlines()
-        return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        stripped = (ln.split(" #", 1)[0].strip() for ln in lines)  # pip allows trailing " # comment"
+        return [ln for ln in stripped if ln and not ln.startswith("#")]
 
     @property
     def version(self) -> str:

@@ -49,12 +49,16 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None) -> Ga
                                    environment={"PORT": "8080"}, labels={"dev.mlship.role": "test"})
     try:
         container.reload()
-        port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
-        url = f"http://127.0.0.1:{port}"
-        deadline = started + (timeout_s or budgets.ready_timeout_s)
-        report.ready_s = _wait_ready(url, started, deadline, container)
+        # no binding when the container exited before the engine published the port
+        bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get("8080/tcp")
+        timeout = timeout_s or budgets.ready_timeout_s
+        if bindings:
+            url = f"http://127.0.0.1:{bindings[0]['HostPort']}"
+            report.ready_s = _wait_ready(url, started, started + timeout, container)
+        else:
+            report.ready_s = -1.0
         if report.ready_s < 0:
-            report.problems.append(f"not ready within {timeout_s or budgets.ready_timeout_s:g}s")
+            report.problems.append(_not_ready(container, timeout))
         else:
             _replay(project, url, report, started)
         if budgets.max_cold_start_s is not None and report.first_prediction_s > budgets.max_cold_start_s:
@@ -82,6 +86,14 @@ def _wait_ready(url: str, started: float, deadline: float, container: Any) -> fl
                 return -1.0
         time.sleep(0.05)
     return -1.0
+
+
+def _not_ready(container: Any, timeout: float) -> str:
+    container.reload()
+    if container.status in ("exited", "dead"):
+        code = (container.attrs.get("State") or {}).get("ExitCode")
+        return f"the container exited (code {code}) before /readyz answered 200"
+    return f"not ready within {timeout:g}s"
 
 
 def _replay(project: Project, url: str, report: GateReport, started: float) -> None:

@@ -24,7 +24,9 @@ from mlship.errors import PluginError
 BUILTIN_RUNTIMES: dict[str, str] = {
     "sklearn": "mlship.runtimes.sklearn:SklearnRuntime",
 }
-BUILTIN_TARGETS: dict[str, str] = {}
+BUILTIN_TARGETS: dict[str, str] = {
+    "local": "mlship.targets.local:LocalTarget",
+}
 
 GROUPS = {"runtime": "mlship.runtimes", "target": "mlship.targets"}
 

