@@ -1,0 +1,59 @@
+"""The Typer app, the consoles and the one place where MlshipError is rendered (what / why / fix)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from mlship import __version__
+from mlship.errors import MlshipError
+
+app = typer.Typer(
+    name="mlship",
+    help="Ship a trained model as a tested prediction service.\n\n"
+    "Workflow: `mlship init model.joblib` writes mlship.yaml; `mlship validate` checks it and replays "
+    "its examples; `mlship serve` starts the HTTP server; `mlship predict` sends rows to it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="mlship.yaml, or its folder (default: .).")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Render every MlshipError in one place: what, why, fix; exit with its code."""
+    try:
+        yield
+    except MlshipError as exc:  # messages may quote logs or user text: escape it, never parse it as markup
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
+        if exc.why:
+            err.print(f"[dim]why:[/] {escape(exc.why)}", markup=True)
+        if exc.fix:
+            err.print(f"[green]fix:[/] {escape(exc.fix)}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mlship {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Ship a trained model as a tested prediction service."""
+
