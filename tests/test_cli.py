@@ -263,14 +263,15 @@ def test_init_unknown_file_type(model_dir: Path) -> None:
     assert result.exit_code == 1, result.output
     err = plain(result.stderr)
     assert "error: No runtime recognises model.xyz." in err
-    assert "Installed runtimes: sklearn." in err
+    assert "Installed runtimes: " in err and "sklearn" in err
     assert "--runtime NAME" in err
 
 
 def test_init_unknown_runtime(model_dir: Path) -> None:
     result = invoke("init", "model/iris.joblib", "--runtime", "nope")
     assert result.exit_code == 2, result.output
-    assert "error: Unknown runtime `nope`. Available: sklearn." in plain(result.stderr)
+    assert "error: Unknown runtime `nope`. Available: " in plain(result.stderr)
+    assert "sklearn" in plain(result.stderr)
 
 
 def test_init_explicit_runtime_for_unusual_extension(model_dir: Path) -> None:
@@ -446,7 +447,7 @@ def test_validate_unknown_runtime(project: Path) -> None:
     result = invoke("validate")
     assert result.exit_code == 2, result.output
     err = plain(result.stderr)
-    assert "error: Unknown runtime `tensorflw`. Available: sklearn." in err
+    assert "error: Unknown runtime `tensorflw`. Available: " in err and "sklearn" in err
     assert "install the package that provides the `tensorflw` runtime" in err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -35,6 +36,35 @@ def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[d
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise ClientError(f"{name}: expected an object of features or a list of them.")
     return rows
+
+
+def read_tensors(source: str | Path) -> list[Any]:
+    """Tensor instances (nested lists or ``{"b64": ...}``) from JSON text or a .json/.png file.
+
+    JSON may be ``{"instances": [...]}`` (a batch request body), ``{"input": ...}`` (a single-instance
+    body) or a list of such single-instance bodies. A .png file becomes one ``{"b64": ...}`` instance.
+    """
+    name = source.name if isinstance(source, Path) else "input"
+    if isinstance(source, Path) and source.suffix.lower() == ".png":
+        return [{"b64": base64.b64encode(source.read_bytes()).decode("ascii")}]
+    if isinstance(source, Path) and source.suffix.lower() == ".csv":
+        raise ClientError(f"{name}: this model takes a tensor per instance, which CSV cannot hold.",
+                          fix='Give JSON: {"instances": [<nested list>, ...]} or {"input": <nested list>}, '
+                          "or a .png file for image inputs.")
+    text = source.read_text(encoding="utf-8") if isinstance(source, Path) else source
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"{name} is not valid JSON: {exc}.",
+                          fix='Give {"instances": [<nested list>, ...]} or {"input": <nested list>}.') from None
+    if isinstance(data, dict) and isinstance(data.get("instances"), list) and data["instances"]:
+        return list(data["instances"])
+    if isinstance(data, dict) and "input" in data:
+        return [data["input"]]
+    if isinstance(data, list) and data and all(isinstance(d, dict) and "input" in d for d in data):
+        return [d["input"] for d in data]
+    raise ClientError(f'{name}: expected {{"instances": [...]}}, {{"input": ...}} or a list of {{"input": ...}}.',
+                      fix="A tensor instance is a nested list of numbers (or {\"b64\": \"<PNG>\"} for images).")
 
 
 def _csv_rows(text: str, features: dict[str, Feature] | None, name: str) -> list[dict[str, Any]]:

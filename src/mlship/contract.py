@@ -7,6 +7,7 @@ from :class:`Contract` (``python scripts/gen_schema.py``) and checked for stalen
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -46,12 +47,95 @@ class Feature(Strict):
         return self
 
 
+TensorDtype = Literal["float32", "float64", "int32", "int64", "uint8"]
+TENSOR_DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64", "uint8")
+
+
+class ImageSpec(Strict):
+    """A tensor that is also accepted as a base64 PNG: decoded, converted, resized and scaled."""
+
+    channels: Literal[1, 3] = Field(description="1: converted to grayscale; 3: converted to RGB.")
+    scale: tuple[float, float] = Field(
+        default=(0.0, 1.0),
+        description="[min, max]: pixel values 0..255 are mapped linearly onto this range.",
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(v) for v in value) or value[0] >= value[1]:
+            raise ValueError(f"scale must be [min, max] with min < max, got {list(value)}")
+        return value
+
+
+class TensorSpec(Strict):
+    """One array per instance (an image, a sequence, a fixed-size vector) instead of named features."""
+
+    shape: list[int | None] = Field(
+        min_length=2,
+        description="The model's input shape; the first entry is the batch dimension and must be null, "
+        "e.g. [null, 8, 8] for 8x8 instances.",
+    )
+    dtype: TensorDtype = Field(default="float32", description="float32, float64, int32, int64 or uint8.")
+    image: ImageSpec | None = Field(
+        default=None,
+        description="Also accept {b64: <base64 PNG>} per instance, converted to `channels`, resized to the "
+        "shape's height x width and scaled into `scale`.",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _batch_first(cls, value: list[int | None]) -> list[int | None]:
+        if value[0] is not None:
+            raise ValueError(f"the first dimension is the batch dimension and must be null, got {value[0]}")
+        rest = value[1:]
+        if any(d is None or d < 1 for d in rest):
+            raise ValueError(f"every dimension after the first must be a positive integer, got {shape_text(value)}")
+        return value
+
+    @property
+    def instance_shape(self) -> tuple[int, ...]:
+        """The shape of one instance (the batch dimension removed)."""
+        return tuple(int(d) for d in self.shape[1:] if d is not None)
+
+    @model_validator(mode="after")
+    def _image_shape(self) -> TensorSpec:
+        if self.image is not None and image_layout(self.instance_shape, self.image.channels) is None:
+            c = self.image.channels
+            raise ValueError(
+                f"image.channels {c} needs a shape like [null, H, W, {c}] or [null, {c}, H, W]"
+                + (" or [null, H, W]" if c == 1 else "") + f", got {shape_text(self.shape)}"
+            )
+        return self
+
+
+def shape_text(shape: Any) -> str:
+    """A shape as written in YAML/JSON: [null, 8, 8]."""
+    return "[" + ", ".join("null" if d is None else str(d) for d in shape) + "]"
+
+
+def image_layout(shape: tuple[int, ...], channels: int) -> tuple[int, int, str] | None:
+    """(height, width, layout) of an image tensor: layout "hw", "hwc" or "chw"; None if it cannot hold one."""
+    if len(shape) == 2 and channels == 1:
+        return shape[0], shape[1], "hw"
+    if len(shape) == 3 and shape[2] == channels:
+        return shape[0], shape[1], "hwc"
+    if len(shape) == 3 and shape[0] == channels:
+        return shape[1], shape[2], "chw"
+    return None
+
+
 class InputSpec(Strict):
-    """What one instance sent to /predict looks like."""
+    """What one instance sent to /predict looks like: named `features`, or one `tensor`."""
 
     features: dict[str, Feature] = Field(
+        default_factory=dict,
         min_length=1,
         description="Named features in the order the model expects them: name -> type or {type, ...}.",
+    )
+    tensor: TensorSpec | None = Field(
+        default=None,
+        description="One array per instance: {shape: [null, ...], dtype, image}. Instead of features.",
     )
 
     @field_validator("features", mode="before")
@@ -60,6 +144,14 @@ class InputSpec(Strict):
         if isinstance(value, dict):
             return {k: ({"type": v} if isinstance(v, str) else v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> InputSpec:
+        has_features = "features" in self.model_fields_set
+        if has_features == (self.tensor is not None):
+            raise ValueError("give exactly one of `features` (named values) or `tensor` (one array per instance)"
+                             + (", not both" if has_features else ""))
+        return self
 
 
 class OutputSpec(Strict):
@@ -84,7 +176,9 @@ class Dependencies(Strict):
 class Example(Strict):
     """One instance and (optionally) the output expected for it; replayed by validate and test."""
 
-    input: dict[str, Any] = Field(description="One instance, keyed by feature name.")
+    input: dict[str, Any] = Field(
+        description="One instance, keyed by feature name; for a tensor input {input: <nested list>}."
+    )
     output: dict[str, Any] | None = Field(
         default=None,
         description="Expected output; only the keys given are compared (e.g. {label: setosa}).",
@@ -160,6 +254,11 @@ class Contract(Strict):
         default=None, description="Optional user code `file.py:function(path) -> model`."
     )
     input: InputSpec
+    unsafe_deserialization: bool = Field(
+        default=False,
+        description="Allow loading an artifact that runs its own code when deserialized (e.g. a Keras "
+        "Lambda layer). Only for artifacts you trust; formats with a safe mode refuse such models otherwise.",
+    )
     output: OutputSpec = Field(default_factory=OutputSpec)
     dependencies: Dependencies = Field(default_factory=Dependencies)
     docs: str | None = Field(default=None, description="Markdown model card, served at /docs.")
@@ -182,6 +281,14 @@ class Contract(Strict):
     def _consistent(self) -> Contract:
         if self.output.labels is not None and self.task != "classification":
             raise ValueError("output.labels only apply to task: classification")
+        if self.input.tensor is not None:
+            for i, example in enumerate(self.examples):
+                if set(example.input) != {"input"}:
+                    raise ValueError(
+                        f"examples[{i}].input must be the body of one request to a tensor input: "
+                        f"{{input: <nested list>}} (or {{input: {{b64: <png>}}}}), got keys {sorted(example.input)}"
+                    )
+            return self
         names = set(self.input.features)
         for i, example in enumerate(self.examples):
             missing = sorted(names - set(example.input))
@@ -196,4 +303,5 @@ class Contract(Strict):
 
     @property
     def feature_names(self) -> list[str]:
+        """The named features in model order; empty for a tensor input."""
         return list(self.input.features)

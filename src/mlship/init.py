@@ -38,6 +38,18 @@ class InitResult:
     created: list[Path] = field(default_factory=list)
 
 
+class _Dumper(yaml.SafeDumper):
+    """safe_dump, but a list of numbers (a tensor's innermost rows, a shape) stays on one line."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
+    flow = bool(value) and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def detect_runtime(artifact: Path) -> str:
     """The first registered runtime that claims the artifact's file type."""
     for name in plugins.available("runtime"):
@@ -77,6 +89,19 @@ def read_sample(path: Path, features: list[str]) -> dict[str, Any]:
     return dict(data[0] if isinstance(data, list) else data)
 
 
+def read_tensor_sample(path: Path) -> dict[str, Any]:
+    """The first instance of a JSON sample for a tensor input, as a request body {"input": ...}."""
+    from mlship.client import read_tensors
+    from mlship.errors import ClientError
+
+    if not path.is_file():
+        raise ContractError(f"Sample file not found: {path}.", fix="Check the --sample path.")
+    try:
+        return {"input": read_tensors(path)[0]}
+    except ClientError as exc:
+        raise ContractError(exc.message, fix=exc.fix) from None
+
+
 def _number(text: str) -> Any:
     try:
         return int(text)
@@ -88,10 +113,11 @@ def _number(text: str) -> Any:
 
 
 def init_project(artifact: Path, *, directory: Path, runtime: str | None = None, name: str | None = None,
-                 sample: Path | None = None, force: bool = False) -> InitResult:
+                 sample: Path | None = None, force: bool = False,
+                 unsafe_deserialization: bool = False) -> InitResult:
     """Write ``directory/mlship.yaml`` for ``artifact``; refuses to overwrite unless ``force``."""
     from mlship.serving.predictor import Predictor
-    from mlship.serving.validation import InvalidInput, sample_instance
+    from mlship.serving.validation import InvalidInput, sample_body
 
     if not artifact.exists():
         raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
@@ -104,6 +130,7 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         )
     runtime = runtime or detect_runtime(artifact)
     rt: Runtime = plugins.get_runtime(runtime)()
+    rt.unsafe_deserialization = unsafe_deserialization
     info = rt.inspect(rt.load(artifact), artifact)
     info.notes.extend(rt.load_warnings())
     data: dict[str, Any] = {
@@ -111,8 +138,10 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         "runtime": runtime,
         "artifact": Path(os.path.relpath(artifact.resolve(), directory.resolve())).as_posix(),
         "task": info.task,
-        "input": {"features": dict(info.features)},
+        "input": {"tensor": dict(info.tensor)} if info.tensor is not None else {"features": dict(info.features)},
     }
+    if unsafe_deserialization:
+        data["unsafe_deserialization"] = True
     if info.labels:
         data["output"] = {"labels": info.labels}
     data["dependencies"] = {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -125,21 +154,25 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         created.append(card)
     data["docs"] = "MODEL.md"
     contract = Contract.model_validate(data)
-    example = read_sample(sample, contract.feature_names) if sample else sample_instance(contract.input.features)
+    if contract.input.tensor is not None:
+        example = read_tensor_sample(sample) if sample else sample_body(contract.input)
+    else:
+        example = read_sample(sample, contract.feature_names) if sample else sample_body(contract.input)
     predictor = Predictor(Project(contract, directory.resolve(), target))
     predictor.load()
     try:
         rows = predictor.validator.validate(example).rows
     except InvalidInput as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors)
-        raise ContractError(f"The sample row does not fit the model's inputs: {fields}.",
-                            fix=f"Give a sample with the columns {', '.join(contract.feature_names)}.") from None
+        fix = (f"Give a sample with the columns {', '.join(contract.feature_names)}." if contract.feature_names
+               else 'Give a JSON sample {"instances": [<nested list>, ...]} of the shape in input.tensor.')
+        raise ContractError(f"The sample row does not fit the model's inputs: {fields}.", fix=fix) from None
     output = predictor.predict(rows)[0]
     expected = {"label": output["label"]} if "label" in output else {"value": output["value"]}
     data["examples"] = [{"input": example, "output": expected}]
     contract = Contract.model_validate(data)
     header = (f"# mlship contract for {artifact.name}, written by `mlship init`.\n"
               "# Reference: schema/mlship.schema.json. Check it with `mlship validate`.\n")
-    target.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    target.write_text(header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
     created.insert(0, target)
     return InitResult(contract_path=target, contract=contract, info=info, created=created)

@@ -21,9 +21,9 @@ import jinja2
 from packaging.specifiers import SpecifierSet
 
 from mlship import __version__, plugins
-from mlship.build import wheelhouse
+from mlship.build import elfstrip, wheelhouse
 from mlship.contract_io import CONTRACT_FILE, Project, artifact_sha256
-from mlship.errors import BuildError
+from mlship.errors import BuildError, PluginError
 
 DEFAULT_BASE = "python:{python}-slim"
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._:/@-]*[a-z0-9]$")
@@ -41,6 +41,7 @@ class BuildPlan:
     files: list[tuple[Path, str]]  # (source on the host, path inside the build context)
     dockerfile: str
     notes: list[str] = field(default_factory=list)
+    index_urls: list[str] = field(default_factory=list)  # tried when the configured indexes lack a wheel
 
 
 def base_image(project: Project, override: str | None = None) -> str:
@@ -68,7 +69,8 @@ def pinned_requirements(project: Project, pins: dict[str, str]) -> tuple[list[st
         if req is None:
             out.append(f"{package}=={saved}")
             notes.append(f"pinned {package}=={saved}, the version the artifact was saved with")
-        elif not SpecifierSet(str(req.specifier)).contains(saved, prereleases=True):
+        elif not SpecifierSet(str(req.specifier)).contains(saved, prereleases=True) and not any(
+                s.operator == "==" and s.version.split("+")[0] == saved for s in req.specifier):  # X+cpu: a build of X
             raise BuildError(
                 f"Version skew: the artifact was saved with {package} {saved}, but "
                 f"dependencies.requirements asks for {req}.",
@@ -82,7 +84,19 @@ def pinned_requirements(project: Project, pins: dict[str, str]) -> tuple[list[st
             notes.append(f"pinned {package}=={saved} (within your {req.specifier})")
     names = {wheelhouse.canonical(requirement_name(r)) for r in out}
     out += [r for r in wheelhouse.server_requirements() if wheelhouse.canonical(requirement_name(r)) not in names]
+    tensor = project.contract.input.tensor
+    if tensor is not None and tensor.image is not None and "pillow" not in names:
+        out.append(_pin("pillow"))  # decodes the base64 PNGs that input.tensor.image accepts
     return out, notes
+
+
+def _pin(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{package}=={version(package)}"
+    except PackageNotFoundError:
+        return package
 
 
 def requirement_name(line: str) -> str:
@@ -139,6 +153,7 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     """Pure: decide tag, requirements, labels and Dockerfile (``pins`` from the runtime, see build_pins)."""
     c = project.contract
     requirements, notes = pinned_requirements(project, pins or {})
+    requirements, index_urls, more = image_requirements(c.runtime, requirements)
     model_sha = artifact_sha256(project.artifact_path)
     contract_sha = hashlib.sha256(project.contract_path.read_bytes()).hexdigest()
     labels = {
@@ -154,15 +169,51 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
         labels["org.opencontainers.image.revision"] = commit
     model, contract = project_files(project)
     image = base_image(project, base)
+    prune, strip = image_tweaks(c.runtime)
+    tools = [(Path(elfstrip.__file__), "elfstrip.py")] if strip else []
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 - a Dockerfile, not HTML
     env.filters["dockerstr"] = docker_string
     template = env.from_string(files("mlship").joinpath("templates/Dockerfile.j2").read_text(encoding="utf-8"))
     dockerfile = template.render(mlship_version=__version__, name=c.name, base_image=image, python="python3",
-                                 labels=labels)
+                                 labels=labels, prune=prune, strip=strip)
     return BuildPlan(tag=f"{c.name}:{project.version}", base_image=image, python=c.dependencies.python,
-                     requirements=requirements, labels=labels, files=model + contract,
-                     dockerfile=dockerfile, notes=notes)
+                     requirements=requirements, labels=labels, files=model + contract + tools,
+                     dockerfile=dockerfile, notes=notes + more, index_urls=index_urls)
+
+
+def image_requirements(runtime: str, requirements: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """The runtime's ``image_requirements`` hook, if it has one (e.g. torch's CPU build):
+    (requirements, fallback index URLs, notes)."""
+    try:
+        hook = getattr(plugins.get_runtime(runtime), "image_requirements", None)
+    except PluginError:
+        hook = None
+    if hook is None:
+        return requirements, [], []
+    reqs, urls, notes = hook(list(requirements))
+    return list(reqs), list(urls), list(notes)
+
+
+_PRUNE_GLOB = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.*/-]*$")
+
+
+def image_tweaks(runtime: str) -> tuple[list[str], list[str]]:
+    """The runtime's ``image_prune`` and ``image_strip`` paths (relative to site-packages), checked to be inert:
+    removed from the image, and shared libraries whose symbol tables are dropped (see build/elfstrip.py)."""
+    try:
+        cls = plugins.get_runtime(runtime)
+    except PluginError:  # not installed here: build_pins reports that with the fix
+        return [], []
+    found: list[list[str]] = []
+    for attr in ("image_prune", "image_strip"):
+        globs = list(getattr(cls, attr, ()))
+        for glob in globs:
+            if not _PRUNE_GLOB.fullmatch(glob) or ".." in glob.split("/"):
+                raise BuildError(f"The {runtime} runtime's {attr} has {glob!r}, which is not a plain relative path.",
+                                 fix=f"Fix the runtime plugin's {attr}.")
+        found.append(globs)
+    return found[0], found[1]
 
 
 def docker_string(value: object) -> str:
@@ -181,6 +232,7 @@ def docker_string(value: object) -> str:
 def build_pins(project: Project) -> dict[str, str]:
     """Framework versions the artifact was saved with, read by its runtime (loads the artifact)."""
     runtime = plugins.get_runtime(project.contract.runtime)()
+    runtime.configure(project.contract)
     if project.contract.load:
         return {}
     return dict(runtime.saved_versions(runtime.load(project.artifact_path)))
@@ -202,7 +254,7 @@ def write_context(plan: BuildPlan, directory: Path) -> Path:
     """Fill ``directory`` (emptied first) with everything `docker build` needs; returns it."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    lock = wheelhouse.download(plan.requirements, plan.python, directory / "wheels")
+    lock = wheelhouse.download(plan.requirements, plan.python, directory / "wheels", plan.index_urls)
     (directory / "requirements.lock").write_text(lock.text())
     wheelhouse.mlship_wheel(directory / "mlship")
     for src, ctx in plan.files:

@@ -78,11 +78,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MLSHIP_CACHE", Path.home() / ".cache" / "mlship"))
 
 
-def download(requirements: list[str], python: str, dest: Path) -> Lock:
-    """Resolve and download wheels for linux/amd64 + CPython ``python`` into ``dest`` (cached by content)."""
+def download(requirements: list[str], python: str, dest: Path,
+             fallback_index_urls: list[str] | None = None) -> Lock:
+    """Resolve and download wheels for linux/amd64 + CPython ``python`` into ``dest`` (cached by content).
+
+    ``fallback_index_urls`` (e.g. PyTorch's CPU index) are added only when pip's configured indexes cannot
+    resolve the requirements, so a local wheel or mirror is used without touching the network.
+    """
     cached = cache_dir() / "wheelhouse" / wheel_key(requirements, python)
     if not (cached / ".complete").is_file():
-        _pip_download(requirements, python, cached)
+        try:
+            _pip_download(requirements, python, cached)
+        except BuildError:
+            if not fallback_index_urls:
+                raise
+            _pip_download(requirements, python, cached, fallback_index_urls)
         (cached / ".complete").write_text("ok")
     dest.mkdir(parents=True, exist_ok=True)
     wheels: dict[str, tuple[str, str, str]] = {}
@@ -95,7 +105,7 @@ def download(requirements: list[str], python: str, dest: Path) -> Lock:
     return Lock(wheels)
 
 
-def _pip_download(requirements: list[str], python: str, into: Path) -> None:
+def _pip_download(requirements: list[str], python: str, into: Path, index_urls: list[str] | None = None) -> None:
     tmp = into.with_name(into.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -106,6 +116,8 @@ def _pip_download(requirements: list[str], python: str, into: Path) -> None:
            "--dest", str(tmp), "-r", str(tmp / "requirements.in")]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
+    for url in index_urls or ():
+        cmd += ["--extra-index-url", url]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,7 +127,7 @@ def _pip_download(requirements: list[str], python: str, into: Path) -> None:
             why="Images install only wheels resolved on this machine; every requirement needs a wheel "
             "for the image's platform and Python.",
             fix="Check the versions in dependencies.requirements exist for that Python, and that pip "
-            "can reach your package index.",
+            "can reach your package index" + (f" and {', '.join(index_urls)}." if index_urls else "."),
         )
     (tmp / "requirements.in").unlink()
     shutil.rmtree(into, ignore_errors=True)

@@ -7,13 +7,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mlship.cli._app import FileOpt, _errors, app, out
 from mlship.errors import ClientError, MlshipError
+
+if TYPE_CHECKING:
+    from mlship.contract import Contract
 
 
 @app.command()
@@ -24,22 +28,26 @@ def init(
     sample: Annotated[Path | None, typer.Option(help="CSV/JSON whose first row becomes the example.")] = None,
     directory: Annotated[Path, typer.Option("--dir", help="Where to write mlship.yaml.")] = Path("."),
     force: Annotated[bool, typer.Option(help="Overwrite an existing mlship.yaml.")] = False,
+    unsafe_deserialization: Annotated[bool, typer.Option(
+        "--unsafe-deserialization",
+        help="Load a model that runs its own code when deserialized (e.g. a Keras Lambda layer) and write "
+        "`unsafe_deserialization: true`. Only for files you trust.")] = False,
 ) -> None:
     """Inspect a model and write mlship.yaml (input schema, labels, pinned versions, one example)."""
     from mlship.init import init_project
 
     with _errors():
         result = init_project(artifact, directory=directory, runtime=runtime, name=name, sample=sample,
-                              force=force)
+                              force=force, unsafe_deserialization=unsafe_deserialization)
     c = result.contract
     for path in result.created:
         out.print(f"[green]wrote[/] {path}", markup=True)
-    out.print(f"{c.runtime} {c.task} model, {len(c.input.features)} features"
+    out.print(f"{c.runtime} {c.task} model, {escape(_input_text(c))}"
               + (f", labels: {', '.join(c.output.labels)}" if c.output.labels else ""))
     if result.info.framework_version:
         out.print(f"saved with {c.runtime} {result.info.framework_version} (pinned in dependencies)")
     for note in result.info.notes:
-        out.print(f"[yellow]note:[/] {note}", markup=True)
+        out.print(f"[yellow]note:[/] {escape(note)}", markup=True)
     out.print("next: `mlship validate`, then `mlship serve`")
 
 
@@ -55,7 +63,7 @@ def validate(
         project = load_project(file)
         c = project.contract
         out.print(f"[green]ok[/] {project.contract_path}: {c.name} ({c.runtime}, {c.task}, "
-                  f"{len(c.input.features)} features)", markup=True)
+                  f"{escape(_input_text(c))})", markup=True)
         if not load:
             return
         from mlship.examples import check_example
@@ -69,7 +77,7 @@ def validate(
         out.print(f"[green]ok[/] model loads and predicts (version {project.version})", markup=True)
         failed = 0
         for i, example in enumerate(c.examples):
-            got = predictor.predict(predictor.validator.validate(example.input).rows)[0]
+            got = predictor.predict(predictor.example_rows(example.input, i))[0]
             result = check_example(i, example, got)
             if result.ok:
                 out.print(f"[green]ok[/] examples[{i}]", markup=True)
@@ -145,7 +153,11 @@ def _predict_local(source: str | Path, file: Path | None) -> tuple[list[Any], li
     from mlship.serving.validation import InvalidInput
 
     project = load_project(file)
-    rows = client.read_rows(source, project.contract.input.features)
+    rows: list[Any]
+    if project.contract.input.tensor is not None:
+        rows = client.read_tensors(source)
+    else:
+        rows = client.read_rows(source, project.contract.input.features)
     predictor = Predictor(project)
     predictor.load()
     try:
@@ -163,10 +175,14 @@ def _predict_url(source: str | Path, url: str, key: str | None, batch_size: int)
     from mlship.contract import Feature
 
     meta = client.get_json(f"{url}/metadata", key)
-    props = meta.get("input", {}).get("properties", {})
-    kinds = {"number": "float", "integer": "int", "string": "str", "boolean": "bool"}
-    features = {n: Feature(type=kinds.get(p.get("type"), "str")) for n, p in props.items()}  # type: ignore[arg-type]
-    rows = client.read_rows(source, features)
+    rows: list[Any]
+    if meta.get("tensor"):
+        rows = client.read_tensors(source)
+    else:
+        props = meta.get("input", {}).get("properties", {})
+        kinds = {"number": "float", "integer": "int", "string": "str", "boolean": "bool"}
+        features = {n: Feature(type=kinds.get(p.get("type"), "str")) for n, p in props.items()}  # type: ignore[arg-type]
+        rows = client.read_rows(source, features)
     preds: list[Any] = []
     for start in range(0, len(rows), batch_size):
         reply = client.post_json(f"{url}/predict", {"instances": rows[start:start + batch_size]}, key)
@@ -192,6 +208,16 @@ def _table(preds: list[dict[str, Any]], labels: list[str] | None) -> Table:
     return table
 
 
+def _input_text(c: Contract) -> str:
+    """ "4 features", or "tensor float32 [null, 8, 8] (+ PNG)"."""
+    from mlship.contract import shape_text
+
+    spec = c.input.tensor
+    if spec is None:
+        return f"{len(c.input.features)} features"
+    return f"tensor {spec.dtype} {shape_text(spec.shape)}" + (" (+ PNG)" if spec.image else "")
+
+
 def _cell(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -205,10 +231,13 @@ def info(file: FileOpt = None) -> None:
         project = load_project(file)
     c = project.contract
     out.print(f"[bold]{c.name}[/] {project.version} · {c.runtime} · {c.task}", markup=True)
-    table = Table("feature", "type", "description", show_edge=False)
-    for name, feature in c.input.features.items():
-        table.add_row(name, feature.type, feature.description or "")
-    out.print(table)
+    if c.input.tensor is not None:
+        out.print("input: " + _input_text(c), markup=False)
+    else:
+        table = Table("feature", "type", "description", show_edge=False)
+        for name, feature in c.input.features.items():
+            table.add_row(name, feature.type, feature.description or "")
+        out.print(table)
     if c.output.labels:
         out.print("labels: " + ", ".join(c.output.labels))
     reqs = project.requirements()

@@ -28,12 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mlship.contract import Task
+from mlship.contract import Contract, InputSpec, Task
 
 
 @dataclass
 class ArtifactInfo:
-    """What `mlship init` learns from an artifact to fill in mlship.yaml."""
+    """What `mlship init` learns from an artifact to fill in mlship.yaml.
+
+    A model that takes one array per instance leaves ``features`` empty and sets ``tensor`` to the
+    contract's ``input.tensor`` mapping, e.g. ``{"shape": [None, 8, 8], "dtype": "float32"}``.
+    """
 
     task: Task
     features: dict[str, str]
@@ -41,6 +45,7 @@ class ArtifactInfo:
     requirements: list[str] = field(default_factory=list)
     framework_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    tensor: dict[str, Any] | None = None
 
 
 @dataclass
@@ -57,6 +62,23 @@ class Runtime(ABC):
 
     name: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: Folders or files (globs relative to site-packages) removed from the image after installing the
+    #: requirements, e.g. C headers that are only needed to compile extensions.
+    image_prune: ClassVar[tuple[str, ...]] = ()
+    #: Folders or files (relative to site-packages) whose shared libraries lose their symbol tables in the
+    #: image (what `strip` does; the loader never reads them), e.g. a framework's unstripped .so files.
+    image_strip: ClassVar[tuple[str, ...]] = ()
+
+    #: Settings from mlship.yaml, set by :meth:`configure` before :meth:`load` (`mlship init` sets
+    #: ``unsafe_deserialization`` from its flag). A format with a safe mode may run code stored in the
+    #: artifact only when ``unsafe_deserialization`` is True.
+    unsafe_deserialization: bool = False
+    task: Task | None = None
+
+    def configure(self, contract: Contract) -> None:
+        """Take the contract's settings; called before :meth:`load` by the server, validate and build."""
+        self.unsafe_deserialization = contract.unsafe_deserialization
+        self.task = contract.task
 
     @classmethod
     def can_load(cls, path: Path) -> bool:
@@ -72,12 +94,25 @@ class Runtime(ABC):
         """Describe a loaded model: task, input features, labels, pinned requirements."""
 
     @abstractmethod
-    def predict(self, model: Any, rows: list[list[Any]], features: list[str]) -> ModelOutput:
-        """Predict a batch; ``rows`` are validated values in the order of ``features``."""
+    def predict(self, model: Any, rows: Any, features: list[str]) -> ModelOutput:
+        """Predict a batch.
+
+        ``rows`` are validated values in the order of ``features`` (a list of lists); for a tensor input
+        (``input.tensor``) they are one numpy array of shape ``(N, *shape[1:])`` in the declared dtype, and
+        ``features`` is empty.
+        """
 
     def check(self, model: Any, features: list[str]) -> list[str]:
         """Problems between the model and the contract's features (empty when they agree)."""
         return []
+
+    def check_input(self, model: Any, spec: InputSpec) -> list[str]:
+        """Problems between the model and the contract's input; tensor runtimes compare shape and dtype."""
+        return self.check(model, list(spec.features)) if spec.tensor is None else []
+
+    def classes(self, model: Any) -> list[Any] | None:
+        """The model's classes in output order (mapped onto ``output.labels`` by position)."""
+        return getattr(model, "classes_", None)
 
     def saved_versions(self, model: Any) -> dict[str, str]:
         """Packages whose exact version the artifact needs (e.g. the pickle's scikit-learn version)."""

@@ -67,11 +67,14 @@ class App:
         self._openapi = orjson.dumps(openapi.openapi(c, self.version, auth))
         self._index = pages.index_page(c, self.version, auth).encode()
         self._docs = pages.docs_page(c, self.version, project.docs_text).encode()
-        self._metadata = orjson.dumps({
+        metadata: dict[str, Any] = {
             "name": c.name, "version": self.version, "runtime": c.runtime, "task": c.task,
             "labels": c.output.labels, "input": openapi.instance_schema(c),
             "docs": project.docs_text, "mlship_version": __version__,
-        })
+        }
+        if c.input.tensor is not None:
+            metadata["tensor"] = c.input.tensor.model_dump(mode="json")
+        self._metadata = orjson.dumps(metadata)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start_loading(self) -> None:

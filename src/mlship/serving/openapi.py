@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlship import __version__
-from mlship.contract import Contract, Feature
+from mlship.contract import Contract, Feature, TensorSpec
 
 _JSON_TYPES = {"float": "number", "int": "integer", "str": "string", "bool": "boolean"}
 
@@ -23,7 +23,32 @@ def feature_schema(feature: Feature) -> dict[str, Any]:
     return schema
 
 
+_INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "uint8": (0, 255)}
+
+
+def tensor_schema(spec: TensorSpec) -> dict[str, Any]:
+    """One tensor instance: a nested array of the instance shape, or {b64: PNG} for image inputs."""
+    leaf: dict[str, Any] = {"type": "number" if spec.dtype.startswith("float") else "integer"}
+    if spec.dtype in _INT_BOUNDS:
+        leaf["minimum"], leaf["maximum"] = _INT_BOUNDS[spec.dtype]
+    schema = leaf
+    for size in reversed(spec.instance_shape):
+        schema = {"type": "array", "items": schema, "minItems": size, "maxItems": size}
+    schema["description"] = f"{spec.dtype} array of shape {list(spec.instance_shape)}"
+    if spec.image is None:
+        return schema
+    png = {"type": "object", "properties": {"b64": {
+        "type": "string", "contentEncoding": "base64", "contentMediaType": "image/png",
+        "description": f"a PNG, converted to {'grayscale' if spec.image.channels == 1 else 'RGB'}, resized and "
+                       f"scaled from 0..255 to {list(spec.image.scale)}"}},
+        "required": ["b64"], "additionalProperties": False}
+    return {"oneOf": [schema, png]}
+
+
 def instance_schema(contract: Contract) -> dict[str, Any]:
+    if contract.input.tensor is not None:
+        return {"type": "object", "properties": {"input": tensor_schema(contract.input.tensor)},
+                "required": ["input"], "additionalProperties": False}
     feats = contract.input.features
     return {
         "type": "object",
@@ -51,12 +76,14 @@ def _error(description: str) -> dict[str, Any]:
 def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
     example = contract.examples[0].input if contract.examples else None
     single: dict[str, Any] = {"$ref": "#/components/schemas/Instance"}
+    tensor = contract.input.tensor
+    item = "Tensor" if tensor is not None else "Instance"  # a batch lists bare tensors, not {input: ...}
     batch = {
         "type": "object",
         "properties": {
             "instances": {
                 "type": "array",
-                "items": {"$ref": "#/components/schemas/Instance"},
+                "items": {"$ref": f"#/components/schemas/{item}"},
                 "minItems": 1,
                 "maxItems": contract.serve.max_instances,
             }
@@ -66,7 +93,8 @@ def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
     }
     body: dict[str, Any] = {"schema": {"oneOf": [single, batch]}}
     if example is not None:
-        body["examples"] = {"one": {"value": example}, "batch": {"value": {"instances": [example]}}}
+        batch_example = [example["input"]] if tensor is not None else [example]
+        body["examples"] = {"one": {"value": example}, "batch": {"value": {"instances": batch_example}}}
     predict_op: dict[str, Any] = {
         "summary": f"Predict with {contract.name}",
         "operationId": "predict",
@@ -113,6 +141,8 @@ def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
             }
         },
     }
+    if tensor is not None:
+        doc["components"]["schemas"]["Tensor"] = tensor_schema(tensor)
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]

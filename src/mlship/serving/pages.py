@@ -9,7 +9,7 @@ import html
 import json
 from typing import Any
 
-from mlship.contract import Contract
+from mlship.contract import Contract, TensorSpec, shape_text
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}
 label{display:block;margin:.4rem 0}input,select{margin-left:.5rem;padding:.2rem}
@@ -51,7 +51,69 @@ def _field(name: str, ftype: str, value: Any, enum: list[Any] | None) -> str:
     return f'<label>{n}<input id="in-{n}" type="{kind}"{step} value="{val}" required></label>'
 
 
+_TENSOR_SCRIPT = """const form = document.getElementById('f');
+form.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const out = document.getElementById('out');
+  const file = document.getElementById('png');
+  let body;
+  try {
+    if (file && file.files.length) {
+      const url = await new Promise((ok, fail) => {
+        const rd = new FileReader();
+        rd.onload = () => ok(rd.result); rd.onerror = fail; rd.readAsDataURL(file.files[0]);
+      });
+      body = {input: {b64: String(url).split(',')[1]}};
+    } else {
+      body = {input: JSON.parse(document.getElementById('tensor').value)};
+    }
+  } catch (e) { out.textContent = 'not valid JSON: ' + e; return; }
+  const headers = {'Content-Type': 'application/json'};
+  const key = document.getElementById('key');
+  if (key && key.value) headers['Authorization'] = 'Bearer ' + key.value;
+  try {
+    const r = await fetch('predict', {method: 'POST', headers, body: JSON.stringify(body)});
+    out.textContent = r.status + '\\n' + JSON.stringify(await r.json(), null, 2);
+  } catch (e) { out.textContent = String(e); }
+});"""
+
+
+def _tensor_text(spec: TensorSpec) -> str:
+    text = f"{spec.dtype} array of shape {shape_text(spec.instance_shape)}"
+    if spec.image is not None:
+        kind = "grayscale" if spec.image.channels == 1 else "RGB"
+        text += f", or a PNG ({kind}, resized, scaled to {list(spec.image.scale)})"
+    return text
+
+
+def _tensor_index(contract: Contract, spec: TensorSpec, version: str, auth: bool) -> str:
+    example = contract.examples[0].input.get("input") if contract.examples else None
+    if not isinstance(example, list):  # no example, or a {b64: ...} one: start from zeros
+        example = _zeros(spec.instance_shape)
+    value = html.escape(json.dumps(example))
+    png = ('<label>or a PNG file<input id="png" type="file" accept="image/png"></label>'
+           if spec.image is not None else "")
+    key = '<label>API key<input id="key" type="password" autocomplete="off"></label>' if auth else ""
+    title = html.escape(contract.name)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{title} <small>{html.escape(version)}</small></h1>
+<p>{html.escape(contract.task)} model ({html.escape(contract.runtime)}).
+<a href="docs">Docs</a> · <a href="openapi.json">OpenAPI</a> · <a href="metadata">Metadata</a></p>
+<form id="f"><label>input: {html.escape(_tensor_text(spec))} (JSON)<br>
+<textarea id="tensor" rows="10" cols="80" spellcheck="false">{value}</textarea></label>
+{png}{key}<button type="submit">Predict</button></form>
+<pre id="out"></pre>
+<script>{_TENSOR_SCRIPT}</script></body></html>"""
+
+
+def _zeros(shape: tuple[int, ...]) -> object:
+    return [_zeros(shape[1:]) for _ in range(shape[0])] if shape else 0
+
+
 def index_page(contract: Contract, version: str, auth: bool) -> str:
+    if contract.input.tensor is not None:
+        return _tensor_index(contract, contract.input.tensor, version, auth)
     example = contract.examples[0].input if contract.examples else {}
     feats = contract.input.features
     fields = "\n".join(_field(n, f.type, example.get(n), f.enum) for n, f in feats.items())
@@ -75,6 +137,11 @@ def docs_page(contract: Contract, version: str, model_card: str | None) -> str:
         f"<tr><td>{html.escape(n)}</td><td>{f.type}</td><td>{html.escape(f.description or '')}</td></tr>"
         for n, f in contract.input.features.items()
     )
+    if contract.input.tensor is not None:
+        spec = contract.input.tensor
+        rows = (f'<tr><td>input</td><td>{html.escape(spec.dtype)} {shape_text(spec.shape)}</td>'
+                f'<td>{html.escape(_tensor_text(spec))}; one instance {{"input": ...}}, a batch '
+                f'{{"instances": [...]}}</td></tr>')
     example = contract.examples[0].input if contract.examples else None
     curl = ""
     if example is not None:

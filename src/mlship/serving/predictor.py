@@ -13,9 +13,9 @@ import numpy as np
 
 from mlship import plugins
 from mlship.contract_io import Project
-from mlship.errors import ArtifactError, PredictionError, UserCodeError
+from mlship.errors import ArtifactError, ContractError, PredictionError, UserCodeError
 from mlship.runtimes.base import ModelOutput, Runtime
-from mlship.serving.validation import Validator, sample_instance
+from mlship.serving.validation import InvalidInput, make_validator, sample_body
 from mlship.usercode import load_function, short_traceback
 
 
@@ -26,8 +26,9 @@ class Predictor:
         self.project = project
         contract = project.contract
         self.features = contract.feature_names
-        self.validator = Validator(contract.input.features, contract.serve.max_instances)
+        self.validator = make_validator(contract.input, contract.serve.max_instances)
         self.runtime: Runtime = plugins.get_runtime(contract.runtime)()
+        self.runtime.configure(contract)
         self.model: Any = None
         self.warnings: list[str] = []
         self._user_predict: Callable[..., Any] | None = None
@@ -52,17 +53,18 @@ class Predictor:
         if c.predict:
             self._user_predict = load_function(self.project.root, c.predict, "predict")
         else:
-            problems = self.runtime.check(self.model, self.features)
+            problems = self.runtime.check_input(self.model, c.input)
             if problems:
                 raise ArtifactError(
                     f"The model does not match mlship.yaml: {'; '.join(problems)}.",
-                    fix="Run `mlship init` again for this model, or fix input.features.",
+                    fix="Run `mlship init` again for this model, or fix "
+                    f"{'input.tensor' if c.input.tensor is not None else 'input.features'}.",
                 )
         self._label_of = self._label_map()
 
     def _label_map(self) -> dict[Any, str]:
         labels = self.project.contract.output.labels
-        classes = getattr(self.model, "classes_", None)
+        classes = self.runtime.classes(self.model)
         if labels is None or classes is None:
             return {}
         classes = list(classes)
@@ -79,10 +81,20 @@ class Predictor:
     def warm_up(self) -> list[dict[str, Any]]:
         """One prediction on the first example (or a schema-made instance); proves the model works."""
         examples = self.project.contract.examples
-        instance = examples[0].input if examples else sample_instance(self.project.contract.input.features)
-        return self.predict(self.validator.validate(instance).rows)
+        instance = examples[0].input if examples else sample_body(self.project.contract.input)
+        return self.predict(self.example_rows(instance, 0 if examples else None))
 
-    def predict(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+    def example_rows(self, instance: dict[str, Any], index: int | None) -> Any:
+        """Validated rows of one example's input; an invalid example is a contract error."""
+        try:
+            return self.validator.validate(instance).rows
+        except InvalidInput as exc:
+            where = f"examples[{index}].input" if index is not None else "the warm-up instance"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'input'}: {e['msg']}" for e in exc.errors)
+            raise ContractError(f"{where} does not fit the input schema: {problems}.",
+                                fix="Fix the example in mlship.yaml (`mlship info` shows the input).") from None
+
+    def predict(self, rows: Any) -> list[dict[str, Any]]:
         """Predictions for validated rows, one JSON-ready dict per row."""
         try:
             if self._user_predict is not None:
@@ -96,9 +108,12 @@ class Predictor:
             ) from None
         return self._format(out, len(rows))
 
-    def _call_user(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+    def _call_user(self, rows: Any) -> list[dict[str, Any]]:
         assert self._user_predict is not None
-        instances = [dict(zip(self.features, row, strict=True)) for row in rows]
+        if self.project.contract.input.tensor is not None:
+            instances: Any = rows  # one array (N, *shape), in the contract's dtype
+        else:
+            instances = [dict(zip(self.features, row, strict=True)) for row in rows]
         try:
             result = list(self._user_predict(self.model, instances))
         except Exception as exc:

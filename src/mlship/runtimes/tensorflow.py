@@ -1,0 +1,410 @@
+"""TensorFlow / Keras runtime: Keras v3 ``.keras`` files, legacy ``.h5`` files, SavedModel folders and a
+``.zip`` of a SavedModel folder.
+
+Keras files are loaded with ``safe_mode=True``: a model whose file carries Python code (a ``Lambda`` layer)
+is refused unless mlship.yaml says ``unsafe_deserialization: true``. SavedModels hold TensorFlow graphs,
+not Python code, and load without the opt-in. TensorFlow is imported inside the methods only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from mlship.contract import TENSOR_DTYPES, InputSpec, Task, shape_text
+from mlship.errors import ArtifactError
+from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+MAX_ZIP_BYTES = 8 << 30  # uncompressed size of a zipped SavedModel
+_DTYPE_ALIASES = {"float16": "float32", "bfloat16": "float32", "int8": "int32", "int16": "int32",
+                  "uint16": "int32", "uint32": "int64"}
+UNSAFE_FIX = ("If you trust this file, add `unsafe_deserialization: true` to mlship.yaml (or run `mlship init "
+              "--unsafe-deserialization`). Safer: replace the Lambda layer with a built-in layer, or a layer "
+              "class registered with @keras.saving.register_keras_serializable, and save the model again.")
+
+
+@dataclass
+class TFModel:
+    """A loaded model plus what mlship needs to call it; ``load()`` returns this."""
+
+    fn: Any  # batch array -> output tensor (a tf.function over the Keras model, or a SavedModel signature)
+    model: Any  # the Keras model, or the SavedModel's loaded object
+    kind: str  # "keras" or "savedmodel"
+    input_shape: tuple[int | None, ...]  # without the batch dimension; None where the model accepts any size
+    input_dtype: str
+    output_size: int | None  # last dimension of the output
+    activation: str | None  # the final activation when it can be read (Keras), e.g. "softmax"
+    saved_tf_version: str | None = None
+    saved_keras_version: str | None = None
+
+
+def _quiet_import() -> tuple[Any, Any]:
+    """(tensorflow, keras), imported with TensorFlow's C++ log noise turned down and Keras on TensorFlow."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"  # this runtime serves with TensorFlow, whatever the shell says
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TensorFlow's own deprecation warnings at import time
+            import keras
+            import tensorflow as tf
+    except ImportError as exc:
+        raise ArtifactError(
+            f"The tensorflow runtime needs TensorFlow: {exc}.",
+            fix="pip install tensorflow-cpu (or `pip install 'mlship[tensorflow]'`).",
+        ) from None
+    return tf, keras
+
+
+def _installed_tf_version() -> str:
+    tf, _ = _quiet_import()
+    return str(tf.__version__)
+
+
+def _installed_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+class TensorflowRuntime(Runtime):
+    """Keras models (``.keras``, ``.h5``) and SavedModels (folder or ``.zip``), served with tensorflow-cpu."""
+
+    name = "tensorflow"
+    extensions = KERAS_SUFFIXES
+    # 290 MB of C++ headers (only for compiling custom ops) and libclang (a build-time tool TensorFlow never
+    # imports when serving); and 250 MB of symbol tables in TensorFlow's unstripped shared libraries.
+    image_prune = ("tensorflow/include", "clang/native")
+    image_strip = ("tensorflow",)
+
+    def __init__(self) -> None:
+        self._warnings: list[str] = []
+
+    @classmethod
+    def can_load(cls, path: Path) -> bool:
+        suffix = path.suffix.lower()
+        if suffix in KERAS_SUFFIXES:
+            return True
+        if path.is_dir():
+            return (path / "saved_model.pb").is_file()
+        if suffix == ".zip":
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    return any(PurePosixPath(n).name == "saved_model.pb" for n in zf.namelist())
+            except (zipfile.BadZipFile, OSError):
+                return False
+        return False
+
+    # -- load --------------------------------------------------------------------------------------------
+    def load(self, path: Path) -> TFModel:
+        if not path.exists():
+            raise ArtifactError(f"Model not found: {path}.", fix="Train the model or fix `artifact`.")
+        suffix = path.suffix.lower()
+        if path.is_dir():
+            return self._load_saved_model(path, path.name)
+        if suffix in KERAS_SUFFIXES:
+            return self._load_keras(path)
+        if suffix == ".zip":
+            with tempfile.TemporaryDirectory(prefix="mlship-savedmodel-") as tmp:
+                folder = _extract_saved_model(path, Path(tmp))
+                return self._load_saved_model(folder, path.name)
+        raise ArtifactError(
+            f"{path.name} is not a format the tensorflow runtime reads.",
+            fix="Save the model with model.save('model.keras') (or .h5), or export a SavedModel folder (or a "
+            ".zip of it).",
+        )
+
+    def _load_keras(self, path: Path) -> TFModel:
+        tf, keras = _quiet_import()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model = keras.saving.load_model(path, compile=False, safe_mode=not self.unsafe_deserialization)
+            except Exception as exc:  # Keras raises ValueError/TypeError/OSError/... for unreadable files
+                raise _keras_error(path, exc) from None
+        self._warnings += [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, UserWarning)]
+        inputs = getattr(model, "inputs", None)
+        if not inputs:
+            raise ArtifactError(
+                f"{path.name}: cannot tell the model's input shape (the model was never built with an Input).",
+                fix="Build the model with keras.Input(shape=...) (or call it once on data) before saving it.",
+            )
+        if len(inputs) != 1 or len(getattr(model, "outputs", []) or []) != 1:
+            raise ArtifactError(
+                f"{path.name} has {len(inputs)} inputs and {len(model.outputs)} outputs; the tensorflow runtime "
+                "serves models with one input and one output.",
+                fix="Wrap the model with a `predict: predict.py:predict` function in mlship.yaml.",
+            )
+        spec_in, spec_out = inputs[0], model.outputs[0]
+        input_shape = tuple(spec_in.shape[1:])
+        dtype = _dtype_name(spec_in.dtype)
+        signature = tf.TensorSpec(shape=(None, *input_shape), dtype=dtype)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+        return TFModel(fn=fn, model=model, kind="keras", input_shape=input_shape, input_dtype=dtype,
+                       output_size=_last_dim(spec_out.shape), activation=_final_activation(model, keras),
+                       saved_keras_version=_saved_keras_version(path))
+
+    def _load_saved_model(self, folder: Path, shown: str) -> TFModel:
+        tf, _ = _quiet_import()
+        version = _saved_tf_version(folder)
+        try:
+            loaded = tf.saved_model.load(str(folder))
+        except Exception as exc:  # TensorFlow raises many kinds for a broken SavedModel
+            raise ArtifactError(
+                f"{shown} is not a loadable SavedModel: {exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+                fix="Export it again with model.export(path) (Keras) or tf.saved_model.save(obj, path).",
+            ) from None
+        signatures = dict(getattr(loaded, "signatures", {}) or {})
+        fn = signatures.get("serving_default") or (next(iter(signatures.values())) if len(signatures) == 1 else None)
+        if fn is None:
+            raise ArtifactError(
+                f"{shown} has no `serving_default` signature (signatures: {', '.join(signatures) or 'none'}).",
+                fix="Export with model.export(path), or tf.saved_model.save(obj, path, signatures=...).",
+            )
+        args, kwargs = fn.structured_input_signature
+        inputs = list(kwargs.items())
+        outputs = fn.structured_outputs
+        if args or len(inputs) != 1 or not isinstance(outputs, dict) or len(outputs) != 1:
+            raise ArtifactError(
+                f"{shown}: the serving signature takes {', '.join(kwargs) or 'positional inputs'} and returns "
+                f"{', '.join(outputs) if isinstance(outputs, dict) else 'a structure'}; the tensorflow runtime serves "
+                "one named input and one output.",
+                fix="Export a single-input, single-output signature, or use a `predict: predict.py:predict` function.",
+            )
+        in_name, in_spec = inputs[0]
+        out_name, out_spec = next(iter(outputs.items()))
+
+        def call(x: Any) -> Any:
+            return fn(**{in_name: x})[out_name]
+
+        return TFModel(fn=call, model=loaded, kind="savedmodel", input_shape=tuple(in_spec.shape[1:]),
+                       input_dtype=_dtype_name(in_spec.dtype), output_size=_last_dim(out_spec.shape),
+                       activation=None, saved_tf_version=version)
+
+    def load_warnings(self) -> list[str]:
+        return list(dict.fromkeys(self._warnings))
+
+    def saved_versions(self, model: Any) -> dict[str, str]:
+        saved = model.saved_tf_version if isinstance(model, TFModel) else None
+        return {"tensorflow-cpu": saved or _installed_tf_version()}
+
+    # -- inspect / check -----------------------------------------------------------------------------------
+    def inspect(self, model: Any, path: Path) -> ArtifactInfo:
+        m = _require(model)
+        notes: list[str] = []
+        if any(d is None for d in m.input_shape):
+            raise ArtifactError(
+                f"{path.name} accepts inputs of shape {shape_text((None, *m.input_shape))}; mlship needs every "
+                "dimension but the batch one to be fixed.",
+                fix="Give the model a fixed-size input (e.g. keras.Input((224, 224, 3))) and save it again, or write "
+                "input.tensor.shape in mlship.yaml by hand.",
+            )
+        dtype = m.input_dtype
+        if dtype not in TENSOR_DTYPES:
+            raise ArtifactError(f"{path.name} takes {dtype} inputs, which mlship does not accept over HTTP.",
+                                fix="Give the model a numeric input (float32, int32, ...) and save it again.")
+        task: Task
+        labels: list[str] | None = None
+        size = m.output_size
+        if m.activation == "softmax" and size:
+            task, labels = "classification", [str(i) for i in range(size)]
+        elif m.activation == "sigmoid" and size == 1:
+            task, labels = "classification", ["0", "1"]
+        elif m.kind == "savedmodel" and size and size > 1:
+            task, labels = "classification", [str(i) for i in range(size)]
+            notes.append(f"The SavedModel returns {size} values per instance: assumed to be class scores "
+                         "(task: classification; softmax is applied when they are not probabilities). Set "
+                         "task: regression if they are not.")
+        else:
+            task = "regression"
+            if size and size > 1:
+                notes.append(f"The model returns {size} values per instance without a softmax: served as "
+                             "regression. If they are class scores (logits), set task: classification and "
+                             "output.labels; mlship applies softmax.")
+        if task == "classification":
+            notes.append("Labels are the class indices 0..N-1; replace output.labels with your class names "
+                         "(in the same order).")
+        tf_version = m.saved_tf_version or _installed_tf_version()
+        reqs = [f"tensorflow-cpu=={tf_version}"]
+        keras_version = _installed_version("keras")
+        if m.kind == "keras" and keras_version:
+            reqs.append(f"keras=={keras_version}")
+        if len(m.input_shape) in (2, 3):
+            notes.append("For image inputs, add `image: {channels: 1 or 3, scale: [min, max]}` under input.tensor to "
+                         "also accept base64 PNGs.")
+        return ArtifactInfo(task=task, features={}, labels=labels, requirements=reqs, framework_version=tf_version,
+                            notes=notes, tensor={"shape": [None, *m.input_shape], "dtype": dtype})
+
+    def check_input(self, model: Any, spec: InputSpec) -> list[str]:
+        m = _require(model)
+        expected = spec.tensor.instance_shape if spec.tensor is not None else (len(spec.features),)
+        what = (f"input.tensor.shape is {shape_text(spec.tensor.shape)}" if spec.tensor is not None
+                else f"input.features lists {len(spec.features)}")
+        if len(expected) != len(m.input_shape) or any(
+                d is not None and d != e for d, e in zip(m.input_shape, expected, strict=True)):
+            return [f"the model takes input shape {shape_text((None, *m.input_shape))} but {what}"]
+        return []
+
+    def classes(self, model: Any) -> list[Any] | None:
+        if not isinstance(model, TFModel) or self.task != "classification" or not model.output_size:
+            return None
+        return list(range(2 if model.output_size == 1 else model.output_size))
+
+    # -- predict ---------------------------------------------------------------------------------------------
+    def predict(self, model: Any, rows: Any, features: list[str]) -> ModelOutput:
+        m = _require(model)
+        x = np.asarray(rows, dtype=m.input_dtype)
+        out = np.asarray(m.fn(x))
+        out = out.reshape(len(x), -1).astype(np.float64)
+        if self.task == "regression":
+            return ModelOutput(values=out[:, 0].tolist() if out.shape[1] == 1 else out.tolist())
+        proba = probabilities(out)
+        return ModelOutput(values=proba.argmax(axis=1).tolist(), probabilities=proba,
+                           classes=list(range(proba.shape[1])))
+
+
+def probabilities(out: Any) -> Any:
+    """Class probabilities from a model's output: kept when they are probabilities; else softmax (or sigmoid
+    for a single output). One output column p becomes two classes [1 - p, p]."""
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape[1] == 1:
+        p = out[:, 0]
+        if ((p < 0) | (p > 1)).any():
+            p = 1.0 / (1.0 + np.exp(-p))
+        return np.stack([1.0 - p, p], axis=1)
+    if (out < 0).any() or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+        shifted = np.exp(out - out.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return out
+
+
+def _require(model: Any) -> TFModel:
+    if not isinstance(model, TFModel):
+        raise ArtifactError(
+            f"The tensorflow runtime got a {type(model).__name__}, not a model it loaded.",
+            fix="A `load:` function with the tensorflow runtime needs a `predict:` function as well.",
+        )
+    return model
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(getattr(dtype, "name", dtype))
+    return _DTYPE_ALIASES.get(name, name)
+
+
+def _last_dim(shape: Any) -> int | None:
+    dims = list(shape)
+    return int(dims[-1]) if len(dims) >= 2 and dims[-1] is not None else (1 if len(dims) == 1 else None)
+
+
+def _final_activation(model: Any, keras: Any) -> str | None:
+    """The activation of the last layer ("softmax", "sigmoid", "linear", ...), None when unknown."""
+    layers = getattr(model, "layers", None) or []
+    if not layers:
+        return None
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    if activation is None:
+        return None
+    name = getattr(activation, "__name__", None)
+    return str(name) if name else None
+
+
+def _keras_error(path: Path, exc: Exception) -> ArtifactError:
+    text = str(exc)
+    if "safe_mode" in text or "unsafe" in text.lower() or "arbitrary code" in text:
+        return ArtifactError(
+            f"{path.name} stores Python code (e.g. a Lambda layer), so Keras' safe mode refuses to load it.",
+            why="Loading such a file runs code from it, which can do anything a program can. mlship loads Keras "
+            "files with safe_mode=True unless mlship.yaml opts in.",
+            fix=UNSAFE_FIX,
+        )
+    if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text:
+        return ArtifactError(
+            f"{path.name} uses a custom class that is not importable: {text.splitlines()[0]}",
+            why="A Keras file stores the name of each custom layer/model class, not its code.",
+            fix="Decorate the class with @keras.saving.register_keras_serializable() in a module, add the module "
+            "next to mlship.yaml (build.include) and load the model from a `load: predict.py:load` function.",
+        )
+    return ArtifactError(
+        f"{path.name} is not a readable Keras file: {exc.__class__.__name__}: {text.splitlines()[0] if text else ''}",
+        fix="Save the model with model.save('model.keras') (or .h5) and point `artifact` at it.",
+    )
+
+
+def _saved_keras_version(path: Path) -> str | None:
+    """The Keras version that wrote a .keras (metadata.json) or .h5 (root attribute) file."""
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as zf:
+                return str(json.loads(zf.read("metadata.json")).get("keras_version") or "") or None
+        import h5py
+
+        with h5py.File(path, "r") as fh:
+            value = fh.attrs.get("keras_version")
+        return (value.decode() if isinstance(value, bytes) else str(value)) if value is not None else None
+    except Exception:  # metadata is optional: a file without it still loads
+        return None
+
+
+def _saved_tf_version(folder: Path) -> str | None:
+    """The TensorFlow version recorded in saved_model.pb (MetaInfoDef.tensorflow_version)."""
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+        versions = [g.meta_info_def.tensorflow_version for g in proto.meta_graphs if g.meta_info_def.tensorflow_version]
+    except Exception:  # an unreadable file fails in tf.saved_model.load with a better message
+        return None
+    return versions[0] if versions else None
+
+
+def _extract_saved_model(path: Path, into: Path) -> Path:
+    """Unzip a zipped SavedModel safely (no absolute paths, `..`, links or zip bombs); its folder."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(f"{path.name} is not a readable zip file: {exc}.",
+                            fix="Zip the SavedModel folder again (e.g. `cd model && zip -r ../model.zip .`).") from None
+    with zf:
+        total = 0
+        for info in zf.infolist():
+            name = info.filename
+            parts = PurePosixPath(name).parts
+            mode = info.external_attr >> 16
+            if (name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in name
+                    or (mode & 0o170000) == 0o120000):
+                raise ArtifactError(
+                    f"{path.name} contains the unsafe entry {name!r} (an absolute path, `..`, a drive or a link).",
+                    why="Extracting it could write outside the temporary folder.",
+                    fix="Zip the SavedModel folder with relative paths only.",
+                )
+            total += info.file_size
+        if total > MAX_ZIP_BYTES:
+            raise ArtifactError(f"{path.name} unpacks to {total / 1e9:.1f} GB, over the "
+                                f"{MAX_ZIP_BYTES >> 30} GiB limit.",
+                                fix="Serve the SavedModel folder itself (artifact: path/to/folder).")
+        zf.extractall(into)
+    found = sorted((p.parent for p in into.rglob("saved_model.pb")), key=lambda p: len(p.parts))
+    if not found:
+        raise ArtifactError(f"{path.name} holds no saved_model.pb.",
+                            fix="Zip the folder that model.export() / tf.saved_model.save() wrote.")
+    if len(found) > 1 and len(found[0].parts) == len(found[1].parts):
+        raise ArtifactError(f"{path.name} holds more than one SavedModel.", fix="Zip one SavedModel folder.")
+    return found[0]
