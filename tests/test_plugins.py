@@ -62,15 +62,18 @@ def test_builtin_sklearn() -> None:
 
 def test_builtin_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     use_entry_points(monkeypatch)
-    assert plugins.available("target") == {"local": "mlship.targets.local:LocalTarget"}
-    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: local\.$"):
+    assert plugins.available("target") == {
+        "cloudrun": "mlship.targets.cloudrun:CloudRunTarget",
+        "local": "mlship.targets.local:LocalTarget",
+    }
+    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: cloudrun, local\.$"):
         plugins.get("target", "aws")
 
 
 def test_unknown_runtime_lists_available() -> None:
     with pytest.raises(PluginError) as info:
         plugins.get_runtime("nope")
-    assert info.value.message == "Unknown runtime `nope`. Available: sklearn."
+    assert info.value.message == f"Unknown runtime `nope`. Available: {', '.join(sorted(plugins.BUILTIN_RUNTIMES))}."
     assert info.value.fix is not None and "`nope` runtime" in info.value.fix
     assert info.value.exit_code == 2
 
@@ -78,10 +81,7 @@ def test_unknown_runtime_lists_available() -> None:
 def test_entry_point_runtime_is_resolvable(monkeypatch: pytest.MonkeyPatch, fake_module: str,
                                            tmp_path: Path) -> None:
     use_entry_points(monkeypatch, ("fake", f"{fake_module}:FakeRuntime"))
-    assert plugins.available("runtime") == {
-        "sklearn": "mlship.runtimes.sklearn:SklearnRuntime",
-        "fake": "mlship_fake_rt:FakeRuntime",
-    }
+    assert plugins.available("runtime") == {**plugins.BUILTIN_RUNTIMES, "fake": "mlship_fake_rt:FakeRuntime"}
     cls = plugins.get_runtime("fake")
     assert cls.__name__ == "FakeRuntime"
     assert cls.__module__ == fake_module
@@ -92,7 +92,8 @@ def test_entry_point_runtime_is_resolvable(monkeypatch: pytest.MonkeyPatch, fake
     assert runtime.predict(None, [[1.5], [2.0]], ["x"]).values == [3.0, 4.0]
     assert detect_runtime(artifact) == "fake"
     assert detect_runtime(tmp_path / "m.joblib") == "sklearn"
-    with pytest.raises(PluginError, match=r"Unknown runtime `other`\. Available: fake, sklearn\."):
+    names = ", ".join(sorted([*plugins.BUILTIN_RUNTIMES, "fake"]))
+    with pytest.raises(PluginError, match=rf"Unknown runtime `other`\. Available: {names}\."):
         plugins.get_runtime("other")
 
 

@@ -172,13 +172,13 @@ def test_plan_is_pure(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert target.opts.environment() == {"LOG_LEVEL": "debug", "DEBUG": "true"}
 
 
-def test_unknown_target_lists_local(iris_dir: Path) -> None:
+def test_unknown_target_lists_the_available_ones(iris_dir: Path) -> None:
     assert plugins.get("target", "local") is LocalTarget
-    with pytest.raises(PluginError, match=r"^Unknown target `x`\. Available: local\.$"):
+    with pytest.raises(PluginError, match=r"^Unknown target `x`\. Available: cloudrun, local\.$"):
         plugins.get("target", "x")
     result = invoke("status", "--target", "x", "-f", str(iris_dir))
     assert result.exit_code == 2
-    assert "Unknown target `x`. Available: local." in result.output
+    assert "Unknown target `x`. Available: cloudrun, local." in result.output
 
 
 def test_cli_deploy_dry_run_builds_nothing(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

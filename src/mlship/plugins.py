@@ -23,9 +23,12 @@ from mlship.errors import PluginError
 
 BUILTIN_RUNTIMES: dict[str, str] = {
     "sklearn": "mlship.runtimes.sklearn:SklearnRuntime",
+    "tensorflow": "mlship.runtimes.tensorflow:TensorflowRuntime",
+    "pytorch": "mlship.runtimes.pytorch:PytorchRuntime",
 }
 BUILTIN_TARGETS: dict[str, str] = {
     "local": "mlship.targets.local:LocalTarget",
+    "cloudrun": "mlship.targets.cloudrun:CloudRunTarget",
 }
 
 GROUPS = {"runtime": "mlship.runtimes", "target": "mlship.targets"}

@@ -12,7 +12,7 @@ import typer
 from mlship.cli._app import FileOpt, _errors, app, err, out
 from mlship.cli.images import BaseOpt, _build_image
 
-TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Deploy target plugin (built in: local).")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Deploy target plugin (built in: local, cloudrun).")]
 
 
 @contextmanager

@@ -1,0 +1,214 @@
+"""What the Cloud Run emulator does with Docker: run a revision's container, probe it, stop it, and
+route a service's requests to it through a small reverse proxy.
+
+Pure helpers with no emulator state, so `cloudrun.py` stays about the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+LABEL = "dev.mlship.emulator"
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "content-length"}
+
+
+def run_container(docker: Any, image: str, *, name: str, port: int, env: dict[str, str], labels: dict[str, str],
+                  command: list[str] | None, args: list[str] | None, mem_limit: int | None,
+                  nano_cpus: int | None) -> tuple[Any, int]:
+    """Pull ``image`` and run it detached with ``port`` published on an ephemeral 127.0.0.1 port."""
+    docker.images.pull(image)
+    container = docker.containers.run(
+        image, name=name, detach=True, environment=env, labels=labels,
+        ports={f"{port}/tcp": ("127.0.0.1", None)}, entrypoint=command or None, command=args or None,
+        mem_limit=mem_limit, nano_cpus=nano_cpus, stop_signal="SIGTERM")
+    for _ in range(50):  # the engine fills in the port binding a moment after start
+        container.reload()
+        bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
+        if bindings:
+            return container, int(bindings[0]["HostPort"])
+        if container.status in ("exited", "dead"):
+            break
+        time.sleep(0.05)
+    return container, 0
+
+
+def stop_container(container: Any) -> None:
+    """The Cloud Run way: SIGTERM, SIGKILL after 10 s; then remove it. Never raises."""
+    for step in (lambda: container.stop(timeout=10), lambda: container.remove(force=True)):
+        with contextlib.suppress(Exception):  # already gone, or being removed by another thread
+            step()
+
+
+def logs_tail(container: Any, lines: int = 20) -> str:
+    try:
+        return str(container.logs(tail=lines).decode(errors="replace")).strip() or "(no output)"
+    except Exception:
+        return "(no logs: the container is gone)"
+
+
+def exit_code(container: Any) -> int | None:
+    try:
+        container.reload()
+    except Exception:
+        return -1
+    if container.status in ("exited", "dead"):
+        return int(container.attrs.get("State", {}).get("ExitCode", -1))
+    return None
+
+
+def _tcp_open(host_port: int, timeout: float) -> bool:
+    """True when something accepts on the port and keeps the connection open (Docker's userland proxy
+    accepts every connection, then closes it at once when nothing listens in the container)."""
+    try:
+        with socket.create_connection(("127.0.0.1", host_port), timeout=timeout) as sock:
+            sock.settimeout(0.2)
+            try:
+                return sock.recv(1) != b""
+            except TimeoutError:
+                return True
+    except OSError:
+        return False
+
+
+def _http_ok(host_port: int, path: str, headers: dict[str, str], timeout: float) -> tuple[bool, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", host_port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers)
+        status = conn.getresponse().status
+        return 200 <= status < 400, f"HTTP {status}"
+    except (OSError, http.client.HTTPException) as exc:
+        return False, type(exc).__name__
+    finally:
+        conn.close()
+
+
+def startup_probe(container: Any, host_port: int, probe: dict[str, Any], port: int, cancelled: threading.Event,
+                  container_name: str) -> str:
+    """Run a Cloud Run startup probe (template dict shape); "" once it passes, else why it failed."""
+    delay = int(probe.get("initialDelaySeconds", 0))
+    timeout = int(probe.get("timeoutSeconds", 1))
+    period = int(probe.get("periodSeconds", 10))
+    threshold = int(probe.get("failureThreshold", 3))
+    http_get = probe.get("httpGet")
+    kind = "HTTP" if http_get is not None else "TCP"
+    where = f'path "{http_get.get("path") or "/"}"' if http_get is not None else f"port {port}"
+    if cancelled.wait(delay):
+        return "cancelled"
+    failures, last = 0, ""
+    while True:
+        started = time.monotonic()
+        code = exit_code(container)
+        if code is not None:
+            return f"The container exited with code {code} before the startup probe passed."
+        if http_get is not None:
+            headers = {h["name"]: h.get("value", "") for h in http_get.get("httpHeaders", [])}
+            ok, last = _http_ok(host_port, http_get.get("path") or "/", headers, timeout)
+        else:  # one TCP attempt keeps trying to connect until its timeout (Cloud Run's default: 240 s)
+            ok = False
+            while not ok and time.monotonic() - started < timeout and exit_code(container) is None:
+                ok = _tcp_open(host_port, 1.0) or cancelled.wait(0.1)
+        if ok:
+            return "" if not cancelled.is_set() else "cancelled"
+        failures += 1
+        if failures >= threshold:
+            detail = f" (last answer: {last})" if last else ""
+            return (f"STARTUP {kind} probe failed {failures} time{'s' * (failures > 1)} consecutively for "
+                    f'container "{container_name}" on {where}{detail}. The instance was not started.')
+        if cancelled.wait(max(0.0, period - (time.monotonic() - started))):
+            return "cancelled"
+
+
+class Proxy:
+    """A reverse proxy on its own 127.0.0.1 port: ``route()`` picks (host port, revision) per request."""
+
+    def __init__(self, route: Callable[[], tuple[int, str] | None], *, timeout: Callable[[], float],
+                 authorize: Callable[[dict[str, str]], bool]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self._body()
+                if not authorize({k.lower(): v for k, v in self.headers.items()}):
+                    return self._answer(403, b"Error: Forbidden. Your client does not have permission to get URL "
+                                             b"from this server.\n", {})
+                target = route()
+                if target is None:
+                    return self._answer(503, b"Service Unavailable: no ready revision takes traffic.\n", {})
+                host_port, revision = target
+                conn = http.client.HTTPConnection("127.0.0.1", host_port, timeout=timeout())
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for key, value in self.headers.items():
+                        if key.lower() not in HOP_BY_HOP:
+                            conn.putheader(key, value)
+                    conn.putheader("X-Forwarded-For", self.client_address[0])
+                    conn.putheader("X-Forwarded-Proto", "http")
+                    conn.putheader("Content-Length", str(len(body)))
+                    conn.endheaders(body)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    headers = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
+                    headers["X-Cloudrun-Emulator-Revision"] = revision
+                    self._answer(resp.status, data, headers)
+                except TimeoutError:
+                    self._answer(504, b"upstream request timeout\n", {})
+                except (OSError, http.client.HTTPException):
+                    self._answer(503, b"Service Unavailable: the instance did not answer.\n", {})
+                finally:
+                    conn.close()
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"cloudrun-proxy-{self.port}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+def weighted_choice(targets: list[tuple[int, str, int]]) -> tuple[int, str] | None:
+    """(host port, revision) drawn by percent from [(host port, revision, percent)]; None when all are 0."""
+    live = [t for t in targets if t[2] > 0 and t[0]]
+    if not live:
+        return None
+    port, revision, _ = random.choices(live, weights=[t[2] for t in live])[0]
+    return port, revision
