@@ -284,6 +284,9 @@ def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 INSTALLED = rt.public_version(torch.__version__)
 
 
+CPU_MIRROR = "http://127.0.0.1:9/torch-cpu/simple"
+
+
 @pytest.mark.parametrize(("given", "expected"), [
     (["torch==2.4.1"], ["torch==2.4.1+cpu"]),
     ([f"torch>={INSTALLED}", "numpy"], [f"torch=={INSTALLED}+cpu", "numpy"]),
@@ -296,8 +299,10 @@ def test_image_requirements_take_the_cpu_build(given: list[str], expected: list[
     monkeypatch.delenv(rt.CPU_INDEX_ENV, raising=False)
     reqs, urls, notes = rt.PytorchRuntime.image_requirements(given)
     assert reqs == expected
-    assert urls == [rt.CPU_INDEX_URL]
-    assert any("CPU build" in n for n in notes)
+    assert urls == []  # no index is added unless $MLSHIP_TORCH_INDEX_URL names one
+    assert any("CPU build" in n and rt.CPU_INDEX_ENV in n for n in notes)
+    monkeypatch.setenv(rt.CPU_INDEX_ENV, CPU_MIRROR)
+    assert rt.PytorchRuntime.image_requirements(given)[:2] == (expected, [CPU_MIRROR])
 
 
 def test_image_requirements_keep_a_chosen_variant_and_refuse_loose_pins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,12 +342,28 @@ def test_wheelhouse_tries_the_cpu_index_only_when_the_configured_indexes_fail(
 
     monkeypatch.setenv("MLSHIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(wheelhouse, "_pip_download", fake)
-    wheelhouse.download(["torch==2.4.1+cpu"], "3.11", tmp_path / "w", [rt.CPU_INDEX_URL])
-    assert calls == [None, [rt.CPU_INDEX_URL]]
+    wheelhouse.download(["torch==2.4.1+cpu"], "3.11", tmp_path / "w", [CPU_MIRROR])
+    assert calls == [None, [CPU_MIRROR]]
     calls.clear()
     with pytest.raises(BuildError):
         wheelhouse.download(["torch==2.4.2+cpu"], "3.11", tmp_path / "w2")
     assert calls == [None]
+
+
+def test_a_missing_cpu_wheel_says_where_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from mlship.build import wheelhouse
+
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for torch==9.9.9+cpu")
+    monkeypatch.setattr(wheelhouse.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(BuildError) as info:
+        wheelhouse._pip_download(["torch==9.9.9+cpu"], "3.11", tmp_path / "w")
+    assert "No matching distribution found for torch==9.9.9+cpu" in info.value.message
+    assert info.value.fix is not None and "set $MLSHIP_TORCH_INDEX_URL to PyTorch's CPU wheel index" in info.value.fix
+    with pytest.raises(BuildError) as info:
+        wheelhouse._pip_download(["numpy==0.0.1"], "3.11", tmp_path / "w")
+    assert info.value.fix is not None and "MLSHIP_TORCH_INDEX_URL" not in info.value.fix
 
 
 # --- the torch-digits example: init -> validate -> serve -> predict ---------------------------------

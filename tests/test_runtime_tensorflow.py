@@ -16,6 +16,7 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +258,40 @@ def test_other_formats_predict_like_keras(fmt: str, formats: dict[str, Path], ru
     info = runtime.inspect(model, path)
     assert info.tensor == {"shape": [None, 8, 8], "dtype": "float32"}
     assert info.task == "classification" and info.labels == [str(i) for i in range(10)]
-    assert runtime.saved_versions(model) == {"tensorflow-cpu": tf_version()}
+    keras = {"keras": version("keras")} if fmt == "h5" else {}  # SavedModels hold no Keras objects
+    assert runtime.saved_versions(model) == {"tensorflow-cpu": tf_version(), **keras}
+
+
+def with_keras_version(source: Path, dest: Path, keras_version: str) -> Path:
+    """A copy of a .keras file whose metadata.json says it was written by ``keras_version``."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w") as out:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "keras_version": keras_version}).encode()
+            out.writestr(item, data)
+    return dest
+
+
+def test_keras_files_pin_the_keras_that_wrote_them(tmp_path: Path, digits_model: Path) -> None:
+    from mlship.build.context import build_pins, pinned_requirements
+
+    (tmp_path / "model").mkdir()
+    with_keras_version(digits_model, tmp_path / "model" / "digits.keras", "3.0.5")
+    result = init_project(tmp_path / "model" / "digits.keras", directory=tmp_path)
+    assert "keras==3.0.5" in result.contract.dependencies.requirements
+    assert f"tensorflow-cpu=={tf_version()}" in result.contract.dependencies.requirements
+    project = load_project(tmp_path)
+    assert build_pins(project) == {"tensorflow-cpu": tf_version(), "keras": "3.0.5"}
+    edit(tmp_path, lambda d: d["dependencies"].update(requirements=[f"tensorflow-cpu=={tf_version()}",
+                                                                      f"keras=={version('keras')}"]))
+    with pytest.raises(BuildError, match=r"saved with keras 3\.0\.5"):
+        pinned_requirements(load_project(tmp_path), build_pins(project))
+    # a file that names no Keras 3 release (or none at all) gets the installed Keras, which reads it
+    with_keras_version(digits_model, tmp_path / "model" / "digits.keras", "2.15.0")
+    result = init_project(tmp_path / "model" / "digits.keras", directory=tmp_path, force=True)
+    assert f"keras=={version('keras')}" in result.contract.dependencies.requirements
+    assert any("written by Keras 2.15.0" in note for note in result.info.notes)
 
 
 def test_init_a_zipped_saved_model(tmp_path: Path, formats: dict[str, Path]) -> None:

@@ -84,7 +84,7 @@ def template(opts: dict[str, Any], image: str = DIGEST, version: str = "v1") -> 
     ({**BASE, "concurrency": 0}, "targets.cloudrun.concurrency: Input should be greater than or equal to 1"),
     ({**BASE, "min_instances": 3, "max_instances": 2}, "targets.cloudrun.max_instances: must be at least "
                                                        "min_instances (3), got 2"),
-    ({**BASE, "env": {"PORT": "1"}}, "targets.cloudrun.env.PORT.[key]: PORT is set by Cloud Run"),
+    ({**BASE, "env": {"PORT": "1"}}, "targets.cloudrun.env.PORT: PORT is set by Cloud Run"),
     ({**BASE, "secrets": {"DB": "db-password"}}, "targets.cloudrun.secrets: DB: expected SECRET_NAME:VERSION"),
     ({**BASE, "secrets": {"A": "s:1"}, "env": {"A": 1}}, "targets.cloudrun.secrets: 'A' is in both env and secrets"),
     ({**BASE, "labels": {"Team": "ml"}}, "targets.cloudrun.labels: Team: label keys and values are lowercase"),
@@ -99,12 +99,20 @@ def test_invalid_options_name_the_key(iris_dir: Path, options: dict[str, Any], e
     assert info.value.exit_code == 2
 
 
+def test_shutdown_grace_must_fit_cloud_runs_ten_seconds(tmp_path: Path, iris_dir: Path) -> None:
+    assert CloudRunTarget(make_project(iris_dir, tmp_path / "ok", serve={"shutdown_grace_s": 9.5}), BASE)
+    with pytest.raises(TargetError) as info:
+        CloudRunTarget(make_project(iris_dir, tmp_path / "long", serve={"shutdown_grace_s": 12}), BASE)
+    assert info.value.message == "serve.shutdown_grace_s is 12s, but Cloud Run kills a container 10s after SIGTERM."
+    assert info.value.fix is not None and "below 10" in info.value.fix
+
+
 @pytest.mark.parametrize("name", ["API_KEY", "GITHUB_TOKEN", "db_password", "CLIENT_SECRET"])
 def test_secret_looking_env_is_refused_without_showing_the_value(iris_dir: Path, name: str) -> None:
     with pytest.raises(ContractError) as info:
         CloudRunTarget(load_project(iris_dir), {**BASE, "env": {name: "hunter2-value"}})
     message = info.value.message
-    assert f"targets.cloudrun.env.{name}.[key]: '{name}' looks like a secret" in message
+    assert f"targets.cloudrun.env.{name}: '{name}' looks like a secret" in message
     assert f"`secrets: {{{name}: SECRET_NAME:latest}}`" in message
     assert "hunter2" not in info.value.render()
 
@@ -578,3 +586,117 @@ def test_cli_status_and_destroy_through_the_emulator(make_target: Any, v1_image:
     assert result.exit_code == 1 and "No previous ready revision" in result.output
     result = invoke("destroy", "--target", "cloudrun", "-f", folder)
     assert result.exit_code == 0 and f"removed Cloud Run service {target.full_name} (1 revision)" in result.output
+
+
+def test_cli_deploy_prints_a_url_that_predicts(make_target: Any, base_image_env: str, docker_engine: Any,
+                                               registry: str) -> None:
+    """`mlship deploy --target cloudrun`: build (cached layers) -> mlship test -> push -> deploy -> wait ready
+    -> smoke test; the last line printed is the URL, and it predicts."""
+    target = make_target()
+    folder, tag = str(target.project.root), f"{target.service}:{target.project.version}"
+    try:
+        result = invoke("deploy", "--target", "cloudrun", "-f", folder)
+        assert result.exit_code == 0, result.output
+        assert f"built {tag}" in result.output and f"tested {tag}" in result.output
+        assert f"deployed {target.opts.registry_path}/{target.service}@sha256:" in result.output
+        url = result.output.rstrip().splitlines()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        reply = predict(url)
+        assert reply.status_code == 200 and reply.json()["label"] == "setosa"
+        assert reply.headers["x-model-version"] == target.project.version
+
+        result = invoke("deploy", "--target", "cloudrun", "-f", folder)  # nothing changed: nothing to do
+        assert result.exit_code == 0, result.output
+        assert f"unchanged {target.opts.registry_path}/{target.service}@sha256:" in result.output
+        assert result.output.rstrip().splitlines()[-1] == url
+    finally:
+        target.destroy()  # its containers first: they hold the images
+        for image in docker_engine.images.list(name=target.service) + docker_engine.images.list(
+                name=f"{registry}/{target.opts.project}/mlship/{target.service}"):
+            for ref in image.tags + image.attrs.get("RepoDigests", []):
+                with contextlib.suppress(ImageNotFound):
+                    docker_engine.images.remove(ref)
+
+
+class Killed(BaseException):
+    """The deploy process dying at some point (a BaseException: no `except Exception` may catch it)."""
+
+
+def arm(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    """Kill the next deploy right after ``point``: `push` (the image is in the registry), or the n-th API
+    call that changes something (`1`, `2`: the request was accepted; its operation goes on without us)."""
+    if point == "push":
+        original_push = cloudrun.registry.push
+
+        def push(*args: Any) -> str:
+            original_push(*args)
+            raise Killed("after the push")
+
+        monkeypatch.setattr(cloudrun.registry, "push", push)
+        return
+    original_rpc, count = Gcp.rpc, [0]
+
+    def rpc(self: Gcp, what: str, role: str, method: Any, request: dict[str, Any]) -> Any:
+        result = original_rpc(self, what, role, method, request)
+        if role in ("create", "update", "delete") or what.startswith("set IAM"):
+            count[0] += 1
+            if count[0] == int(point):
+                raise Killed(f"after {what}")
+        return result
+
+    monkeypatch.setattr(Gcp, "rpc", rpc)
+
+
+@pytest.mark.parametrize("point", ["push", "1", "2"])
+def test_a_deploy_killed_at_each_step_converges_when_run_again(point: str, make_target: Any, v1_image: str,
+                                                               v2_image: str, emu: CloudRunEmulator,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """First deploy (create service, grant IAM) and upgrade (new revision, move traffic), each killed after
+    the push or after its first or second mutating call; the re-run finishes the job with no extra
+    revision, and a third run changes nothing."""
+    target = make_target(public=True)
+    for image, revisions in ((v1_image, 1), (v2_image, 2)):
+        with monkeypatch.context() as patched:
+            arm(patched, point)
+            with pytest.raises(Killed):
+                target.deploy(image, lambda _line: None)
+        deployed = target.deploy(image, lambda _line: None)
+        assert predict(deployed.url or "").headers["x-model-version"] == deployed.version
+        status = target.status()
+        assert (status.version, status.ready, len(status.history)) == (deployed.version, True, revisions), status
+        assert status.history[0].endswith(", ready, 100% traffic)")
+        service = emu.services[target.full_name]
+        assert {"role": "roles/run.invoker", "members": ["allUsers"]} in service.policy["bindings"]
+        mark = len(emu.calls)
+        assert not target.deploy(image, lambda _line: None).changed
+        assert mutating(emu.calls[mark:]) == []
+
+
+def test_artifact_registry_push_logs_the_engine_in_with_the_access_token(
+        v1_image: str, registry: str, gcp_project: str, docker_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The *.pkg.dev path (ADC access token as oauth2accesstoken), run against the loopback registry: the
+    token goes to the engine's login only, never into a progress line."""
+    import docker
+
+    from mlship.targets import cloudrun_registry
+
+    opts = CloudRunOptions(project=gcp_project, region="europe-west1", registry=registry)
+    gcp = Gcp(opts, tries=1, retry_delay_s=0, poll_s=0.05, op_timeout_s=10)
+    monkeypatch.setattr(gcp, "access_token", lambda: "ya29.not-a-real-token")
+    logins: list[dict[str, Any]] = []
+    login = docker.DockerClient.login
+
+    def record(self: Any, **kwargs: Any) -> Any:
+        logins.append(kwargs)
+        return login(self, **kwargs)
+
+    monkeypatch.setattr(docker.DockerClient, "login", record)
+    lines: list[str] = []
+    ref = cloudrun_registry._push_with_token(gcp, v1_image, opts.registry_path, lines.append)
+    name = v1_image.partition(":")[0]
+    assert ref.startswith(f"{opts.registry_path}/{name}@sha256:")
+    assert logins == [{"username": "oauth2accesstoken", "password": "ya29.not-a-real-token",
+                       "registry": f"https://{registry}", "reauth": True}]
+    assert lines and not any("ya29" in line for line in lines)
+    pushed = f"{opts.registry_path}/{v1_image}"
+    docker_engine.images.remove(pushed)

@@ -127,7 +127,10 @@ def _pip_download(requirements: list[str], python: str, into: Path, index_urls: 
             why="Images install only wheels resolved on this machine; every requirement needs a wheel "
             "for the image's platform and Python.",
             fix="Check the versions in dependencies.requirements exist for that Python, and that pip "
-            "can reach your package index" + (f" and {', '.join(index_urls)}." if index_urls else "."),
+            "can reach your package index" + (f" and {', '.join(index_urls)}." if index_urls else ".")
+            + (" The CPU build of torch (+cpu) is not on PyPI: set $MLSHIP_TORCH_INDEX_URL to PyTorch's CPU "
+               "wheel index (the --index-url pytorch.org's install selector shows for Linux, pip, CPU) or a "
+               "mirror of it." if any("+cpu" in r for r in requirements) and not index_urls else ""),
         )
     (tmp / "requirements.in").unlink()
     shutil.rmtree(into, ignore_errors=True)

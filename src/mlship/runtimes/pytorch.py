@@ -39,9 +39,9 @@ from mlship.errors import ArtifactError
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
 
 THREADS_ENV = "MLSHIP_TORCH_THREADS"
-#: Where the CPU-only builds of torch live; `mlship build` falls back to it when the configured indexes
-#: have no ``+cpu`` wheel (PyPI's Linux torch wheels depend on several GB of CUDA libraries).
-CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
+#: An index holding the CPU-only builds of torch (PyTorch's own CPU wheel index, or a mirror of it):
+#: `mlship build` adds it when the configured indexes have no ``+cpu`` wheel (PyPI's Linux torch wheels
+#: depend on several GB of CUDA libraries). Unset: only the configured indexes are used.
 CPU_INDEX_ENV = "MLSHIP_TORCH_INDEX_URL"
 #: Packages whose PyPI Linux wheels are CUDA builds; the image installs their ``+cpu`` variant.
 CPU_VARIANT_PACKAGES = ("torch", "torchvision", "torchaudio")
@@ -275,9 +275,9 @@ class PytorchRuntime(Runtime):
         ``torch==X+cpu`` (the CPU-only wheel; PyPI's Linux wheel of the same version pulls about 3 GB of
         nvidia-* packages); a range is narrowed to the installed version; torch is added when missing (the
         runtime needs it even when a `load:` function builds the model). `mlship build` resolves with the
-        configured indexes first (a local CPU wheel or a mirror) and then with $MLSHIP_TORCH_INDEX_URL
-        (default https://download.pytorch.org/whl/cpu; empty disables the fallback). A pin that names a
-        variant (``torch==X+cu124``) is kept as written.
+        configured indexes first (a local CPU wheel or a mirror) and then, when set, with
+        $MLSHIP_TORCH_INDEX_URL (PyTorch's CPU wheel index or a mirror of it). A pin that names a variant
+        (``torch==X+cu124``) is kept as written.
         """
         from packaging.requirements import Requirement
         from packaging.utils import canonicalize_name
@@ -321,10 +321,11 @@ class PytorchRuntime(Runtime):
                 out.insert(0, f"torch=={installed}+cpu")
                 notes.append(f"added torch=={installed} (the installed version): the pytorch runtime needs it")
                 changed = True
-        index = os.environ.get(CPU_INDEX_ENV, CPU_INDEX_URL).strip()
+        index = os.environ.get(CPU_INDEX_ENV, "").strip()
         if changed:
-            notes.append("torch: the CPU build (+cpu), never CUDA"
-                         + (f"; resolved from {index} when your indexes lack it" if index else ""))
+            notes.append("torch: the CPU build (+cpu), never CUDA; from your package indexes"
+                         + (f", else from {index}" if index else f" (set ${CPU_INDEX_ENV} to PyTorch's CPU wheel "
+                            "index if they lack it)"))
         return out, ([index] if changed and index else []), notes
 
     # -- inspecting --------------------------------------------------------------------------------

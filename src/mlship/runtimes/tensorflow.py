@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -199,7 +200,11 @@ class TensorflowRuntime(Runtime):
 
     def saved_versions(self, model: Any) -> dict[str, str]:
         saved = model.saved_tf_version if isinstance(model, TFModel) else None
-        return {"tensorflow-cpu": saved or _installed_tf_version()}
+        versions = {"tensorflow-cpu": saved or _installed_tf_version()}
+        keras_version = _keras_pin(model) if isinstance(model, TFModel) else None
+        if keras_version:
+            versions["keras"] = keras_version
+        return versions
 
     # -- inspect / check -----------------------------------------------------------------------------------
     def inspect(self, model: Any, path: Path) -> ArtifactInfo:
@@ -239,9 +244,12 @@ class TensorflowRuntime(Runtime):
                          "(in the same order).")
         tf_version = m.saved_tf_version or _installed_tf_version()
         reqs = [f"tensorflow-cpu=={tf_version}"]
-        keras_version = _installed_version("keras")
-        if m.kind == "keras" and keras_version:
+        keras_version = _keras_pin(m)
+        if keras_version:
             reqs.append(f"keras=={keras_version}")
+            if m.saved_keras_version and m.saved_keras_version != keras_version:
+                notes.append(f"{path.name} was written by Keras {m.saved_keras_version}; the image installs the "
+                             f"Keras 3 you have ({keras_version}), which reads such files.")
         if len(m.input_shape) in (2, 3):
             notes.append("For image inputs, add `image: {channels: 1 or 3, scale: [min, max]}` under input.tensor to "
                          "also accept base64 PNGs.")
@@ -345,6 +353,18 @@ def _keras_error(path: Path, exc: Exception) -> ArtifactError:
         f"{path.name} is not a readable Keras file: {exc.__class__.__name__}: {text.splitlines()[0] if text else ''}",
         fix="Save the model with model.save('model.keras') (or .h5) and point `artifact` at it.",
     )
+
+
+def _keras_pin(model: TFModel) -> str | None:
+    """The keras version an image of a Keras file installs: the Keras 3 release that wrote the file (read from
+    its metadata), else the installed one (a Keras 2 / tf.keras .h5 file is read by Keras 3's legacy loader;
+    Keras 2 itself does not run on current TensorFlow)."""
+    if model.kind != "keras":
+        return None
+    saved = model.saved_keras_version
+    if saved and re.match(r"^[3-9]\.\d+\.\d+$", saved):
+        return saved
+    return _installed_version("keras")
 
 
 def _saved_keras_version(path: Path) -> str | None:

@@ -166,7 +166,8 @@ def parse_options(model: type[OptionsT], target: str, options: dict[str, Any]) -
         valid = list(model.model_fields)
         lines = []
         for error in exc.errors():
-            path = ".".join(["targets", target, *(str(p) for p in error["loc"])])
+            # pydantic marks an error in a dict's key with a "[key]" step: the key itself names the place
+            path = ".".join(["targets", target, *(str(p) for p in error["loc"] if p != "[key]")])
             if error["type"] == "extra_forbidden":
                 key = str(error["loc"][-1])
                 near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5) if len(error["loc"]) == 1 else []

@@ -60,6 +60,7 @@ from mlship.targets.cloudrun_spec import (
 )
 
 VERSION_LABEL = "org.opencontainers.image.version"
+SIGKILL_AFTER_S = 10  # Cloud Run: SIGTERM, then SIGKILL 10 s later
 
 
 class CloudRunTarget(Target):
@@ -78,6 +79,12 @@ class CloudRunTarget(Target):
         if len(self.service) > MAX_SERVICE_NAME:
             raise TargetError(f"Service name `{self.service}` is longer than Cloud Run's {MAX_SERVICE_NAME} "
                               "characters.", fix="Shorten `name` in mlship.yaml.")
+        grace = project.contract.serve.shutdown_grace_s
+        if grace >= SIGKILL_AFTER_S:
+            raise TargetError(
+                f"serve.shutdown_grace_s is {grace:g}s, but Cloud Run kills a container {SIGKILL_AFTER_S}s after "
+                "SIGTERM.", why="Requests still in flight when SIGKILL comes would be cut off.",
+                fix=f"Set serve.shutdown_grace_s below {SIGKILL_AFTER_S} in mlship.yaml (the default, 8, fits).")
         self.full_name = f"projects/{self.opts.project}/locations/{self.opts.region}/services/{self.service}"
         self.ready_timeout = project.contract.test.ready_timeout_s
         self._gcp: Gcp | None = None
