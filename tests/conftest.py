@@ -13,15 +13,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 IRIS = REPO / "examples" / "iris-sklearn"
 sys.path.insert(0, str(IRIS))
 
 import train as iris_train  # noqa: E402
+
+if TYPE_CHECKING:
+    from mlship.contract_io import Project
 
 # The wheelhouse cache outlives the per-test HOME, so image builds in tests download wheels once.
 WHEEL_CACHE = Path(os.environ.get("MLSHIP_CACHE") or Path.home() / ".cache" / "mlship")
@@ -63,6 +68,24 @@ def make_iris_project(directory: Path, iris_model: Path, extra_yaml: str = "") -
 def iris_dir(tmp_path: Path, iris_model: Path) -> Path:
     """A fresh copy of the iris example with an mlship.yaml from init."""
     return make_iris_project(tmp_path, iris_model)
+
+
+def copy_project(source: Path, dest: Path, *, name: str | None = None, targets: dict[str, Any] | None = None,
+                 **changes: Any) -> Project:
+    """A copy of a project folder (without .mlship/) with a new name, ``targets`` and other top-level keys
+    of mlship.yaml replaced."""
+    from mlship.contract_io import load_project
+
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".mlship"))
+    path = dest / "mlship.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(changes)
+    if name is not None:
+        data["name"] = name
+    if targets is not None:
+        data["targets"] = targets
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_project(dest)
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import tarfile
 import time
 import urllib.error
@@ -23,14 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from docker.errors import ImageNotFound
 from typer.testing import CliRunner
 
 run_v2 = pytest.importorskip("google.cloud.run_v2")
 from google.api_core import exceptions as gexc  # noqa: E402
 
-from conftest import TEST_BASE_IMAGE  # noqa: E402
+from conftest import TEST_BASE_IMAGE, copy_project  # noqa: E402
 from emulators.cloudrun import LABEL, CloudRunEmulator  # noqa: E402
 from mlship import __version__, plugins  # noqa: E402
 from mlship.cli import app  # noqa: E402
@@ -55,16 +53,8 @@ def invoke(*args: str) -> Any:
 def make_project(source: Path, dest: Path, *, name: str | None = None, cloudrun: dict[str, Any] | None = None,
                  **changes: Any) -> Project:
     """A copy of an iris project folder with a new name, targets.cloudrun options and other keys changed."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".mlship"))
-    path = dest / "mlship.yaml"
-    data = yaml.safe_load(path.read_text())
-    data.update(changes)
-    if name is not None:
-        data["name"] = name
-    if cloudrun is not None:
-        data["targets"] = {"cloudrun": cloudrun}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_project(dest)
+    targets = None if cloudrun is None else {"cloudrun": cloudrun}
+    return copy_project(source, dest, name=name, targets=targets, **changes)
 
 
 def template(opts: dict[str, Any], image: str = DIGEST, version: str = "v1") -> Any:

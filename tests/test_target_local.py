@@ -9,7 +9,6 @@ test fails, and the tests assert that nothing labelled with the service is left 
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 import tarfile
 import uuid
@@ -19,10 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from typer.testing import CliRunner
 
-from conftest import TEST_BASE_IMAGE, free_port
+from conftest import TEST_BASE_IMAGE, copy_project, free_port
 from mlship import plugins
 from mlship.cli import app
 from mlship.contract_io import Project, load_project
@@ -37,16 +35,7 @@ LABEL = "dev.mlship.service"
 def make_project(source: Path, dest: Path, *, name: str | None = None, local: dict[str, Any] | None = None,
                  **changes: Any) -> Project:
     """A copy of an iris project folder with a new name, targets.local options and other keys changed."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".mlship"))
-    path = dest / "mlship.yaml"
-    data = yaml.safe_load(path.read_text())
-    data.update(changes)
-    if name is not None:
-        data["name"] = name
-    if local is not None:
-        data["targets"] = {"local": local}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_project(dest)
+    return copy_project(source, dest, name=name, targets=None if local is None else {"local": local}, **changes)
 
 
 def unique_name() -> str:

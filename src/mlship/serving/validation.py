@@ -67,6 +67,20 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+def instance_list(instances: Any, limit: int, of: str) -> list[Any]:
+    """``body["instances"]`` once it is a non-empty array of at most ``limit`` items (else 422)."""
+    if not isinstance(instances, list):
+        raise InvalidInput([_err(["body", "instances"], f"`instances` must be an array of {of}",
+                                 "type_error", "array", _got(instances))])
+    if not instances:
+        raise InvalidInput([_err(["body", "instances"], "`instances` is empty",
+                                 "too_short", "at least 1 instance", "0")])
+    if len(instances) > limit:
+        raise InvalidInput([_err(["body", "instances"], f"too many instances (limit {limit})", "too_long",
+                                 f"at most {limit}", str(len(instances)))])
+    return instances
+
+
 def make_validator(spec: InputSpec, max_instances: int) -> Validator | TensorValidator:
     """The validator for a contract's input: named features or one tensor per instance."""
     if spec.tensor is not None:
@@ -89,17 +103,7 @@ class Validator:
             if extra:
                 raise InvalidInput([_err(["body", extra[0]], "unknown key next to `instances`",
                                          "extra_forbidden", "only `instances`", _got(extra[0]))])
-            instances = body["instances"]
-            if not isinstance(instances, list):
-                raise InvalidInput([_err(["body", "instances"], "`instances` must be an array of objects",
-                                         "type_error", "array", _got(instances))])
-            if not instances:
-                raise InvalidInput([_err(["body", "instances"], "`instances` is empty",
-                                         "too_short", "at least 1 instance", "0")])
-            if len(instances) > self.max_instances:
-                raise InvalidInput([_err(["body", "instances"],
-                                         f"too many instances (limit {self.max_instances})", "too_long",
-                                         f"at most {self.max_instances}", str(len(instances)))])
+            instances = instance_list(body["instances"], self.max_instances, "objects")
             return Batch(rows=self._rows(instances, ["body", "instances"]), single=False)
         if isinstance(body, dict):
             return Batch(rows=self._rows([body], ["body"], indexed=False), single=True)
@@ -241,17 +245,7 @@ class TensorValidator:
     def validate(self, body: Any) -> Batch:
         if isinstance(body, dict) and "instances" in body:
             _only(body, "instances")
-            instances = body["instances"]
-            if not isinstance(instances, list):
-                raise InvalidInput([_err(["body", "instances"], "`instances` must be an array of instances",
-                                         "type_error", "array", _got(instances))])
-            if not instances:
-                raise InvalidInput([_err(["body", "instances"], "`instances` is empty",
-                                         "too_short", "at least 1 instance", "0")])
-            if len(instances) > self.max_instances:
-                raise InvalidInput([_err(["body", "instances"],
-                                         f"too many instances (limit {self.max_instances})", "too_long",
-                                         f"at most {self.max_instances}", str(len(instances)))])
+            instances = instance_list(body["instances"], self.max_instances, "instances")
             return Batch(rows=self._arrays(instances, ["body", "instances"], indexed=True), single=False)
         if isinstance(body, dict) and "input" in body:
             _only(body, "input")
