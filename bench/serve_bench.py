@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Throughput and latency of a real `python -m mlship.serving` process, against in-process ceilings.
 
-    python bench/serve_bench.py            # 1 s warm-up + 5 s measurement per workload
-    python bench/serve_bench.py --quick    # 1 s each, finishes in well under 30 s
+    python bench/serve_bench.py            # 1 s warm-up + 5 s measurement per workload (about 1 min)
+    python bench/serve_bench.py --quick    # 1 s each, about 30 s
     python bench/serve_bench.py --duration 10 --json results.json
+    python bench/serve_bench.py --models rf --serve threads=1 --serve batching=false
 
-Trains the iris example into a temp dir, writes mlship.yaml with `mlship.init.init_project`, starts the
-server on 127.0.0.1 pinned to one CPU and drives it from this process pinned to another CPU with a
-minimal keep-alive HTTP/1.1 client on asyncio. Prints req/s, rows/s, p50/p99 latency, errors, and the
-ratio to `predict_proba` called in-process on one core. See bench/README.md for how to read it.
+Trains two models into a temp dir (the iris example pipeline, and a 100-tree RandomForestClassifier on 20
+features), writes their mlship.yaml with `mlship.init.init_project`, starts a server for each on 127.0.0.1
+pinned to one CPU and drives it from this process pinned to another CPU with a minimal keep-alive
+HTTP/1.1 client on asyncio. Prints req/s, rows/s, p50/p99 latency, errors, the ratio to `predict_proba`
+called in-process on one core, cold start and the server's memory (PSS). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 IRIS = REPO / "examples" / "iris-sklearn"
 HOST = "127.0.0.1"
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+RF_FEATURES = [f"x{i}" for i in range(20)]
+MODELS = ("iris", "rf")
 # CPUs this process may use, read before main() pins it to one
 USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 LOAD_AT_START: float | None = None  # set by main(): other work on the machine makes the numbers noisy
@@ -87,6 +91,21 @@ def cpu_ticks(cpu: int | None) -> tuple[float, float] | None:
     return None
 
 
+def memory_mb(pid: int) -> dict[str, float] | None:
+    """PSS and RSS of a process in MB (10^6 bytes), from /proc/PID/smaps_rollup; None where unavailable.
+
+    PSS (proportional set size) charges each shared page to the processes sharing it in equal parts, so the
+    shared libraries this process maps count only for its share: the number to add up across processes."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:] if line.endswith(" kB")}
+    if "Pss" not in kb:
+        return None
+    return {"pss_mb": kb["Pss"] * 1024 / 1e6, "rss_mb": kb.get("Rss", 0) * 1024 / 1e6}
+
+
 def load_average() -> float | None:
     with contextlib.suppress(OSError, ValueError):
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -133,6 +152,40 @@ def iris_rows() -> list[list[float]]:
     return [[float(v) for v in row] for row in load_iris().data]
 
 
+def _rf_data() -> tuple[Any, Any]:
+    from sklearn.datasets import make_classification
+
+    return make_classification(n_samples=2000, n_features=20, random_state=0)
+
+
+def make_rf_project(directory: Path) -> Path:
+    """A RandomForestClassifier (100 trees) fitted on make_classification's 20 features (a numpy array, so the
+    features are x0..x19) into directory/model, and directory/mlship.yaml; returns the artifact."""
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+
+    from mlship.init import init_project
+
+    x, y = _rf_data()
+    artifact = directory / "model" / "rf.joblib"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(RandomForestClassifier(n_estimators=100, random_state=0).fit(x, y), artifact)
+    init_project(artifact, directory=directory)
+    return artifact
+
+
+def rf_rows() -> list[list[float]]:
+    return [[float(v) for v in row] for row in _rf_data()[0][:300]]
+
+
+def add_serve_options(contract: Path, options: list[str]) -> None:
+    """Append `serve:` settings (KEY=VALUE, YAML values) to a contract written by init (which has none)."""
+    if options:
+        lines = "".join(f"  {key}: {value}\n" for key, _, value in (o.partition("=") for o in options))
+        with contract.open("a") as fh:
+            fh.write("serve:\n" + lines)
+
+
 # -- in-process ceilings ---------------------------------------------------------------------------
 def calls_per_second(fn: Callable[[], Any], seconds: float) -> float:
     for _ in range(20):  # warm caches and lazy imports
@@ -149,50 +202,61 @@ def calls_per_second(fn: Callable[[], Any], seconds: float) -> float:
 
 
 def in_process(artifact: Path, contract: Path, rows: list[list[float]], sizes: tuple[int, ...],
-               seconds: float) -> dict[int, dict[str, float]]:
-    """Calls/s on this core for each batch size: the model alone (the ceiling), plus two wider paths."""
+               seconds: float, features: list[str] | None = None) -> dict[int, dict[str, float]]:
+    """Calls/s on this core for each batch size: the model alone on a prebuilt float64 array (the ceiling);
+    for a model fitted on a DataFrame also on a prebuilt DataFrame and DataFrame build + predict; and the
+    whole mlship hot path without HTTP."""
+    import warnings
+
     import joblib
+    import numpy as np
     import orjson
-    import pandas as pd
 
     from mlship.contract_io import load_project
     from mlship.serving.predictor import Predictor
 
+    features = features or FEATURES
     model = joblib.load(artifact)
-    names = [str(n) for n in model.feature_names_in_]
+    names = getattr(model, "feature_names_in_", None)
     predictor = Predictor(load_project(contract))
     predictor.load()
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
     out: dict[int, dict[str, float]] = {}
     for size in sizes:
         batch = rows[:size]
-        frame = pd.DataFrame(batch, columns=FEATURES)[names]  # as runtimes/sklearn.py _model_input builds it
-        raw = request_body(batch)
-
-        def with_frame(batch: list[list[float]] = batch) -> Any:
-            return model.predict_proba(pd.DataFrame(batch, columns=FEATURES)[names])
+        array = np.asarray(batch, dtype=np.float64)
+        raw = request_body(batch, features)
 
         def hot_path(raw: bytes = raw, single: bool = size == 1) -> bytes:
             result = predictor.predict(predictor.validator.validate(orjson.loads(raw)).rows)
             return orjson.dumps(result[0] if single else {"predictions": result})
 
-        out[size] = {
-            "predict_proba": calls_per_second(lambda frame=frame: model.predict_proba(frame), seconds),
-            "frame_and_predict_proba": calls_per_second(with_frame, seconds / 2),
-            "mlship_hot_path": calls_per_second(hot_path, seconds / 2),
-        }
+        out[size] = {"predict_proba": calls_per_second(lambda a=array: model.predict_proba(a), seconds)}
+        if names is not None:
+            import pandas as pd
+
+            columns = [str(n) for n in names]
+            frame = pd.DataFrame(batch, columns=features)[columns]
+
+            def with_frame(batch: list[list[float]] = batch, columns: list[str] = columns) -> Any:
+                return model.predict_proba(pd.DataFrame(batch, columns=features)[columns])
+
+            out[size]["frame_predict_proba"] = calls_per_second(lambda f=frame: model.predict_proba(f), seconds / 2)
+            out[size]["frame_and_predict_proba"] = calls_per_second(with_frame, seconds / 2)
+        out[size]["mlship_hot_path"] = calls_per_second(hot_path, seconds / 2)
     return out
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
-def request_body(batch: list[list[float]]) -> bytes:
+def request_body(batch: list[list[float]], features: list[str] | None = None) -> bytes:
     """One bare instance for a single row (the common client call), else {"instances": [...]}."""
-    instances = [dict(zip(FEATURES, row, strict=True)) for row in batch]
+    instances = [dict(zip(features or FEATURES, row, strict=True)) for row in batch]
     body: Any = instances[0] if len(instances) == 1 else {"instances": instances}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def build_request(port: int, body: bytes) -> bytes:
-    head = (f"POST /predict HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+def build_request(port: int, body: bytes, path: str = "/predict") -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
@@ -229,10 +293,10 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> int | None:
         conn.close()
 
 
-def http_post(port: int, body: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+def http_post(port: int, body: bytes, timeout: float = 10.0, path: str = "/predict") -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -292,6 +356,9 @@ class ServerProcess:
     def cpu_seconds(self) -> float | None:
         return proc_cpu_seconds(self.proc.pid)
 
+    def memory(self) -> dict[str, float] | None:
+        return memory_mb(self.proc.pid)
+
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -315,6 +382,7 @@ class Workload:
     rows: int
     concurrency: int
     bodies: list[bytes]
+    model: str = "iris"
 
 
 @dataclass
@@ -402,7 +470,41 @@ async def drive(server: ServerProcess, load: Workload, warmup: float, duration: 
     got = 1 if load.rows == 1 and "label" in payload else len(payload.get("predictions", []))
     if status != 200 or got != load.rows:
         raise RuntimeError(f"{load.name}: check request got {status}: {body[:300]!r}")
+    calls0 = model_calls(port)
+    result = await measure(port, requests, load, warmup, duration, max_requests, server_cpu, server.cpu_seconds)
+    calls1 = model_calls(port)
+    result["model"] = load.model
+    result["rows_per_model_call"] = None  # from mlship_model_batch_rows, for servers that export it
+    if calls0 is not None and calls1 is not None and calls1[1] > calls0[1]:
+        result["rows_per_model_call"] = (calls1[0] - calls0[0]) / (calls1[1] - calls0[1])
+    return result
 
+
+def model_calls(port: int) -> tuple[float, float] | None:
+    """(rows, calls) so far from the server's mlship_model_batch_rows histogram; None if it has none."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("mlship_model_batch_rows_sum", "mlship_model_batch_rows_count"):
+            values[name] = float(value)
+    if len(values) < 2:
+        return None
+    return values["mlship_model_batch_rows_sum"], values["mlship_model_batch_rows_count"]
+
+
+async def measure(port: int, requests: list[bytes], load: Workload, warmup: float, duration: float,
+                  max_requests: int, server_cpu: int | None,
+                  server_cpu_seconds: Callable[[], float | None]) -> dict[str, Any]:
+    """Send the prebuilt raw requests over load.concurrency keep-alive connections: warm-up, then a timed
+    window. server_cpu_seconds gives the CPU seconds the server (all its processes) has used so far."""
     conns: list[Any] = []
     for _ in range(load.concurrency):
         try:
@@ -416,10 +518,10 @@ async def drive(server: ServerProcess, load: Workload, warmup: float, duration: 
     tasks = [asyncio.create_task(worker(c, requests, i * stride, port, run)) for i, c in enumerate(conns)]
 
     await asyncio.sleep(max(0.0, run.measure_start - time.perf_counter()))
-    cpu0 = (time.process_time(), server.cpu_seconds(), time.perf_counter(), cpu_ticks(server_cpu))
+    cpu0 = (time.process_time(), server_cpu_seconds(), time.perf_counter(), cpu_ticks(server_cpu))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(run.stop.wait(), max(0.0, run.end - time.perf_counter()))
-    cpu1 = (time.process_time(), server.cpu_seconds(), time.perf_counter(), cpu_ticks(server_cpu))
+    cpu1 = (time.process_time(), server_cpu_seconds(), time.perf_counter(), cpu_ticks(server_cpu))
     _, pending = await asyncio.wait(tasks, timeout=10.0)  # in-flight requests finish, or time out
     for task in pending:
         task.cancel()
@@ -484,55 +586,69 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"pinning   : server on CPU {m['server_cpu']} (affinity {result['server_affinity']}), "
               f"load generator + in-process baseline on CPU {m['generator_cpu']} ({m['generator_loop']})")
     print(f"run       : warm-up {cfg['warmup_s']:g} s + measure {cfg['duration_s']:g} s per workload, "
-          f"max {cfg['max_requests']:,} requests; in-process {cfg['baseline_s']:g} s per ceiling")
-    cs = result["cold_start"]
-    print(f"cold start: process start -> first HTTP answer {cs['first_http_s']:.2f} s, "
-          f"-> /readyz 200 {cs['readyz_s']:.2f} s, -> first 200 prediction {cs['first_prediction_s']:.2f} s")
-    print()
-    base = result["in_process"]
-    print("in-process on one core (calls/s; rows/s = calls/s x rows):")
-    labels = {"predict_proba": "model.predict_proba(prebuilt DataFrame)  <- ceiling",
+          f"max {cfg['max_requests']:,} requests; in-process {cfg['baseline_s']:g} s per ceiling"
+          + (f"; serve: {', '.join(cfg['serve'])}" if cfg.get("serve") else ""))
+    labels = {"predict_proba": "model.predict_proba(prebuilt float64 array) <- ceiling",
+              "frame_predict_proba": "model.predict_proba(prebuilt DataFrame)",
               "frame_and_predict_proba": "DataFrame build + predict_proba",
               "mlship_hot_path": "orjson parse + validate + Predictor.predict + dump"}
-    sizes = sorted(base, key=int)
-    print(f"  {'':54}" + "".join(f"{f'{s} row' + ('s' if int(s) > 1 else ''):>14}" for s in sizes))
-    for key, label in labels.items():
-        print(f"  {label:54}" + "".join(f"{fmt_rate(base[s][key]):>14}" for s in sizes))
-    if (result["in_process_other_cpu"] or 0) > 0.05:
-        print(f"!! other processes or the hypervisor took {fmt_pct(result['in_process_other_cpu'])} of the "
-              "baseline's CPU: the ceilings read low")
+    for name, info in result["models"].items():
+        cs, ready, after = info["cold_start"], info["memory_ready"], info["memory_after_load"]
+        print()
+        print(f"{name}: {info['description']}; model input: {info.get('model_input') or '-'}")
+        print(f"  cold start: process start -> first HTTP answer {cs['first_http_s']:.2f} s, "
+              f"-> /readyz 200 {cs['readyz_s']:.2f} s, -> first 200 prediction {cs['first_prediction_s']:.2f} s")
+        if ready and after:
+            print(f"  memory    : PSS {ready['pss_mb']:.0f} MB when ready, {after['pss_mb']:.0f} MB after the "
+                  f"workloads (RSS {ready['rss_mb']:.0f} / {after['rss_mb']:.0f} MB)")
+        base = info["in_process"]
+        sizes = sorted(base, key=int)
+        print("  in-process on one core (calls/s; rows/s = calls/s x rows):")
+        print(f"    {'':56}" + "".join(f"{f'{s} row' + ('s' if int(s) > 1 else ''):>12}" for s in sizes))
+        for key, label in labels.items():
+            if key in base[sizes[0]]:
+                print(f"    {label:56}" + "".join(f"{fmt_rate(base[s][key]):>12}" for s in sizes))
+        if (info["in_process_other_cpu"] or 0) > 0.05:
+            print(f"  !! other processes or the hypervisor took {fmt_pct(info['in_process_other_cpu'])} of the "
+                  "baseline's CPU: the ceilings read low")
     print()
-    cols = (f"{'workload':<14}{'conc':>5}{'req/s':>9}{'rows/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}"
-            f"{'in-process ceiling':>21}{'ratio':>7}{'srv cpu':>8}{'gen cpu':>8}")
+    cols = (f"{'model':<6}{'workload':<14}{'conc':>5}{'req/s':>9}{'rows/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+            f"{'errors':>7}{'in-process ceiling':>21}{'ratio':>7}{'srv cpu':>8}{'gen cpu':>8}{'rows/cpu-s':>11}"
+            f"{'rows/call':>10}")
     print(cols)
     print("-" * len(cols))
     for w in result["workloads"]:
-        ceiling = base[str(w["rows_per_request"])]["predict_proba"]
+        ceiling = w["in_process_calls_per_s"]
         if w["rows_per_request"] == 1:
             ceil_text = f"{fmt_rate(ceiling)} calls/s"
         else:
             ceil_text = f"{fmt_rate(ceiling * w['rows_per_request'])} rows/s"
-        print(f"{w['workload']:<14}{w['concurrency']:>5}{fmt_rate(w['req_per_s']):>9}"
+        print(f"{w['model']:<6}{w['workload']:<14}{w['concurrency']:>5}{fmt_rate(w['req_per_s']):>9}"
               f"{fmt_rate(w['rows_per_s']):>10}{w['p50_ms']:>8.2f}{w['p99_ms']:>8.2f}{w['errors']:>7}"
               f"{ceil_text:>21}{w['ratio']:>7.2f}{fmt_pct(w['server_cpu']):>8}"
-              f"{fmt_pct(w['generator_cpu']):>8}")
+              f"{fmt_pct(w['generator_cpu']):>8}"
+              f"{fmt_rate(w['rows_per_s'] / w['server_cpu']) if w['server_cpu'] else '-':>11}"
+              f"{format(w['rows_per_model_call'], '.1f') if w.get('rows_per_model_call') else '-':>10}")
     print()
-    print("ratio = server rows/s / in-process predict_proba rows/s (same core count: 1). "
-          "srv/gen cpu = share of one core")
-    print("used in the measurement window. Numbers move +-30% between runs: compare rows of one run.")
+    print("ratio = server rows/s / in-process predict_proba rows/s on a prebuilt array (same core count: 1); above")
+    print("1 when the server coalesces concurrent requests into fewer model calls. srv/gen cpu = share of one core")
+    print("used in the measurement window; rows/cpu-s = rows/s / srv cpu (what one whole core would serve: steadier")
+    print("than rows/s when other work shares the core); rows/call = mean rows per model call")
+    print("(mlship_model_batch_rows). Numbers move +-30% between runs: compare rows of one run.")
     for w in result["workloads"]:
+        tag = f"{w['model']} {w['workload']} c={w['concurrency']}"
         if w["errors"]:
-            print(f"!! {w['workload']}: {w['errors']} errors: statuses {w['statuses']}, "
+            print(f"!! {tag}: {w['errors']} errors: statuses {w['statuses']}, "
                   f"transport {w['transport_failures']}")
         if w["generator_cpu"] > 0.9 and (w["server_cpu"] or 0) < 0.9:
-            print(f"!! {w['workload']}: the load generator used {fmt_pct(w['generator_cpu'])} of its core "
+            print(f"!! {tag}: the load generator used {fmt_pct(w['generator_cpu'])} of its core "
                   "and may be the bottleneck")
         noise = (w["other_on_server_cpu"] or 0) + (w["steal_on_server_cpu"] or 0)
         if noise > 0.05:
-            print(f"!! {w['workload']}: other processes or the hypervisor took {fmt_pct(noise)} of the "
+            print(f"!! {tag}: other processes or the hypervisor took {fmt_pct(noise)} of the "
                   "server's CPU\n   during the measurement: expect lower, noisier numbers")
         if w["hit_max_requests"]:
-            print(f"!! {w['workload']}: stopped at --max-requests before the time ran out")
+            print(f"!! {tag}: stopped at --max-requests before the time ran out")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -547,7 +663,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default=None,
                    help="event loop of the load generator (default: uvloop when installed)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also save the results as JSON")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated models to serve (default {','.join(MODELS)})")
+    p.add_argument("--serve", action="append", default=[], metavar="KEY=VALUE",
+                   help="a serve: setting for the contracts, e.g. --serve threads=1 (repeatable)")
     args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown or not args.models:
+        p.error(f"--models: choose from {', '.join(MODELS)}")
+    if any("=" not in o for o in args.serve):
+        p.error("--serve takes KEY=VALUE")
     if args.quick:
         args.duration, args.warmup = 1.0, 1.0
     if args.loop is None:
@@ -567,6 +693,86 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM: unwind through the finally blocks that stop the server
 
 
+@dataclass
+class BenchModel:
+    """One served model: how to make it, its request rows and feature names, and its workloads."""
+
+    name: str
+    description: str
+    make: Callable[[Path], Path]
+    rows: Callable[[], list[list[float]]]
+    features: list[str]
+    workloads: list[tuple[str, int, int]]  # (name, rows per request, concurrency)
+
+
+BENCH_MODELS = {
+    "iris": BenchModel("iris", "examples/iris-sklearn (StandardScaler + LogisticRegression, fitted on a DataFrame)",
+                       make_project, iris_rows, FEATURES, [("1 row/req", 1, 32), ("100 rows/req", 100, 8)]),
+    "rf": BenchModel("rf", "RandomForestClassifier(n_estimators=100), 20 features, make_classification(2000)",
+                     make_rf_project, rf_rows, RF_FEATURES,
+                     [("1 row/req", 1, 32), ("1 row/req", 1, 1), ("100 rows/req", 100, 8)]),
+}
+
+
+def model_input(port: int) -> str | None:
+    """The input path the server reports in /metadata (`model_input`), if it reports one."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/metadata")
+        value = json.loads(conn.getresponse().read()).get("model_input")
+        return str(value) if value is not None else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def bench_model(spec: BenchModel, directory: Path, args: argparse.Namespace, baseline_s: float,
+                server_cpu: int | None, gen_cpu: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train, measure the in-process ceilings, start the server, drive the workloads; (model info, workloads)."""
+    print(f"{spec.name}: training into {directory} ...", flush=True)
+    directory.mkdir(parents=True)
+    artifact = spec.make(directory)
+    add_serve_options(directory / "mlship.yaml", args.serve)
+    rows = spec.rows()
+    print(f"{spec.name}: in-process baseline ({baseline_s:g} s per ceiling) ...", flush=True)
+    before = (time.process_time(), time.perf_counter(), cpu_ticks(gen_cpu))
+    base = in_process(artifact, directory / "mlship.yaml", rows, (1, 100), baseline_s, spec.features)
+    after = (time.process_time(), time.perf_counter(), cpu_ticks(gen_cpu))
+    base_noise = None  # share of the baseline's CPU used by other processes or stolen
+    if before[2] is not None and after[2] is not None:
+        wall = after[1] - before[1]
+        base_noise = max(0.0, (after[2][0] - before[2][0]) / wall - (after[0] - before[0]) / wall)
+        base_noise += (after[2][1] - before[2][1]) / wall
+    loads = [Workload(name, n, conc, [request_body(rows[i:i + n], spec.features) for i in range(len(rows) - n + 1)],
+                      spec.name) for name, n, conc in spec.workloads]
+    print(f"{spec.name}: starting the server ...", flush=True)
+    server = ServerProcess(directory, server_cpu)
+    try:
+        cold = server.cold_start(loads[0].bodies[0])
+        ready_memory = server.memory()
+        measured = []
+        for load in loads:
+            print(f"{spec.name}: driving {load.name} at concurrency {load.concurrency} "
+                  f"({args.warmup:g} s + {args.duration:g} s) ...", flush=True)
+            coro = drive(server, load, args.warmup, args.duration, args.max_requests, server_cpu)
+            measured.append(run_loop(coro, args.loop))
+        after_memory = server.memory()
+        path = model_input(server.port)
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
+        affinity = server.affinity
+    finally:
+        server.stop()
+    for w in measured:
+        w["in_process_calls_per_s"] = base[w["rows_per_request"]]["predict_proba"]
+        w["ratio"] = w["req_per_s"] / w["in_process_calls_per_s"]
+    info = {"description": spec.description, "cold_start": cold, "memory_ready": ready_memory,
+            "memory_after_load": after_memory, "model_input": path, "server_affinity": affinity,
+            "in_process": {str(k): v for k, v in base.items()}, "in_process_other_cpu": base_noise}
+    return info, measured
+
+
 def main(argv: list[str] | None = None) -> int:
     global LOAD_AT_START
     args = parse_args(argv)
@@ -578,47 +784,19 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {gen_cpu})
     baseline_s = 1.0 if args.quick else 2.0
     tmp = Path(tempfile.mkdtemp(prefix="mlship-bench-"))
-    server: ServerProcess | None = None
     try:
-        print(f"training the iris example into {tmp} ...", flush=True)
-        artifact = make_project(tmp)
-        rows = iris_rows()
-        print(f"in-process baseline ({baseline_s:g} s per ceiling) ...", flush=True)
-        before = (time.process_time(), time.perf_counter(), cpu_ticks(gen_cpu))
-        base = in_process(artifact, tmp / "mlship.yaml", rows, (1, 100), baseline_s)
-        after = (time.process_time(), time.perf_counter(), cpu_ticks(gen_cpu))
-        base_noise = None  # share of the baseline's CPU used by other processes or stolen
-        if before[2] is not None and after[2] is not None:
-            wall = after[1] - before[1]
-            base_noise = max(0.0, (after[2][0] - before[2][0]) / wall - (after[0] - before[0]) / wall)
-            base_noise += (after[2][1] - before[2][1]) / wall
-
-        loads = [
-            Workload("1 row/req", 1, 32, [request_body([r]) for r in rows]),
-            Workload("100 rows/req", 100, 8, [request_body(rows[i:i + 100]) for i in range(len(rows) - 99)]),
-        ]
-        print("starting the server ...", flush=True)
-        server = ServerProcess(tmp, server_cpu)
-        cold = server.cold_start(loads[0].bodies[0])
-        measured = []
-        for load in loads:
-            print(f"driving {load.name} at concurrency {load.concurrency} "
-                  f"({args.warmup:g} s + {args.duration:g} s) ...", flush=True)
-            coro = drive(server, load, args.warmup, args.duration, args.max_requests, server_cpu)
-            measured.append(run_loop(coro, args.loop))
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
-        for w in measured:
-            w["in_process_calls_per_s"] = base[w["rows_per_request"]]["predict_proba"]
-            w["ratio"] = w["req_per_s"] / w["in_process_calls_per_s"]
+        models: dict[str, Any] = {}
+        measured: list[dict[str, Any]] = []
+        for name in args.models:
+            info, workloads = bench_model(BENCH_MODELS[name], tmp / name, args, baseline_s, server_cpu, gen_cpu)
+            models[name] = info
+            measured.extend(workloads)
         result = {
             "machine": machine(server_cpu, gen_cpu, args.loop),
-            "server_affinity": server.affinity,
-            "config": {"duration_s": args.duration, "warmup_s": args.warmup,
-                       "max_requests": args.max_requests, "baseline_s": baseline_s, "quick": args.quick},
-            "cold_start": cold,
-            "in_process": {str(k): v for k, v in base.items()},
-            "in_process_other_cpu": base_noise,
+            "server_affinity": next(iter(models.values()))["server_affinity"],
+            "config": {"duration_s": args.duration, "warmup_s": args.warmup, "max_requests": args.max_requests,
+                       "baseline_s": baseline_s, "quick": args.quick, "models": args.models, "serve": args.serve},
+            "models": models,
             "workloads": measured,
         }
     except KeyboardInterrupt:
@@ -628,8 +806,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        if server is not None:
-            server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print_report(result)
     if args.json:

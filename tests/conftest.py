@@ -88,6 +88,22 @@ def copy_project(source: Path, dest: Path, *, name: str | None = None, targets: 
     return load_project(dest)
 
 
+def metric(client: httpx.Client, name: str) -> float:
+    """A sample's value in /metrics; 0 when the series does not exist yet."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_metric(client: httpx.Client, name: str, value: float, timeout: float = 10.0) -> None:
+    """Poll /metrics until ``name`` has ``value`` (fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while metric(client, name) != value:
+        assert time.monotonic() < deadline, f"{name} never became {value}: {metric(client, name)}"
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

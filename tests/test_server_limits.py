@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Server, running, write_custom_project
+from conftest import Server, metric, running, wait_metric, write_custom_project
 
 # x > 100 blocks in the model until the test creates gate-<x> (at most 10 s); x == 13 raises.
 GATED_PREDICT = """
@@ -39,21 +39,6 @@ def predict(model, instances):
     return out
 """
 BODY_LIMIT = 1024
-
-
-def metric(client: httpx.Client, name: str) -> float:
-    """A sample's value in /metrics; 0 when the series does not exist yet."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def wait_metric(client: httpx.Client, name: str, value: float, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while metric(client, name) != value:
-        assert time.monotonic() < deadline, f"{name} never became {value}: {metric(client, name)}"
-        time.sleep(0.01)
 
 
 def padded(obj: object, size: int) -> bytes:

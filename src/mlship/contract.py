@@ -197,6 +197,18 @@ class ServeOptions(Strict):
         default=64, ge=1, description="Predictions in progress before new ones get 503 + Retry-After."
     )
     threads: int = Field(default=4, ge=1, le=64, description="Threads that run the model.")
+    batching: bool = Field(
+        default=True,
+        description="Coalesce concurrent /predict requests into one model call (sklearn and `predict:` "
+        "snippets; tensorflow/pytorch runtimes always run one request per call).",
+    )
+    max_batch_size: int = Field(
+        default=1024, ge=1, description="Most rows in one coalesced model call (a larger request runs alone)."
+    )
+    max_batch_wait_ms: float = Field(
+        default=0.0, ge=0, le=1000,
+        description="How long an idle model waits for more requests before a call; 0: never waits.",
+    )
     shutdown_grace_s: float = Field(
         default=8.0, gt=0, description="On SIGTERM, time to finish in-flight requests before exiting."
     )

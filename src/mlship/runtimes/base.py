@@ -74,6 +74,9 @@ class Runtime(ABC):
     #: artifact only when ``unsafe_deserialization`` is True.
     unsafe_deserialization: bool = False
     task: Task | None = None
+    #: Whether a row's prediction depends on that row alone, so that the server may join the rows of
+    #: concurrent requests into one :meth:`predict` call (``serve.batching``). A runtime opts in.
+    batchable: ClassVar[bool] = False
 
     def configure(self, contract: Contract) -> None:
         """Take the contract's settings; called before :meth:`load` by the server, validate and build."""
@@ -101,6 +104,13 @@ class Runtime(ABC):
         (``input.tensor``) they are one numpy array of shape ``(N, *shape[1:])`` in the declared dtype, and
         ``features`` is empty.
         """
+
+    def prepare(self, model: Any, samples: Any, features: list[str]) -> str | None:
+        """Called by the server once after :meth:`load` with validated sample rows (the contract's examples and
+        rows made from its input schema). A runtime may choose a faster way to build the model's input here,
+        after checking on ``samples`` that it predicts the same. Returns the input path's name for the log and
+        /metadata (None: nothing to report)."""
+        return None
 
     def check(self, model: Any, features: list[str]) -> list[str]:
         """Problems between the model and the contract's features (empty when they agree)."""

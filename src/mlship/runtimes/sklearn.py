@@ -20,9 +20,13 @@ class SklearnRuntime(Runtime):
     name = "sklearn"
     extensions = (".joblib", ".pkl", ".pickle", ".sav")
 
+    batchable = True
+
     def __init__(self) -> None:
         self._warnings: list[str] = []
         self.saved_version: str | None = None
+        self._array_model: Any = None  # the model that prepare() proved takes arrays as well as DataFrames
+        self._array_order: list[int] = []  # contract feature order -> the model's column order
 
     def load(self, path: Path) -> Any:
         try:
@@ -138,8 +142,49 @@ class SklearnRuntime(Runtime):
             return [f"the model takes {int(n)} features but input.features lists {len(features)}"]
         return []
 
+    def prepare(self, model: Any, samples: Any, features: list[str]) -> str | None:
+        """Choose the input path: a numpy array, or a pandas DataFrame for a model fitted with feature names.
+
+        Building a DataFrame per call costs more than many models' predictions. For a model fitted with
+        feature names, the array path (columns in the model's order) is taken only when it predicts the same
+        as the DataFrame path on ``samples`` (classes equal, probabilities and values within 1e-12); a model
+        that needs the names (a ColumnTransformer selecting columns by name) keeps its DataFrames.
+        """
+        names = getattr(model, "feature_names_in_", None)
+        self._array_model = None
+        if names is None:
+            return "numpy"
+        try:
+            order = [features.index(str(n)) for n in names]
+        except ValueError:
+            return "dataframe"
+        rows = list(samples)
+        try:
+            for batch in (rows, rows[:1]):
+                expected = self._output(model, _frame(model, batch, features))
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=_NO_NAMES, category=UserWarning)
+                    got = self._output(model, _array(batch, order))
+                if not _same(expected, got):
+                    return "dataframe"
+        except Exception:
+            return "dataframe"
+        # the model was fitted on a DataFrame and now gets arrays: sklearn warns on every call
+        warnings.filterwarnings("ignore", message=_NO_NAMES, category=UserWarning)
+        self._array_model, self._array_order = model, order
+        return "numpy (checked against pandas)"
+
     def predict(self, model: Any, rows: list[list[Any]], features: list[str]) -> ModelOutput:
-        x = _model_input(model, rows, features)
+        if model is self._array_model:
+            x = _array(rows, self._array_order)
+        elif getattr(model, "feature_names_in_", None) is not None:
+            x = _frame(model, rows, features)
+        else:
+            x = _array(rows, None)
+        return self._output(model, x)
+
+    @staticmethod
+    def _output(model: Any, x: Any) -> ModelOutput:
         proba_fn = getattr(model, "predict_proba", None)
         classes = getattr(model, "classes_", None)
         if proba_fn is not None and classes is not None:
@@ -156,17 +201,41 @@ class SklearnRuntime(Runtime):
         return ModelOutput(values=list(np.asarray(model.predict(x)).tolist()))
 
 
-def _model_input(model: Any, rows: list[list[Any]], features: list[str]) -> Any:
-    names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        import pandas as pd
+_NO_NAMES = "X does not have valid feature names"
 
-        frame = pd.DataFrame(rows, columns=features)
-        return frame[[str(n) for n in names]]
+
+def _frame(model: Any, rows: list[list[Any]], features: list[str]) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=features)
+    return frame[[str(n) for n in model.feature_names_in_]]
+
+
+def _array(rows: list[list[Any]], order: list[int] | None) -> Any:
     try:
-        return np.asarray(rows, dtype=np.float64)
+        x = np.asarray(rows, dtype=np.float64)
     except (TypeError, ValueError):
-        return np.asarray(rows, dtype=object)
+        x = np.asarray(rows, dtype=object)
+    if order is not None and order != list(range(len(order))):
+        x = x[:, order]
+    return x
+
+
+def _same(a: ModelOutput, b: ModelOutput) -> bool:
+    """Whether two outputs agree: the same classes and values, numbers and probabilities within 1e-12."""
+    if (a.probabilities is None) != (b.probabilities is None) or a.classes != b.classes:
+        return False
+    if a.probabilities is not None:
+        pa, pb = np.asarray(a.probabilities, dtype=np.float64), np.asarray(b.probabilities, dtype=np.float64)
+        if pa.shape != pb.shape or not np.allclose(pa, pb, rtol=0.0, atol=1e-12, equal_nan=True):
+            return False
+    if len(a.values) != len(b.values):
+        return False
+    try:  # numbers (regression, also multi-output): within 1e-12
+        va, vb = np.asarray(a.values, dtype=np.float64), np.asarray(b.values, dtype=np.float64)
+    except (TypeError, ValueError):  # labels
+        return bool(a.values == b.values)
+    return va.shape == vb.shape and bool(np.allclose(va, vb, rtol=0.0, atol=1e-12, equal_nan=True))
 
 
 def _pin(package: str) -> str:

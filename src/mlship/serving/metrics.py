@@ -6,6 +6,7 @@ Exposed at /metrics:
 - ``mlship_request_duration_seconds{path}``        histogram
 - ``mlship_prediction_errors_total{kind}``         counter (invalid_input, timeout, overload, model)
 - ``mlship_batch_instances``                       histogram of instances per /predict request
+- ``mlship_model_batch_rows``                      histogram of rows per model call (requests coalesced)
 - ``mlship_predictions_in_progress``               gauge
 - ``mlship_model_ready``                           gauge (1 when /readyz answers 200)
 """
@@ -52,6 +53,7 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         self.errors: dict[str, int] = defaultdict(int)
         self.batch = Histogram(BATCH_BUCKETS)
+        self.model_batch = Histogram(BATCH_BUCKETS)
         self.in_progress = 0
         self.ready = 0
 
@@ -83,6 +85,9 @@ class Metrics:
             "# HELP mlship_batch_instances Instances per /predict request.",
             "# TYPE mlship_batch_instances histogram",
             *self.batch.render("mlship_batch_instances"),
+            "# HELP mlship_model_batch_rows Rows per model call (concurrent requests are coalesced).",
+            "# TYPE mlship_model_batch_rows histogram",
+            *self.model_batch.render("mlship_model_batch_rows"),
             "# HELP mlship_predictions_in_progress Predictions queued or running in model threads.",
             "# TYPE mlship_predictions_in_progress gauge",
             f"mlship_predictions_in_progress {self.in_progress}",

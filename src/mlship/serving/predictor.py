@@ -15,7 +15,8 @@ from mlship import plugins
 from mlship.contract_io import Project
 from mlship.errors import ArtifactError, ContractError, PredictionError, UserCodeError
 from mlship.runtimes.base import ModelOutput, Runtime
-from mlship.serving.validation import InvalidInput, make_validator, sample_body
+from mlship.serving.batcher import concat_rows
+from mlship.serving.validation import InvalidInput, make_validator, probe_instances, sample_body
 from mlship.usercode import load_function, short_traceback
 
 
@@ -31,8 +32,13 @@ class Predictor:
         self.runtime.configure(contract)
         self.model: Any = None
         self.warnings: list[str] = []
+        #: rows of concurrent requests may share one predict() call: a `predict:` snippet gets a list of
+        #: instances anyway; runtimes opt in (tensorflow/pytorch don't: see Runtime.batchable)
+        self.batchable = bool(contract.predict) or type(self.runtime).batchable
+        self.input_path: str | None = None  # how the runtime builds the model's input (Runtime.prepare)
         self._user_predict: Callable[..., Any] | None = None
         self._label_of: dict[Any, str] = {}
+        self._label_text: dict[Any, str] = {}  # class -> label string, filled as classes are seen
 
     def load(self) -> None:
         """Load the artifact (through the user's `load` hook when given) and check it fits."""
@@ -60,7 +66,25 @@ class Predictor:
                     fix="Run `mlship init` again for this model, or fix "
                     f"{'input.tensor' if c.input.tensor is not None else 'input.features'}.",
                 )
+            self.input_path = self.runtime.prepare(self.model, self._probe_rows(), self.features)
         self._label_of = self._label_map()
+        self._label_text = {}
+
+    def _probe_rows(self) -> Any:
+        """Validated rows for Runtime.prepare: the examples, and for named features rows made from the schema."""
+        c = self.project.contract
+        bodies = [e.input for e in c.examples]
+        if c.input.tensor is None:
+            bodies += probe_instances(c.input.features, bodies)
+        elif not bodies:
+            bodies.append(sample_body(c.input))
+        parts = []
+        for body in bodies:
+            try:
+                parts.append(self.validator.validate(body).rows)
+            except InvalidInput:  # an invalid example fails warm-up or `mlship validate`, not this
+                continue
+        return concat_rows(parts) if parts else []
 
     def _label_map(self) -> dict[Any, str]:
         labels = self.project.contract.output.labels
@@ -134,17 +158,32 @@ class Predictor:
             raise PredictionError(f"The model returned {len(out.values)} predictions for {n} rows.")
         if self.project.contract.task == "regression":
             return [{"value": _jsonable(v)} for v in out.values]
-        label_of = self._label_of
-        # labels are strings (as in OpenAPI and output.labels), also for models with int classes
-        labels = [str(_jsonable(label_of.get(v, v) if label_of else v)) for v in out.values]
+        text = self._label_text
+        try:  # labels are strings (as in OpenAPI and output.labels), also for models with int classes
+            labels = [text[v] for v in out.values]
+        except (KeyError, TypeError):  # a value not seen yet (or unhashable): the slow way, remembered
+            labels = [self._label_str(v) for v in out.values]
         if out.probabilities is None or out.classes is None:
             return [{"label": v} for v in labels]
-        names = [str(_jsonable(label_of.get(c, c))) for c in out.classes]
-        proba = np.asarray(out.probabilities, dtype=np.float64).tolist()
-        return [
-            {"label": label, "probabilities": dict(zip(names, row, strict=True))}
-            for label, row in zip(labels, proba, strict=True)
-        ]
+        names = [self._label_str(c) for c in out.classes]
+        proba = np.asarray(out.probabilities, dtype=np.float64)
+        if proba.shape != (n, len(names)):
+            raise PredictionError(f"The model returned probabilities of shape {list(proba.shape)} for {n} rows "
+                                  f"and {len(names)} classes.")
+        # lengths checked above: zip without strict= (a third faster on large batches)
+        return [{"label": label, "probabilities": dict(zip(names, row))}  # noqa: B905
+                for label, row in zip(labels, proba.tolist())]  # noqa: B905
+
+    def _label_str(self, value: Any) -> str:
+        """The label string for a model's class or output value (output.labels mapping applied)."""
+        label_of = self._label_of
+        label = str(_jsonable(label_of.get(value, value) if label_of else value))
+        try:
+            if len(self._label_text) < 10_000:  # a regression-like "classifier" must not grow it forever
+                self._label_text[value] = label
+        except TypeError:  # unhashable
+            pass
+        return label
 
 
 def _jsonable(value: Any) -> Any:

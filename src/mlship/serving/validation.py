@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import math
+import operator
+import random
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +99,14 @@ class Validator:
         self.names = list(features)
         self.max_instances = max_instances
         self._known = set(features)
+        # the fast path: each value of exactly the Python type the feature takes (then it needs no conversion)
+        self._types = tuple(_PY_TYPES[f.type] for f in features.values())
+        self._floats = [j for j, f in enumerate(features.values()) if f.type == "float"]
+        self._bounded = [(j, f) for j, f in enumerate(features.values())
+                         if f.enum is not None or f.minimum is not None or f.maximum is not None]
+        # faster still, a whole batch at once: every feature of one type and none bounded (e.g. all floats)
+        self._getter = operator.itemgetter(*self.names) if self.names else None
+        self._uniform = self._types[0] if len(set(self._types)) == 1 and not self._bounded else None
 
     def validate(self, body: Any) -> Batch:
         if isinstance(body, dict) and "instances" in body and "instances" not in self._known:
@@ -111,10 +122,20 @@ class Validator:
                                  '{"instances": [...]}', "type_error", "object", _got(body))])
 
     def _rows(self, instances: list[Any], base: list[Any], indexed: bool = True) -> list[list[Any]]:
+        if self._uniform is not None:
+            uniform = self._uniform_rows(instances)
+            if uniform is not None:
+                return uniform
         errors: list[dict[str, Any]] = []
         rows: list[list[Any]] = []
+        n = len(self.names)
         for i, inst in enumerate(instances):
-            loc = [*base, i] if indexed else base
+            if type(inst) is dict and len(inst) == n:
+                fast = self._fast_row(inst)
+                if fast is not None:
+                    rows.append(fast)
+                    continue
+            loc = [*base, i] if indexed else base  # the slow path: finds every problem of the instance
             if not isinstance(inst, dict):
                 errors.append(_err(loc, "each instance must be an object of features", "type_error",
                                    "object", _got(inst)))
@@ -141,6 +162,47 @@ class Validator:
         if errors:
             raise InvalidInput(errors[:MAX_ERRORS])
         return rows
+
+    def _uniform_rows(self, instances: list[Any]) -> list[list[Any]] | None:
+        """The rows when every instance holds exactly the features, each of the one type they all take and
+        finite; else None. Checks run in C (map, set), which matters for requests of many instances."""
+        n = len(self.names)
+        if not all(type(inst) is dict and len(inst) == n for inst in instances):
+            return None
+        try:
+            picked = list(map(self._getter, instances))  # type: ignore[arg-type]
+        except KeyError:
+            return None
+        if n == 1:  # itemgetter of one key returns the value itself
+            if set(map(type, picked)) != {self._uniform}:
+                return None
+            if self._uniform is float and not all(map(math.isfinite, picked)):
+                return None
+            return [[v] for v in picked]
+        if set(map(type, itertools.chain.from_iterable(picked))) != {self._uniform}:
+            return None
+        if self._uniform is float and not all(map(math.isfinite, itertools.chain.from_iterable(picked))):
+            return None
+        return list(map(list, picked))
+
+    def _fast_row(self, inst: dict[Any, Any]) -> list[Any] | None:
+        """The row of an instance with exactly the features, each of its exact type and valid; else None."""
+        try:
+            row = [inst[name] for name in self.names]
+        except KeyError:
+            return None
+        if tuple(map(type, row)) != self._types:  # also refuses bool for numbers (bool is not int here)
+            return None
+        for j in self._floats:
+            if not math.isfinite(row[j]):
+                return None
+        for j, feature in self._bounded:
+            if _out_of_bounds(feature, row[j]) is not None:
+                return None
+        return row
+
+
+_PY_TYPES: dict[str, type] = {"float": float, "int": int, "str": str, "bool": bool}
 
 
 def _err(loc: list[Any], msg: str, kind: str, expected: str, got: str) -> dict[str, Any]:
@@ -177,13 +239,17 @@ def _check(feature: Feature, value: Any) -> tuple[Any, str | None]:
             return value, "expected a string"
     elif not isinstance(value, bool):
         return value, "expected true or false"
+    return value, _out_of_bounds(feature, value)
+
+
+def _out_of_bounds(feature: Feature, value: Any) -> str | None:
     if feature.enum is not None and value not in feature.enum:
-        return value, "not one of the allowed values"
+        return "not one of the allowed values"
     if feature.minimum is not None and value < feature.minimum:
-        return value, f"must be >= {feature.minimum:g}"
+        return f"must be >= {feature.minimum:g}"
     if feature.maximum is not None and value > feature.maximum:
-        return value, f"must be <= {feature.maximum:g}"
-    return value, None
+        return f"must be <= {feature.maximum:g}"
+    return None
 
 
 def sample_instance(features: dict[str, Feature]) -> dict[str, Any]:
@@ -202,6 +268,49 @@ def sample_instance(features: dict[str, Feature]) -> dict[str, Any]:
         else:
             out[name] = "" if f.type == "str" else False
     return out
+
+
+def probe_instances(features: dict[str, Feature], seen: list[dict[str, Any]], n: int = 64,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` valid instances made from the schema and the values in ``seen`` (the contract's examples):
+    near the seen values, across [minimum, maximum] and far outside them. Deterministic for a seed."""
+    rng = random.Random(seed)  # noqa: S311 (test data, not secrets)
+    out = []
+    for i in range(n):
+        inst: dict[str, Any] = {}
+        for name, f in features.items():
+            known = [s[name] for s in seen if name in s]
+            inst[name] = _probe_value(f, known, rng, wide=i % 2 == 1)
+        out.append(inst)
+    return out
+
+
+def _probe_value(f: Feature, known: list[Any], rng: random.Random, wide: bool) -> Any:
+    if f.enum:
+        return rng.choice(f.enum)
+    if f.type == "bool":
+        return rng.random() < 0.5
+    if f.type == "str":
+        return rng.choice([k for k in known if isinstance(k, str)] or ["", "a", "b"])
+    numbers = [float(k) for k in known if isinstance(k, int | float) and not isinstance(k, bool)]
+    if numbers and not wide:
+        value = rng.choice(numbers) * rng.uniform(0.8, 1.2) + rng.gauss(0.0, 0.1)
+    elif f.minimum is not None and f.maximum is not None:
+        value = rng.uniform(f.minimum, f.maximum)
+    else:
+        value = rng.gauss(0.0, 10.0) * 10 ** rng.randint(0, 3)
+    if f.minimum is not None:
+        value = max(value, f.minimum)
+    if f.maximum is not None:
+        value = min(value, f.maximum)
+    if f.type == "int":
+        whole = round(value)
+        if f.minimum is not None and whole < f.minimum:
+            whole = math.ceil(f.minimum)
+        if f.maximum is not None and whole > f.maximum:
+            whole = math.floor(f.maximum)
+        return whole
+    return value
 
 
 def sample_body(spec: InputSpec) -> dict[str, Any]:
