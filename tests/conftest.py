@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +105,23 @@ def wait_metric(client: httpx.Client, name: str, value: float, timeout: float = 
     while metric(client, name) != value:
         assert time.monotonic() < deadline, f"{name} never became {value}: {metric(client, name)}"
         time.sleep(0.01)
+
+
+def build_broken_image(engine: Any, base: str, prefix: str) -> str:
+    """``base`` (an iris image) with a model file that cannot be loaded: the server exits 1 at start-up.
+    Returns the new tag ``iris:<prefix>-broken-<random>``; the caller removes it."""
+    files = {"Dockerfile": f"FROM {base}\nCOPY iris.joblib /app/model/iris.joblib\n".encode(),
+             "iris.joblib": b"this is not a pickle"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    tag = f"iris:{prefix}-broken-{uuid.uuid4().hex[:6]}"
+    engine.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
+    return tag
 
 
 def free_port() -> int:

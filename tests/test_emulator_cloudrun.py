@@ -16,13 +16,12 @@ from typing import Any
 import docker.errors
 import httpx
 import pytest
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+from google.iam.v1 import iam_policy_pb2, policy_pb2
 
-run_v2 = pytest.importorskip("google.cloud.run_v2")
-from google.api_core import exceptions as gexc  # noqa: E402
-from google.auth.credentials import AnonymousCredentials  # noqa: E402
-from google.iam.v1 import iam_policy_pb2, policy_pb2  # noqa: E402
-
-from emulators.cloudrun import LABEL, CloudRunEmulator  # noqa: E402
+from emulators.cloudrun import LABEL, CloudRunEmulator
 
 REGISTRY = os.environ.get("MLSHIP_TEST_REGISTRY", "127.0.0.1:5555")
 PARENT = "projects/emu-proj/locations/europe-west1"

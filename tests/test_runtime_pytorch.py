@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -30,8 +31,6 @@ from mlship.contract_io import load_project
 from mlship.errors import ArtifactError, BuildError
 from mlship.runtimes import pytorch as rt
 from mlship.serving.predictor import Predictor
-
-torch = pytest.importorskip("torch")
 
 DIGITS = REPO / "examples" / "torch-digits"
 ZERO = json.loads((DIGITS / "rows.json").read_text())["instances"][0]  # sklearn's digits.images[0], a 0

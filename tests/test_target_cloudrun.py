@@ -9,9 +9,7 @@ tags, and the emulator's stop() asserts that no container is left behind.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -23,22 +21,21 @@ from typing import Any
 import httpx
 import pytest
 from docker.errors import ImageNotFound
+from google.api_core import exceptions as gexc
+from google.cloud import run_v2
 from typer.testing import CliRunner
 
-run_v2 = pytest.importorskip("google.cloud.run_v2")
-from google.api_core import exceptions as gexc  # noqa: E402
-
-from conftest import TEST_BASE_IMAGE, copy_project  # noqa: E402
-from emulators.cloudrun import LABEL, CloudRunEmulator  # noqa: E402
-from mlship import __version__, plugins  # noqa: E402
-from mlship.cli import app  # noqa: E402
-from mlship.contract_io import Project, load_project  # noqa: E402
-from mlship.errors import ContractError, TargetError  # noqa: E402
-from mlship.targets import cloudrun, get_target  # noqa: E402
-from mlship.targets.cloudrun import CloudRunTarget  # noqa: E402
-from mlship.targets.cloudrun_api import Gcp, anonymous, api_error  # noqa: E402
-from mlship.targets.cloudrun_options import CloudRunOptions  # noqa: E402
-from mlship.targets.cloudrun_spec import label_value, render_template, service_labels, template_differences  # noqa: E402
+from conftest import TEST_BASE_IMAGE, build_broken_image, copy_project
+from emulators.cloudrun import LABEL, CloudRunEmulator
+from mlship import __version__, plugins
+from mlship.cli import app
+from mlship.contract_io import Project, load_project
+from mlship.errors import ContractError, TargetError
+from mlship.targets import cloudrun, get_target
+from mlship.targets.cloudrun import CloudRunTarget
+from mlship.targets.cloudrun_api import Gcp, anonymous, api_error
+from mlship.targets.cloudrun_options import CloudRunOptions
+from mlship.targets.cloudrun_spec import label_value, render_template, service_labels, template_differences
 
 REGISTRY = os.environ.get("MLSHIP_TEST_REGISTRY", "127.0.0.1:5555")
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -381,17 +378,7 @@ def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def broken_image(v1_image: str, docker_engine: Any) -> Iterator[str]:
     """The iris image with a model file that cannot be loaded: the server exits 1 at start-up."""
-    files = {"Dockerfile": f"FROM {v1_image}\nCOPY iris.joblib /app/model/iris.joblib\n".encode(),
-             "iris.joblib": b"this is not a pickle"}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    tag = f"iris:cr-broken-{uuid.uuid4().hex[:6]}"
-    docker_engine.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
+    tag = build_broken_image(docker_engine, v1_image, "cr")
     yield tag
     docker_engine.images.remove(tag, force=True)
 

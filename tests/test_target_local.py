@@ -8,9 +8,7 @@ test fails, and the tests assert that nothing labelled with the service is left 
 
 from __future__ import annotations
 
-import io
 import socket
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TEST_BASE_IMAGE, copy_project, free_port
+from conftest import TEST_BASE_IMAGE, build_broken_image, copy_project, free_port
 from mlship import plugins
 from mlship.cli import app
 from mlship.contract_io import Project, load_project
@@ -99,17 +97,7 @@ def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def broken_image(iris_image: tuple[Path, str], docker_engine: Any) -> Iterator[str]:
     """The iris image with a model file that cannot be loaded: the server exits 1 at start-up."""
-    files = {"Dockerfile": f"FROM {iris_image[1]}\nCOPY iris.joblib /app/model/iris.joblib\n".encode(),
-             "iris.joblib": b"this is not a pickle"}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    tag = f"iris:lt-broken-{uuid.uuid4().hex[:6]}"
-    docker_engine.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
+    tag = build_broken_image(docker_engine, iris_image[1], "lt")
     yield tag
     docker_engine.images.remove(tag, force=True)
 

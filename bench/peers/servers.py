@@ -6,6 +6,7 @@ to 127.0.0.1 on a free port. A server serves one model; the bench starts it once
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -56,15 +57,16 @@ def _dumps(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-class Peer:
+class Peer(abc.ABC):
     """A server under test. Subclasses say how to start it, what to send and how to read the answer."""
 
     name = ""
     venv: str | None = None  # key of the peer's virtual environment; None: this interpreter (mlship)
     config = ""  # how it runs, for the notes under the table
 
+    @abc.abstractmethod
     def launch(self, python: Path, model: Model, port: int, work: Path) -> Launch:
-        raise NotImplementedError
+        """The command, environment and working folder that start this server on ``port``."""
 
     def path(self, model: Model) -> str:
         return "/predict"
