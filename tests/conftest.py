@@ -246,11 +246,11 @@ def base_image_env(monkeypatch: pytest.MonkeyPatch) -> str:
 def iris_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> tuple[Path, str]:
     """The iris example built once per session: (project dir, image tag)."""
     from mlship.build import engine
-    from mlship.build.context import build_pins, plan_build, write_context
+    from mlship.build.context import plan_project, write_context
     from mlship.contract_io import load_project
 
     root = make_iris_project(tmp_path_factory.mktemp("iris-image"), iris_model)
     project = load_project(root)
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     image = engine.build(write_context(plan, root / ".mlship" / "build"), plan.tag)
     return root, image.tag

@@ -379,9 +379,12 @@ def test_tensor_runtimes_do_not_batch() -> None:
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3], [6.0, 2.2, 4.0, 1.0]]
 
 
+NATIVE = "serve:\n  compile: 'off'\n"  # the sklearn model itself, not its compiled form (tests/test_compiled.py)
+
+
 def test_iris_takes_the_numpy_path_checked_against_pandas(
-        iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    predictor = Predictor(load_project(iris_dir))
+        tmp_path: Path, iris_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = Predictor(load_project(make_iris_project(tmp_path, iris_model, NATIVE)))
     predictor.load()
     assert predictor.input_path == "numpy (checked against pandas)"
     frame = pd.DataFrame(IRIS_ROWS, columns=predictor.features)
@@ -401,7 +404,7 @@ def test_iris_takes_the_numpy_path_checked_against_pandas(
 
 
 def test_numpy_path_follows_the_models_column_order(tmp_path: Path, iris_model: Path) -> None:
-    project = make_iris_project(tmp_path, iris_model)
+    project = make_iris_project(tmp_path, iris_model, NATIVE)
     contract = project / "mlship.yaml"
     text = contract.read_text()
     reordered = ("    petal_width: float\n    sepal_length: float\n    sepal_width: float\n"
@@ -465,10 +468,11 @@ def test_a_model_fitted_without_names_takes_arrays() -> None:
 
 
 def test_metadata_reports_the_input_path(tmp_path: Path, iris_model: Path) -> None:
-    project = make_iris_project(tmp_path, iris_model)
+    project = make_iris_project(tmp_path, iris_model, NATIVE)
     with running(project) as server:
         meta = httpx.get(server.url + "/metadata").json()
         assert meta["model_input"] == "numpy (checked against pandas)"
+        assert meta["compiled"] is False
         assert meta["batching"] is True
         assert "model input: numpy (checked against pandas); batching: on" in server.output()
 

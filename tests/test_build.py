@@ -14,6 +14,7 @@ import re
 import shutil
 import zipfile
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from typer.testing import CliRunner
 import mlship
 from conftest import TEST_BASE_IMAGE
 from mlship.build import context, engine, wheelhouse
-from mlship.build.context import build_pins, plan_build, write_context
+from mlship.build.context import build_pins, plan_build, plan_project, write_context
 from mlship.cli import app
 from mlship.contract_io import artifact_sha256, load_project
 from mlship.errors import BuildError, EngineError
@@ -298,8 +299,11 @@ def test_invalid_base_image_is_refused(iris_dir: Path, ref: str) -> None:
 
 # --- the build context ------------------------------------------------------------------------------
 def test_lock_has_a_hash_for_every_wheel(iris_dir: Path, wheel_cache: Path) -> None:
+    """The image of the sklearn model itself (serve.compile: off); tests/test_compiled.py has the compiled one."""
+    contract = iris_dir / "mlship.yaml"
+    contract.write_text(contract.read_text() + "serve:\n  compile: 'off'\n")
     project = load_project(iris_dir)
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     ctx = write_context(plan, iris_dir / ".mlship" / "build")
     lines = [ln for ln in (ctx / "requirements.lock").read_text().splitlines() if not ln.startswith("#")]
     locked = {}
@@ -374,10 +378,12 @@ def test_dry_run_prints_the_dockerfile_and_builds_nothing(iris_dir: Path, monkey
     project = load_project(iris_dir)
     assert f"image: iris:{project.version}" in result.stdout
     assert f"base: {TEST_BASE_IMAGE}" in result.stdout
-    assert f"scikit-learn=={SAVED}" in result.stdout
-    assert "files: model/model/iris.joblib, contract/MODEL.md, contract/mlship.yaml" in result.stdout
+    assert f"onnxruntime=={version('onnxruntime')}" in result.stdout  # the compiled model (tests/test_compiled.py)
+    assert "scikit-learn" not in result.stdout.split("--- Dockerfile")[0].split("note:")[0]
+    assert ("files: model/model/iris.joblib, model/.mlship/compiled/model.onnx, model/.mlship/compiled/record.json, "
+            "contract/MODEL.md, contract/mlship.yaml") in result.stdout
     dockerfile = result.stdout.split("--- Dockerfile\n", 1)[1]
-    assert dockerfile.strip() == plan_build(project, base=TEST_BASE_IMAGE, pins={}).dockerfile.strip()
+    assert dockerfile.strip() == plan_project(project, TEST_BASE_IMAGE, dry_run=True).dockerfile.strip()
     assert not (iris_dir / ".mlship").exists()
 
 

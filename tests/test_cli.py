@@ -355,7 +355,9 @@ def test_validate_ok(project: Path) -> None:
     lines = [plain(line) for line in result.stdout.splitlines() if line.strip()]
     assert lines[0] == f"ok {project / 'mlship.yaml'}: iris (sklearn, classification, 4 features)"
     assert re.fullmatch(r"ok model loads and predicts \(version [0-9a-f]{12}\)", lines[1])
-    assert lines[2] == "ok examples[0]"
+    assert re.fullmatch(r"ok compiled: onnxruntime \S+ \(compiled with skl2onnx \S+ from scikit-learn \S+; same "
+                        r"labels, max difference \S+ on 257 probe rows\)", lines[2]), lines[2]
+    assert lines[3] == "ok examples[0]"
     assert result.stderr == ""
 
 

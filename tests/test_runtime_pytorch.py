@@ -215,10 +215,10 @@ def test_state_dict_through_the_load_hook(digits_models: Path, tmp_path: Path) -
     result = invoke("validate", "-f", str(root))
     assert result.exit_code == 0, result.output
     assert result.output.count("ok examples[") == 3
-    from mlship.build.context import build_pins, plan_build
+    from mlship.build.context import plan_project
 
     project = load_project(root)
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     assert plan.requirements[0] == f"torch=={rt.public_version(torch.__version__)}+cpu"
     assert "contract/net.py" in [ctx for _src, ctx in plan.files]
 
@@ -313,7 +313,7 @@ def test_image_requirements_keep_a_chosen_variant_and_refuse_loose_pins(monkeypa
 
 
 def test_a_cpu_pin_in_the_contract_is_not_version_skew(digits_models: Path, tmp_path: Path) -> None:
-    from mlship.build.context import build_pins, plan_build
+    from mlship.build.context import build_pins, plan_build, plan_project
 
     for pin, ok in ((f"torch=={INSTALLED}+cpu", True), (f"torch=={INSTALLED}", True), ("torch==2.0.1+cpu", False)):
         root = digits_project(tmp_path / pin.replace("=", "-").replace("+", "_"), digits_models,
@@ -323,7 +323,7 @@ def test_a_cpu_pin_in_the_contract_is_not_version_skew(digits_models: Path, tmp_
             with pytest.raises(BuildError, match="Version skew"):
                 plan_build(project, pins=build_pins(project))
             continue
-        plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+        plan = plan_project(project, TEST_BASE_IMAGE)
         assert [r for r in plan.requirements if r.startswith("torch")] == [f"torch=={INSTALLED}+cpu"]
 
 
@@ -412,11 +412,11 @@ def digits_image(docker_engine: Any, digits_models: Path, tmp_path_factory: pyte
                  ) -> tuple[Path, str]:
     """The example's mlship.yaml built once per session: (project dir, image tag)."""
     from mlship.build import engine
-    from mlship.build.context import build_pins, plan_build, write_context
+    from mlship.build.context import plan_project, write_context
 
     root = digits_project(tmp_path_factory.mktemp("digits-image") / "p", digits_models)
     project = load_project(root)
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     context = write_context(plan, root / ".mlship" / "build")
     return root, engine.build(context, plan.tag).tag
 

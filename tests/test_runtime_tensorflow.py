@@ -395,11 +395,11 @@ def test_probabilities_softmax_when_needed() -> None:
 def digits_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, digits_model: Path
                  ) -> tuple[Path, str]:
     from mlship.build import engine
-    from mlship.build.context import build_pins, plan_build, write_context
+    from mlship.build.context import plan_project, write_context
 
     root = make_digits_project(tmp_path_factory.mktemp("digits-image"), digits_model)
     project = load_project(root)
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     image = engine.build(write_context(plan, root / ".mlship" / "build"), plan.tag)
     return root, image.tag
 
@@ -407,10 +407,10 @@ def digits_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory
 def test_build_plan_pins_tensorflow_cpu_and_pillow(digits_dir: Path) -> None:
     from importlib.metadata import version
 
-    from mlship.build.context import build_pins, plan_build
+    from mlship.build.context import plan_project
 
     project = load_project(digits_dir)
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     assert f"tensorflow-cpu=={tf_version()}" in plan.requirements
     assert f"pillow=={version('pillow')}" in plan.requirements
     assert not any(r.split("==")[0] == "tensorflow" for r in plan.requirements)

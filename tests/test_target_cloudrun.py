@@ -368,10 +368,10 @@ def v1_image(iris_image: tuple[Path, str], docker_engine: Any) -> Iterator[str]:
 def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     """The iris project rebuilt as version cr-v2 (every layer but the contract and labels cached)."""
     from mlship.build import engine
-    from mlship.build.context import build_pins, plan_build, write_context
+    from mlship.build.context import plan_project, write_context
 
     project = make_project(iris_image[0], tmp_path_factory.mktemp("cr") / "v2", version="cr-v2")
-    plan = plan_build(project, base=TEST_BASE_IMAGE, pins=build_pins(project))
+    plan = plan_project(project, TEST_BASE_IMAGE)
     return engine.build(write_context(plan, project.root / ".mlship" / "build"), plan.tag).tag
 
 

@@ -209,6 +209,12 @@ class ServeOptions(Strict):
         default=0.0, ge=0, le=1000,
         description="How long an idle model waits for more requests before a call; 0: never waits.",
     )
+    compile: Literal["auto", "onnx", "off"] = Field(
+        default="auto",
+        description="auto: serve a model converted to ONNX (onnxruntime) when it predicts the same as the original "
+        "on the examples and generated inputs, else the original with a message; onnx: require it (an error when "
+        "it cannot be used); off: always the original. sklearn models without load:/predict: code only.",
+    )
     shutdown_grace_s: float = Field(
         default=8.0, gt=0, description="On SIGTERM, time to finish in-flight requests before exiting."
     )

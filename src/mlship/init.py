@@ -158,7 +158,10 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         example = read_tensor_sample(sample) if sample else sample_body(contract.input)
     else:
         example = read_sample(sample, contract.feature_names) if sample else sample_body(contract.input)
-    predictor = Predictor(Project(contract, directory.resolve(), target))
+    # the example's expected output comes from the original model (serve.compile: off), and init writes
+    # nothing but the contract and the model card: the compiled path is checked by validate/serve/build
+    original = contract.model_copy(update={"serve": contract.serve.model_copy(update={"compile": "off"})})
+    predictor = Predictor(Project(original, directory.resolve(), target))
     predictor.load()
     try:
         rows = predictor.validator.validate(example).rows

@@ -21,6 +21,7 @@ import jinja2
 from packaging.specifiers import SpecifierSet
 
 from mlship import __version__, plugins
+from mlship import compiled as compiled_mod
 from mlship.build import elfstrip, wheelhouse
 from mlship.contract_io import CONTRACT_FILE, Project, artifact_sha256
 from mlship.errors import BuildError, PluginError
@@ -149,10 +150,58 @@ def project_files(project: Project) -> tuple[list[tuple[Path, str]], list[tuple[
     return model, contract
 
 
-def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str] | None = None) -> BuildPlan:
-    """Pure: decide tag, requirements, labels and Dockerfile (``pins`` from the runtime, see build_pins)."""
+@dataclass(frozen=True)
+class Compiled:
+    """What `mlship build` learned about the compiled path (see build_compiled and mlship.compiled)."""
+
+    files: list[Path]  # the compiled folder's files to put in the image (the model and its record, or the reason)
+    onnxruntime: str | None  # the version that checked the compiled model; None: the original model is served
+    note: str
+
+
+def build_compiled(project: Project, keep: bool = True) -> Compiled | None:
+    """Load the model the way the server will (converting and checking it when serve.compile allows, and
+    keeping the result in .mlship/compiled/ unless ``keep`` is False); None when the compiled path does not
+    apply to this project."""
+    from mlship.serving.predictor import Predictor
+
+    predictor = Predictor(project, keep_compiled=keep)
+    predictor.load()
+    folder = compiled_mod.folder(project.root)
+    if predictor.compiled is not None:
+        names = [compiled_mod.ONNX_FILE, compiled_mod.RECORD_FILE]
+        return Compiled(files=[folder / n for n in names], onnxruntime=predictor.compiled.record.onnxruntime,
+                        note=f"serving the compiled model: {predictor.input_path}")
+    if predictor.compile_note is None:
+        return None
+    failure = folder / compiled_mod.FAILURE_FILE
+    return Compiled(files=[failure] if failure.is_file() else [], onnxruntime=None, note=predictor.compile_note)
+
+
+def compiled_requirements(runtime: str, requirements: list[str], onnxruntime: str) -> tuple[list[str], list[str]]:
+    """Requirements of an image that serves the compiled model: the runtime's framework packages out,
+    onnxruntime (the version that checked the model) in. Returns (requirements, the names left out)."""
+    try:
+        drop = {wheelhouse.canonical(n) for n in plugins.get_runtime(runtime).framework_packages}
+    except PluginError:
+        drop = set()
+    kept = [r for r in requirements if wheelhouse.canonical(requirement_name(r)) not in drop
+            and wheelhouse.canonical(requirement_name(r)) != "onnxruntime"]
+    dropped = [requirement_name(r) for r in requirements if wheelhouse.canonical(requirement_name(r)) in drop]
+    return [*kept, f"onnxruntime=={onnxruntime}"], dropped
+
+
+def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str] | None = None,
+               compiled: Compiled | None = None) -> BuildPlan:
+    """Pure: decide tag, requirements, labels and Dockerfile (``pins`` from the runtime, see build_pins;
+    ``compiled`` from build_compiled)."""
     c = project.contract
     requirements, notes = pinned_requirements(project, pins or {})
+    if compiled is not None and compiled.onnxruntime is not None:
+        requirements, dropped = compiled_requirements(c.runtime, requirements, compiled.onnxruntime)
+        notes.append(compiled.note + (f"; left out of the image: {', '.join(dropped)}" if dropped else ""))
+    elif compiled is not None:
+        notes.append(compiled.note)
     requirements, index_urls, more = image_requirements(c.runtime, requirements)
     model_sha = artifact_sha256(project.artifact_path)
     contract_sha = hashlib.sha256(project.contract_path.read_bytes()).hexdigest()
@@ -163,11 +212,14 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
         "dev.mlship.runtime": c.runtime,
         "dev.mlship.contract-sha256": contract_sha,
         "dev.mlship.model-sha256": model_sha,
+        "dev.mlship.compiled": "onnx" if compiled is not None and compiled.onnxruntime is not None else "no",
     }
     commit = git_commit(project.root)
     if commit:
         labels["org.opencontainers.image.revision"] = commit
     model, contract = project_files(project)
+    if compiled is not None:  # the compiled folder mirrors /app/.mlship/compiled, beside the artifact
+        model += [(path, f"model/{compiled_mod.FOLDER}/{path.name}") for path in compiled.files]
     image = base_image(project, base)
     prune, strip = image_tweaks(c.runtime)
     tools = [(Path(elfstrip.__file__), "elfstrip.py")] if strip else []
@@ -227,6 +279,13 @@ def docker_string(value: object) -> str:
         raise BuildError(f"{text!r} cannot be written into a Dockerfile: it has control characters.",
                          fix="Remove newlines and control characters from names and versions.")
     return '"' + re.sub(r'([\\"$])', r"\\\1", text) + '"'
+
+
+def plan_project(project: Project, base: str | None = None, dry_run: bool = False) -> BuildPlan:
+    """The plan `mlship build` uses: the artifact's pinned versions and the compiled path decided by loading it
+    (a dry run writes nothing, not even .mlship/compiled/)."""
+    return plan_build(project, base=base, pins=build_pins(project),
+                      compiled=build_compiled(project, keep=not dry_run))
 
 
 def build_pins(project: Project) -> dict[str, str]:

@@ -16,11 +16,11 @@ BaseOpt = Annotated[str | None, typer.Option("--base-image", envvar="MLSHIP_BASE
 
 def _build_image(file: Path | None, base: str | None, dry_run: bool) -> tuple[Any, Any]:
     from mlship.build import engine
-    from mlship.build.context import build_pins, plan_build, write_context
+    from mlship.build.context import plan_project, write_context
     from mlship.contract_io import load_project
 
     project = load_project(file)
-    plan = plan_build(project, base=base, pins=build_pins(project))
+    plan = plan_project(project, base, dry_run=dry_run)
     if dry_run:
         return project, plan
     ctx = write_context(plan, project.root / ".mlship" / "build")

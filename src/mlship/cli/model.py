@@ -75,6 +75,10 @@ def validate(
             out.print(f"[yellow]warning:[/] {warning}", markup=True)
         predictor.warm_up()
         out.print(f"[green]ok[/] model loads and predicts (version {project.version})", markup=True)
+        if predictor.compiled is not None:
+            out.print(f"[green]ok[/] compiled: {escape(predictor.input_path or '')}", markup=True)
+        elif predictor.compile_note:
+            out.print(f"[yellow]note:[/] {escape(predictor.compile_note)}", markup=True)
         failed = 0
         for i, example in enumerate(c.examples):
             got = predictor.predict(predictor.example_rows(example.input, i))[0]

@@ -69,6 +69,10 @@ class Runtime(ABC):
     #: image (what `strip` does; the loader never reads them), e.g. a framework's unstripped .so files.
     image_strip: ClassVar[tuple[str, ...]] = ()
 
+    #: Packages only the original model needs (the framework and what it loads with): an image that serves the
+    #: compiled model (:meth:`to_onnx`, serve.compile) leaves them out.
+    framework_packages: ClassVar[tuple[str, ...]] = ()
+
     #: Settings from mlship.yaml, set by :meth:`configure` before :meth:`load` (`mlship init` sets
     #: ``unsafe_deserialization`` from its flag). A format with a safe mode may run code stored in the
     #: artifact only when ``unsafe_deserialization`` is True.
@@ -111,6 +115,14 @@ class Runtime(ABC):
         after checking on ``samples`` that it predicts the same. Returns the input path's name for the log and
         /metadata (None: nothing to report)."""
         return None
+
+    def to_onnx(self, model: Any, features: list[str]) -> tuple[bytes, list[int], str]:
+        """Convert the model for the compiled path (see :mod:`mlship.compiled`): returns (the ONNX model, taking
+        one float64 tensor of rows x the model's columns; the contract feature index of each model column; the
+        converter's name and version). Raise :class:`mlship.compiled.NotCompiled` saying why when it cannot."""
+        from mlship.compiled import NotCompiled
+
+        raise NotCompiled(f"the {self.name} runtime has no compiled path")
 
     def check(self, model: Any, features: list[str]) -> list[str]:
         """Problems between the model and the contract's features (empty when they agree)."""

@@ -98,6 +98,7 @@ class App:
             metadata["tensor"] = c.input.tensor.model_dump(mode="json")
         if self.predictor.input_path is not None:
             metadata["model_input"] = self.predictor.input_path
+        metadata["compiled"] = self.predictor.compiled is not None
         return orjson.dumps(metadata)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -111,6 +112,8 @@ class App:
             self.predictor.load()
             for warning in self.predictor.warnings:
                 log.warning("while loading the model: %s", warning)
+            if self.predictor.compile_note:
+                log.warning("%s", self.predictor.compile_note)
             self.predictor.warm_up()
         except MlshipError as exc:
             self._fail(exc.render())

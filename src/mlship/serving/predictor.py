@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mlship import plugins
-from mlship.contract_io import Project
-from mlship.errors import ArtifactError, ContractError, PredictionError, UserCodeError
+from mlship import compiled, plugins
+from mlship.contract_io import Project, artifact_sha256
+from mlship.errors import ArtifactError, ContractError, MlshipError, PredictionError, UserCodeError
 from mlship.runtimes.base import ModelOutput, Runtime
 from mlship.serving.batcher import concat_rows
 from mlship.serving.validation import InvalidInput, make_validator, probe_instances, sample_body
@@ -23,8 +23,10 @@ from mlship.usercode import load_function, short_traceback
 class Predictor:
     """The model plus everything needed to call it. ``load()`` is slow; the rest is thread-safe."""
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, *, keep_compiled: bool = True) -> None:
         self.project = project
+        #: write the compiled model (or why it failed) to .mlship/compiled/ for the next start (not in dry runs)
+        self.keep_compiled = keep_compiled
         contract = project.contract
         self.features = contract.feature_names
         self.validator = make_validator(contract.input, contract.serve.max_instances)
@@ -36,13 +38,25 @@ class Predictor:
         #: instances anyway; runtimes opt in (tensorflow/pytorch don't: see Runtime.batchable)
         self.batchable = bool(contract.predict) or type(self.runtime).batchable
         self.input_path: str | None = None  # how the runtime builds the model's input (Runtime.prepare)
+        #: the model converted to ONNX, when serve.compile allows and it predicts the same (mlship.compiled)
+        self.compiled: compiled.CompiledModel | None = None
+        self.compile_note: str | None = None  # why the compiled path is not used (serve.compile: auto)
+        self._compile_probe: Any = None
+        self._source_sha: str | None = None
         self._user_predict: Callable[..., Any] | None = None
         self._label_of: dict[Any, str] = {}
         self._label_text: dict[Any, str] = {}  # class -> label string, filled as classes are seen
 
     def load(self) -> None:
-        """Load the artifact (through the user's `load` hook when given) and check it fits."""
+        """Load the artifact (through the user's `load` hook when given) and check it fits.
+
+        With serve.compile (see :mod:`mlship.compiled`), a compiled model kept for this artifact is used without
+        loading the original at all; otherwise the original is loaded, converted and checked on probe rows.
+        """
         c = self.project.contract
+        compiling = self._compile_mode()
+        reason = "serve.compile is off"
+        kept = False  # a compiled model was kept for this project but cannot be used
         if c.load:
             loader = load_function(self.project.root, c.load, "load")
             try:
@@ -54,11 +68,27 @@ class Predictor:
                     fix="Fix the load function; it receives the artifact path and returns the model.",
                 ) from None
         else:
-            self.model = self.runtime.load(self.project.artifact_path)
-            self.warnings = self.runtime.load_warnings()
+            if compiling:
+                reason, kept = self._load_compiled()
+            if self.compiled is None:
+                try:
+                    self.model = self.runtime.load(self.project.artifact_path)
+                except MlshipError as exc:
+                    if not kept:
+                        raise
+                    name = self.project.artifact_path.name
+                    raise ArtifactError(
+                        f"{name} cannot be served: the compiled model kept for it does not fit ({reason}), and "
+                        f"loading the original failed: {exc.message}",
+                        why=exc.why,
+                        fix="In an image (which has no scikit-learn when it serves a compiled model): rebuild it "
+                        "with `mlship build`, which converts and checks the model again. "
+                        + (exc.fix or ""),
+                    ) from None
+                self.warnings = self.runtime.load_warnings()
         if c.predict:
             self._user_predict = load_function(self.project.root, c.predict, "predict")
-        else:
+        elif self.compiled is None:
             problems = self.runtime.check_input(self.model, c.input)
             if problems:
                 raise ArtifactError(
@@ -66,16 +96,80 @@ class Predictor:
                     fix="Run `mlship init` again for this model, or fix "
                     f"{'input.tensor' if c.input.tensor is not None else 'input.features'}.",
                 )
-            self.input_path = self.runtime.prepare(self.model, self._probe_rows(), self.features)
+            if compiling:
+                reason = self._compile(reason)
+            if self.compiled is None:
+                self.input_path = self.runtime.prepare(self.model, self._probe_rows(), self.features)
+        if compiling and self.compiled is None:
+            self._not_compiled(reason)
         self._label_of = self._label_map()
         self._label_text = {}
 
-    def _probe_rows(self) -> Any:
-        """Validated rows for Runtime.prepare: the examples, and for named features rows made from the schema."""
+    def _compile_mode(self) -> bool:
+        """Whether to try the compiled path; serve.compile: onnx where it cannot apply is a contract error."""
+        c = self.project.contract
+        if c.serve.compile == "off":
+            return False
+        why = ("the model is loaded or called by your code (load:/predict:)" if c.load or c.predict
+               else "the input is a tensor" if c.input.tensor is not None
+               else f"the {self.runtime.name} runtime has no compiled path"
+               if type(self.runtime).to_onnx is Runtime.to_onnx else None)
+        if why is None:
+            return True
+        if c.serve.compile == "onnx":
+            raise ContractError(f"serve.compile is onnx, but {why}.",
+                                fix="Set serve.compile to auto (or remove it) to serve the model as it is.")
+        return False
+
+    def _load_compiled(self) -> tuple[str, bool]:
+        """Use the compiled model kept for this artifact, if it is current. Returns why not, and whether one was
+        kept (stale or broken) rather than missing."""
+        rows = self._probe_rows(compiled.PROBE_ROWS)
+        self._compile_probe = rows
+        self._source_sha = artifact_sha256(self.project.artifact_path)
+        try:
+            self.compiled = compiled.load(self.project.root, rows, self.features, self._source_sha)
+        except compiled.Missing as exc:
+            return str(exc), False
+        except compiled.NotCompiled as exc:
+            return str(exc), True
+        self.input_path = compiled.describe(self.compiled)
+        return "", False
+
+    def _compile(self, earlier: str) -> str:
+        """Convert the loaded model and check it; keep it for the next start. Returns why not on failure."""
+        rows = self._compile_probe
+        if rows is None or self._source_sha is None:
+            return earlier
+        versions = self.runtime.saved_versions(self.model)
+        framework = ", ".join(f"{k} {v}" for k, v in versions.items()) or self.runtime.name
+        try:
+            onnx_bytes, record, model = compiled.compile_model(self.runtime, self.model, rows, self.features,
+                                                               self._source_sha, framework)
+        except compiled.NotCompiled as exc:
+            return compiled.remember_failure(self.project.root, self._source_sha, exc, write=self.keep_compiled)
+        except Exception as exc:  # the model itself failed on a probe row: the native path will say so
+            return f"the original model failed on the probe rows ({exc.__class__.__name__}: {exc})"
+        if self.keep_compiled:
+            compiled.save(self.project.root, onnx_bytes, record)
+        self.compiled = model
+        self.input_path = compiled.describe(model)
+        return ""
+
+    def _not_compiled(self, reason: str) -> None:
+        if self.project.contract.serve.compile == "onnx":
+            raise ArtifactError(f"serve.compile is onnx, but the compiled model cannot be used: {reason}.",
+                                fix="Set serve.compile to auto to serve the original model when this happens, "
+                                "or change the model (`mlship validate` shows the reason again).")
+        self.compile_note = f"compiled path not used: {reason}; serving the {self.runtime.name} model as it is"
+
+    def _probe_rows(self, n: int = 64) -> Any:
+        """Validated rows for Runtime.prepare and the compiled path's checks: the examples, and for named
+        features ``n`` rows made from the schema."""
         c = self.project.contract
         bodies = [e.input for e in c.examples]
         if c.input.tensor is None:
-            bodies += probe_instances(c.input.features, bodies)
+            bodies += probe_instances(c.input.features, bodies, n)
         elif not bodies:
             bodies.append(sample_body(c.input))
         parts = []
@@ -88,7 +182,7 @@ class Predictor:
 
     def _label_map(self) -> dict[Any, str]:
         labels = self.project.contract.output.labels
-        classes = self.runtime.classes(self.model)
+        classes = self.compiled.classes if self.compiled is not None else self.runtime.classes(self.model)
         if labels is None or classes is None:
             return {}
         classes = list(classes)
@@ -123,7 +217,10 @@ class Predictor:
         try:
             if self._user_predict is not None:
                 return self._call_user(rows)
-            out = self.runtime.predict(self.model, rows, self.features)
+            if self.compiled is not None:
+                out = self.compiled.predict(rows)
+            else:
+                out = self.runtime.predict(self.model, rows, self.features)
         except (PredictionError, UserCodeError):
             raise
         except Exception as exc:
