@@ -6,7 +6,8 @@
     python bench/peers/run.py --only mlship,fastapi --json peers.json
 
 Builds one venv per peer tool (cached), trains the iris pipeline and a 100-tree random forest once, then
-serves the same artifact from mlship, Flask under gunicorn, FastAPI under uvicorn, BentoML (with and without
+serves the same artifact from mlship (compiled to ONNX beforehand as `mlship build` does, and `mlship-native`
+with serve.compile: off), Flask under gunicorn, FastAPI under uvicorn, BentoML (with and without
 adaptive batching) and MLServer (default and parallel_workers 0). Each server is pinned to one CPU and
 driven from another by serve_bench's keep-alive HTTP/1.1 load generator. Prints one markdown table:
 throughput, p50/p99, ratios to the in-process predict_proba ceiling and to mlship, cold start and PSS.
@@ -59,7 +60,9 @@ class Point:
         return f"{self.model} {self.rows} row{'s' if self.rows > 1 else ''} c={self.concurrency}"
 
 
-POINTS = [Point("iris", 1, 32), Point("iris", 100, 8), Point("rf", 1, 32), Point("rf", 1, 1), Point("rf", 100, 8)]
+POINTS = [Point("iris", 1, 32), Point("iris", 1, 1), Point("iris", 100, 8), Point("rf", 1, 32), Point("rf", 1, 1),
+          Point("rf", 100, 8)]
+NATIVE_CONTRACT = "mlship-native.yaml"  # the contract with serve.compile: off (peer `mlship-native`)
 MAX_BODIES = 64  # distinct request bodies per point, cycled by the load generator
 
 
@@ -88,12 +91,32 @@ def train_models(tmp: Path) -> dict[str, Model]:
     joblib.dump(forest, rf, compress=3)  # compressed like the iris example
     frame.head(5).to_csv(tmp / "rf" / "rows.csv", index=False)
     init_project(rf, directory=tmp / "rf", sample=tmp / "rf" / "rows.csv")
+    for key in ("iris", "rf"):
+        compile_like_build(tmp / key / "mlship.yaml")
     return {
         "iris": Model("iris", "iris: StandardScaler + LogisticRegression", iris, tmp / "iris" / "mlship.yaml",
                       list(serve_bench.FEATURES), serve_bench.iris_rows()),
         "rf": Model("rf", "rf: RandomForestClassifier(100 trees), 20 features", rf, tmp / "rf" / "mlship.yaml",
                     features, [[float(v) for v in row] for row in x]),
     }
+
+
+def compile_like_build(contract: Path) -> None:
+    """Convert and check the model as `mlship build` does, so that the server starts the way it does in an image
+    (with the compiled model beside the artifact); also write mlship-native.yaml, the same contract with
+    serve.compile: off, served by the `mlship-native` peer."""
+    import yaml
+
+    from mlship.contract_io import load_project
+    from mlship.serving.predictor import Predictor
+
+    predictor = Predictor(load_project(contract))
+    predictor.load()
+    if predictor.compiled is None:
+        raise SystemExit(f"{contract}: {predictor.compile_note}")
+    data = yaml.safe_load(contract.read_text())
+    data.setdefault("serve", {})["compile"] = "off"
+    contract.with_name(NATIVE_CONTRACT).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 class Reference:
@@ -141,12 +164,15 @@ def batches(rows: list[list[float]], size: int) -> list[list[list[float]]]:
     return [rows[i:i + size] for i in range(0, len(rows) - size + 1, step)][:MAX_BODIES]
 
 
+PARITY = 1e-5  # the issue's definition of the same prediction: same labels, probabilities within 1e-5
+
+
 def mismatch(got: Answer, want: Answer) -> str | None:
     if got.labels != want.labels:
         return f"labels {got.labels[:5]} != expected {want.labels[:5]}"
     if got.probabilities is not None and want.probabilities is not None:
         for i, (g, w) in enumerate(zip(got.probabilities, want.probabilities, strict=True)):
-            if g.keys() != w.keys() or any(abs(g[k] - w[k]) > 1e-9 for k in w):
+            if g.keys() != w.keys() or any(abs(g[k] - w[k]) > PARITY for k in w):
                 return f"row {i}: probabilities {g} != expected {w}"
     return None
 
@@ -277,7 +303,8 @@ def summarize(rounds: list[dict[str, Any]], names: list[str], not_installed: dic
         for key, cell in row.get("points", {}).items():
             if "failed" in cell:
                 continue
-            cell["mlship_ratio"] = cell["rows_per_s"] / base[key]["rows_per_s"] if key in base else None
+            cell["mlship_ratio"] = (cell["rows_per_s"] / base[key]["rows_per_s"]
+                                    if "rows_per_s" in base.get(key, {}) else None)
     return {"ceilings_rows_per_s": ceilings, "servers": servers}
 
 

@@ -84,11 +84,19 @@ def _answer(predictions: list[dict[str, Any]]) -> Answer:
 
 
 class Mlship(Peer):
-    name = "mlship"
-    config = "python -m mlship.serving mlship.yaml (this checkout); a bare instance for 1 row, else {instances}"
+    """``mlship``: the compiled model (ONNX, checked against the original by `mlship build`), as in an image;
+    ``mlship-native``: the same contract with serve.compile: off (scikit-learn in the server)."""
+
+    def __init__(self, native: bool = False) -> None:
+        self.native = native
+        self.name = "mlship-native" if native else "mlship"
+        self.config = ("python -m mlship.serving " + ("mlship-native.yaml (serve.compile: off)" if native else
+                       "mlship.yaml (compiled to ONNX beforehand, as `mlship build` does)")
+                       + "; a bare instance for 1 row, else {instances}")
 
     def launch(self, python: Path, model: Model, port: int, work: Path) -> Launch:
-        return Launch([sys.executable, "-m", "mlship.serving", str(model.mlship_yaml), "--host", HOST,
+        contract = model.mlship_yaml.with_name("mlship-native.yaml") if self.native else model.mlship_yaml
+        return Launch([sys.executable, "-m", "mlship.serving", str(contract), "--host", HOST,
                        "--port", str(port)], cwd=work)
 
     def body(self, model: Model, batch: list[list[float]]) -> bytes:
@@ -195,10 +203,10 @@ class MLServer(Peer):
 
 
 ALL_PEERS: dict[str, Peer] = {p.name: p for p in (
-    Mlship(), Flask(threads=4), Flask(), FastAPI(), BentoML(), BentoML(batchable=True), MLServer(),
+    Mlship(), Mlship(native=True), Flask(threads=4), Flask(), FastAPI(), BentoML(), BentoML(batchable=True), MLServer(),
     MLServer(parallel_workers=0),
 )}
-DEFAULT_PEERS = ["mlship", "flask", "fastapi", "bentoml", "bentoml-batch", "mlserver", "mlserver-pw0"]
+DEFAULT_PEERS = ["mlship", "mlship-native", "flask", "fastapi", "bentoml", "bentoml-batch", "mlserver", "mlserver-pw0"]
 
 
 # -- process tree ----------------------------------------------------------------------------------
