@@ -330,6 +330,7 @@ def test_cli_deploy_end_to_end(iris_image: tuple[Path, str], tmp_path: Path, bas
         result = invoke("deploy", "--target", "local", "-f", folder)
         assert result.exit_code == 0, result.output
         assert f"built {tag}" in result.output and f"tested {tag}" in result.output
+        assert "note: serving the compiled model: onnxruntime" in result.output  # the build's notes are shown
         assert f"deployed {tag} (version {project.version}) on local" in result.output
         assert result.output.rstrip().endswith(f"http://127.0.0.1:{port}")
         assert predict(f"http://127.0.0.1:{port}").status_code == 200

@@ -56,6 +56,8 @@ def deploy(
             out.print("dry run: nothing was built or deployed")
             return
         plan, image = result
+        for note in plan.notes:
+            out.print(f"[yellow]note:[/] {note}", markup=True)
         out.print(f"[green]built[/] {image.tag} in {image.seconds:.1f}s", markup=True)
         if skip_test:
             out.print("[yellow]skipped[/] mlship test (--skip-test)", markup=True)
