@@ -148,9 +148,9 @@ class CompiledModel:
             wanted = "probabilities" if record.probabilities else "label"
             if wanted not in names:
                 raise NotCompiled(f"the converted model has no {wanted!r} output (it has {names})")
-            self.output = names.index(wanted)
+            self.outputs = [wanted]  # only what is used: onnxruntime skips the rest
         else:
-            self.output = 0
+            self.outputs = names[:1]
         self.columns = None if record.columns == list(range(len(record.columns))) else record.columns
         #: probabilities closer than this count as a tie, won by the first class as in the original model's
         #: argmax: a forest's 15/30 vs 15/30 is an exact tie in float64 but not in onnxruntime's float32 sums
@@ -163,7 +163,7 @@ class CompiledModel:
             x = x[:, self.columns]
         if self.dtype is not np.float64:
             x = x.astype(self.dtype)
-        raw = self.session.run(None, {self.input_name: x})[self.output]
+        raw = self.session.run(self.outputs, {self.input_name: x})[0]
         classes = self.classes
         if classes is None:  # regression: one value per row, or a list per row for multi-output models
             values = np.asarray(raw)
@@ -176,7 +176,7 @@ class CompiledModel:
                 best = (proba >= proba.max(axis=1, keepdims=True) - self.tie).argmax(axis=1)
             else:
                 best = proba.argmax(axis=1)
-            return ModelOutput(values=[classes[i] for i in best], probabilities=proba, classes=list(classes))
+            return ModelOutput(values=[classes[i] for i in best.tolist()], probabilities=proba, classes=list(classes))
         labels = np.asarray(raw).reshape(-1).tolist()
         return ModelOutput(values=[self._class_of.get(str(v), v) for v in labels])
 
