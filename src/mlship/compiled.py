@@ -152,10 +152,13 @@ class CompiledModel:
         else:
             self.outputs = names[:1]
         self.columns = None if record.columns == list(range(len(record.columns))) else record.columns
-        #: probabilities closer than this count as a tie, won by the first class as in the original model's
-        #: argmax: a forest's 15/30 vs 15/30 is an exact tie in float64 but not in onnxruntime's float32 sums
-        self.tie = 4 * record.max_abs_diff
         self._class_of = {str(c): c for c in record.classes or []}
+
+    @property
+    def tie(self) -> float:
+        """Probabilities closer than this count as a tie, won by the first class as in the original model's
+        argmax: a forest's 15/30 vs 15/30 is an exact tie in float64 but not in onnxruntime's float32 sums."""
+        return 4 * self.record.max_abs_diff
 
     def predict(self, rows: Any) -> ModelOutput:
         x = np.asarray(rows, dtype=np.float64)
@@ -172,8 +175,9 @@ class CompiledModel:
             return ModelOutput(values=values.tolist())
         if self.record.probabilities:
             proba = np.asarray(raw)
-            if self.tie > 0 and proba.size:
-                best = (proba >= proba.max(axis=1, keepdims=True) - self.tie).argmax(axis=1)
+            tie = self.tie
+            if tie > 0 and proba.size:
+                best = (proba >= proba.max(axis=1, keepdims=True) - tie).argmax(axis=1)
             else:
                 best = proba.argmax(axis=1)
             return ModelOutput(values=[classes[i] for i in best.tolist()], probabilities=proba, classes=list(classes))
@@ -252,7 +256,6 @@ def compile_model(runtime: Runtime, model: Any, rows: Any, features: list[str], 
     )
     compiled = CompiledModel(onnx_bytes, record)
     record.max_abs_diff = difference(native, compiled.predict(x))  # sets the tie tolerance, then labels count
-    compiled = CompiledModel(onnx_bytes, record)
     compare(native, compiled.predict(x))
     return onnx_bytes, record, compiled
 

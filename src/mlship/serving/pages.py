@@ -94,17 +94,22 @@ def _tensor_index(contract: Contract, spec: TensorSpec, version: str, auth: bool
     png = ('<label>or a PNG file<input id="png" type="file" accept="image/png"></label>'
            if spec.image is not None else "")
     key = '<label>API key<input id="key" type="password" autocomplete="off"></label>' if auth else ""
-    title = html.escape(contract.name)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>{_STYLE}</style></head><body>
-<h1>{title} <small>{html.escape(version)}</small></h1>
-<p>{html.escape(contract.task)} model ({html.escape(contract.runtime)}).
-<a href="docs">Docs</a> · <a href="openapi.json">OpenAPI</a> · <a href="metadata">Metadata</a></p>
+    return f"""{_page_head(contract, version)}
 <form id="f"><label>input: {html.escape(_tensor_text(spec))} (JSON)<br>
 <textarea id="tensor" rows="10" cols="80" spellcheck="false">{value}</textarea></label>
 {png}{key}<button type="submit">Predict</button></form>
 <pre id="out"></pre>
 <script>{_TENSOR_SCRIPT}</script></body></html>"""
+
+
+def _page_head(contract: Contract, version: str) -> str:
+    """The start of the try-it page, up to the form: title, version, task, links."""
+    title = html.escape(contract.name)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{title} <small>{html.escape(version)}</small></h1>
+<p>{html.escape(contract.task)} model ({html.escape(contract.runtime)}).
+<a href="docs">Docs</a> · <a href="openapi.json">OpenAPI</a> · <a href="metadata">Metadata</a></p>"""
 
 
 def _zeros(shape: tuple[int, ...]) -> object:
@@ -119,12 +124,7 @@ def index_page(contract: Contract, version: str, auth: bool) -> str:
     fields = "\n".join(_field(n, f.type, example.get(n), f.enum) for n, f in feats.items())
     key = '<label>API key<input id="key" type="password" autocomplete="off"></label>' if auth else ""
     schema = json.dumps({n: f.type for n, f in feats.items()}).replace("</", "<\\/")
-    title = html.escape(contract.name)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>{_STYLE}</style></head><body>
-<h1>{title} <small>{html.escape(version)}</small></h1>
-<p>{html.escape(contract.task)} model ({html.escape(contract.runtime)}).
-<a href="docs">Docs</a> · <a href="openapi.json">OpenAPI</a> · <a href="metadata">Metadata</a></p>
+    return f"""{_page_head(contract, version)}
 <form id="f">{fields}{key}<button type="submit">Predict</button></form>
 <pre id="out"></pre>
 <script id="schema" type="application/json">{schema}</script>

@@ -97,9 +97,10 @@ class Predictor:
                     f"{'input.tensor' if c.input.tensor is not None else 'input.features'}.",
                 )
             if compiling:
-                reason = self._compile(reason)
-            if self.compiled is None:
-                self.input_path = self.runtime.prepare(self.model, self._probe_rows(), self.features)
+                reason = self._compile()
+            if self.compiled is None:  # the compiled path's probe rows start with the same examples and rows
+                samples = self._compile_probe if self._compile_probe is not None else self._probe_rows()
+                self.input_path = self.runtime.prepare(self.model, samples, self.features)
         if compiling and self.compiled is None:
             self._not_compiled(reason)
         self._label_of = self._label_map()
@@ -136,11 +137,10 @@ class Predictor:
         self.input_path = compiled.describe(self.compiled)
         return "", False
 
-    def _compile(self, earlier: str) -> str:
+    def _compile(self) -> str:
         """Convert the loaded model and check it; keep it for the next start. Returns why not on failure."""
-        rows = self._compile_probe
-        if rows is None or self._source_sha is None:
-            return earlier
+        rows = self._compile_probe  # set by _load_compiled, which always runs first
+        assert rows is not None and self._source_sha is not None
         versions = self.runtime.saved_versions(self.model)
         framework = ", ".join(f"{k} {v}" for k, v in versions.items()) or self.runtime.name
         try:
