@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -130,6 +131,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# A `predict:` snippet for server tests: records the x values of every model call in calls.jsonl; x > 100 blocks
+# in the model until the test creates gate-<x> (at most 10 s); x == 13 raises.
+GATED_PREDICT = """
+import json
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+def load(path):
+    return 2.0
+
+def predict(model, instances):
+    xs = [inst["x"] for inst in instances]
+    with open(HERE / "calls.jsonl", "a") as fh:
+        fh.write(json.dumps(xs) + "\\n")
+    out = []
+    for x in xs:
+        if x == 13:
+            raise ValueError("unlucky thirteen")
+        if x > 100:
+            gate = HERE / f"gate-{int(x)}"
+            deadline = time.monotonic() + 10
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        out.append(x * model)
+    return out
+"""
+
+
 def write_custom_project(directory: Path, predict_py: str, serve: str = "", extra: str = "") -> Path:
     """A project with user code (predict.py) around a trivial artifact; for slow/failing models."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -242,15 +273,28 @@ def base_image_env(monkeypatch: pytest.MonkeyPatch) -> str:
     return TEST_BASE_IMAGE
 
 
+def build_image(project: Project) -> str:
+    """Build ``project`` on the test base image the way `mlship build` does; returns the tag."""
+    from mlship.build import engine
+    from mlship.build.context import plan_project, write_context
+
+    plan = plan_project(project, TEST_BASE_IMAGE)
+    return engine.build(write_context(plan, project.root / ".mlship" / "build"), plan.tag).tag
+
+
+def load_example_module(path: Path, name: str) -> Any:
+    """Import an example's script (e.g. examples/torch-digits/train.py) under ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def iris_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> tuple[Path, str]:
     """The iris example built once per session: (project dir, image tag)."""
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
     from mlship.contract_io import load_project
 
     root = make_iris_project(tmp_path_factory.mktemp("iris-image"), iris_model)
-    project = load_project(root)
-    plan = plan_project(project, TEST_BASE_IMAGE)
-    image = engine.build(write_context(plan, root / ".mlship" / "build"), plan.tag)
-    return root, image.tag
+    return root, build_image(load_project(root))

@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from conftest import make_iris_project, metric, running, wait_metric, write_custom_project
+from conftest import GATED_PREDICT, make_iris_project, metric, running, wait_metric, write_custom_project
 from mlship.contract import Feature
 from mlship.contract_io import load_project
 from mlship.runtimes import sklearn as sklearn_runtime
@@ -38,34 +38,6 @@ from mlship.runtimes.tensorflow import TensorflowRuntime
 from mlship.serving.batcher import Batcher, concat_rows
 from mlship.serving.predictor import Predictor
 from mlship.serving.validation import InvalidInput, Validator
-
-# Records the x values of every model call in calls.jsonl; x > 100 waits for the file gate-<x>; x == 13 raises.
-RECORDING_PREDICT = """
-import json
-import time
-from pathlib import Path
-
-HERE = Path(__file__).parent
-
-def load(path):
-    return 2.0
-
-def predict(model, instances):
-    xs = [inst["x"] for inst in instances]
-    with open(HERE / "calls.jsonl", "a") as fh:
-        fh.write(json.dumps(xs) + "\\n")
-    out = []
-    for x in xs:
-        if x == 13:
-            raise ValueError("unlucky thirteen")
-        if x > 100:
-            gate = HERE / f"gate-{int(x)}"
-            deadline = time.monotonic() + 10
-            while not gate.exists() and time.monotonic() < deadline:
-                time.sleep(0.005)
-        out.append(x * model)
-    return out
-"""
 
 
 class Calls:
@@ -92,7 +64,7 @@ def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 
 def serve_recording(tmp_path: Path, serve: str) -> tuple[Path, Calls]:
-    project = write_custom_project(tmp_path / "p", RECORDING_PREDICT, serve="serve:\n" + serve)
+    project = write_custom_project(tmp_path / "p", GATED_PREDICT, serve="serve:\n" + serve)
     return project, Calls(project)
 
 

@@ -8,7 +8,6 @@ the formats. The image is built once per session from the example's checked-in m
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import pickle
@@ -25,7 +24,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import REPO, TEST_BASE_IMAGE, free_port, running
+from conftest import REPO, TEST_BASE_IMAGE, build_image, free_port, load_example_module, running
 from mlship.cli import app
 from mlship.contract_io import load_project
 from mlship.errors import ArtifactError, BuildError
@@ -41,11 +40,7 @@ def invoke(*args: str) -> Any:
 
 
 def _train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("torch_digits_train", DIGITS / "train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example_module(DIGITS / "train.py", "torch_digits_train")
 
 
 @pytest.fixture(scope="session")
@@ -411,14 +406,8 @@ def test_init_validate_serve_predict_and_422(digits_models: Path, tmp_path: Path
 def digits_image(docker_engine: Any, digits_models: Path, tmp_path_factory: pytest.TempPathFactory
                  ) -> tuple[Path, str]:
     """The example's mlship.yaml built once per session: (project dir, image tag)."""
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
-
     root = digits_project(tmp_path_factory.mktemp("digits-image") / "p", digits_models)
-    project = load_project(root)
-    plan = plan_project(project, TEST_BASE_IMAGE)
-    context = write_context(plan, root / ".mlship" / "build")
-    return root, engine.build(context, plan.tag).tag
+    return root, build_image(load_project(root))
 
 
 def test_image_installs_cpu_torch_only(digits_image: tuple[Path, str], docker_engine: Any) -> None:

@@ -8,7 +8,6 @@ TensorFlow's import is slow (seconds), so models and the server are shared at mo
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import shutil
@@ -27,7 +26,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO, TEST_BASE_IMAGE, Server, free_port, running
+from conftest import REPO, TEST_BASE_IMAGE, Server, build_image, free_port, load_example_module, running
 from mlship.cli import app
 from mlship.contract_io import load_project
 from mlship.errors import ArtifactError, BuildError
@@ -42,11 +41,7 @@ LABELS = ["1", "7"]  # sklearn's targets of the two sample digits (load_digits()
 
 
 def _train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("keras_digits_train", EXAMPLE / "train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example_module(EXAMPLE / "train.py", "keras_digits_train")
 
 
 def invoke(*args: str) -> Any:
@@ -394,14 +389,8 @@ def test_probabilities_softmax_when_needed() -> None:
 @pytest.fixture(scope="session")
 def digits_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, digits_model: Path
                  ) -> tuple[Path, str]:
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
-
     root = make_digits_project(tmp_path_factory.mktemp("digits-image"), digits_model)
-    project = load_project(root)
-    plan = plan_project(project, TEST_BASE_IMAGE)
-    image = engine.build(write_context(plan, root / ".mlship" / "build"), plan.tag)
-    return root, image.tag
+    return root, build_image(load_project(root))
 
 
 def test_build_plan_pins_tensorflow_cpu_and_pillow(digits_dir: Path) -> None:

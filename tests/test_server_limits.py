@@ -12,32 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Server, metric, running, wait_metric, write_custom_project
+from conftest import GATED_PREDICT, Server, metric, running, wait_metric, write_custom_project
 
-# x > 100 blocks in the model until the test creates gate-<x> (at most 10 s); x == 13 raises.
-GATED_PREDICT = """
-import time
-from pathlib import Path
-
-HERE = Path(__file__).parent
-
-def load(path):
-    return 2.0
-
-def predict(model, instances):
-    out = []
-    for inst in instances:
-        x = inst["x"]
-        if x == 13:
-            raise ValueError("unlucky thirteen")
-        if x > 100:
-            gate = HERE / f"gate-{int(x)}"
-            deadline = time.monotonic() + 10
-            while not gate.exists() and time.monotonic() < deadline:
-                time.sleep(0.005)
-        out.append(x * model)
-    return out
-"""
 BODY_LIMIT = 1024
 
 

@@ -25,7 +25,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from typer.testing import CliRunner
 
-from conftest import TEST_BASE_IMAGE, build_broken_image, copy_project
+from conftest import build_broken_image, build_image, copy_project
 from emulators.cloudrun import LABEL, CloudRunEmulator
 from mlship import __version__, plugins
 from mlship.cli import app
@@ -367,12 +367,8 @@ def v1_image(iris_image: tuple[Path, str], docker_engine: Any) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     """The iris project rebuilt as version cr-v2 (every layer but the contract and labels cached)."""
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
-
     project = make_project(iris_image[0], tmp_path_factory.mktemp("cr") / "v2", version="cr-v2")
-    plan = plan_project(project, TEST_BASE_IMAGE)
-    return engine.build(write_context(plan, project.root / ".mlship" / "build"), plan.tag).tag
+    return build_image(project)
 
 
 @pytest.fixture(scope="module")

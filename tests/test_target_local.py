@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TEST_BASE_IMAGE, build_broken_image, copy_project, free_port
+from conftest import build_broken_image, build_image, copy_project, free_port
 from mlship import plugins
 from mlship.cli import app
 from mlship.contract_io import Project, load_project
@@ -86,12 +86,8 @@ def wheel_cache() -> Path:
 @pytest.fixture(scope="session")
 def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     """The iris project rebuilt as version lt-v2 (every layer but the contract and labels cached)."""
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
-
     project = make_project(iris_image[0], tmp_path_factory.mktemp("lt") / "v2", version="lt-v2")
-    plan = plan_project(project, TEST_BASE_IMAGE)
-    return engine.build(write_context(plan, project.root / ".mlship" / "build"), plan.tag).tag
+    return build_image(project)
 
 
 @pytest.fixture(scope="session")
