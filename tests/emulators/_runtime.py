@@ -106,9 +106,6 @@ def startup_probe(container: Any, host_port: int, probe: dict[str, Any], port: i
     failures, last = 0, ""
     while True:
         started = time.monotonic()
-        code = exit_code(container)
-        if code is not None:
-            return f"The container exited with code {code} before the startup probe passed."
         if http_get is not None:
             headers = {h["name"]: h.get("value", "") for h in http_get.get("httpHeaders", [])}
             ok, last = _http_ok(host_port, http_get.get("path") or "/", headers, timeout)
@@ -118,6 +115,9 @@ def startup_probe(container: Any, host_port: int, probe: dict[str, Any], port: i
                 ok = _tcp_open(host_port, 1.0) or cancelled.wait(0.1)
         if ok:
             return "" if not cancelled.is_set() else "cancelled"
+        code = exit_code(container)  # an attempt cut short by the container exiting is an exit, not a probe failure
+        if code is not None:
+            return f"The container exited with code {code} before the startup probe passed."
         failures += 1
         if failures >= threshold:
             detail = f" (last answer: {last})" if last else ""
