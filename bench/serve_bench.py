@@ -146,6 +146,14 @@ def make_project(directory: Path) -> Path:
     return artifact
 
 
+def pinning(m: dict[str, Any], server: str, ceiling: str) -> str:
+    """The report's pinning line from machine(): `server` has a {} for the server's CPU."""
+    if m["server_cpu"] is None:
+        return "none (fewer than 2 usable CPUs): servers and load generator share cores"
+    return (f"{server.format(m['server_cpu'])}, load generator + in-process {ceiling} on CPU {m['generator_cpu']} "
+            f"({m['generator_loop']})")
+
+
 def iris_rows() -> list[list[float]]:
     from sklearn.datasets import load_iris
 
@@ -580,11 +588,8 @@ def print_report(result: dict[str, Any]) -> None:
     versions = ", ".join(f"{k}\N{NO-BREAK SPACE}{v}" for k, v in m["versions"].items())
     wrapped = textwrap.fill(versions, 110, initial_indent="versions  : ", subsequent_indent=" " * 12)
     print(wrapped.replace("\N{NO-BREAK SPACE}", " "))
-    if m["server_cpu"] is None:
-        print("pinning   : none (fewer than 2 usable CPUs): server and load generator share cores")
-    else:
-        print(f"pinning   : server on CPU {m['server_cpu']} (affinity {result['server_affinity']}), "
-              f"load generator + in-process baseline on CPU {m['generator_cpu']} ({m['generator_loop']})")
+    server = "server on CPU {} (affinity " + str(result["server_affinity"]) + ")"
+    print(f"pinning   : {pinning(m, server, 'baseline')}")
     print(f"run       : warm-up {cfg['warmup_s']:g} s + measure {cfg['duration_s']:g} s per workload, "
           f"max {cfg['max_requests']:,} requests; in-process {cfg['baseline_s']:g} s per ceiling"
           + (f"; serve: {', '.join(cfg['serve'])}" if cfg.get("serve") else ""))

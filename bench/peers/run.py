@@ -377,11 +377,7 @@ def print_report(result: dict[str, Any]) -> None:
           f"{' / '.join(f'{v:.2f}' for v in load)} (1/5/15 min) at start, "
           f"{' / '.join(f'{v:.2f}' for v in m['load_average_at_end'])} at end")
     print(f"python  : {m['python']} on {m['platform']}")
-    if m["server_cpu"] is None:
-        print("pinning : none (fewer than 2 usable CPUs): servers and load generator share cores")
-    else:
-        print(f"pinning : every server process on CPU {m['server_cpu']}, load generator + in-process ceiling on "
-              f"CPU {m['generator_cpu']} ({m['generator_loop']})")
+    print(f"pinning : {serve_bench.pinning(m, 'every server process on CPU {}', 'ceiling')}")
     print(f"run     : {cfg['rounds']} round(s) of: start each server per model, warm-up {cfg['warmup_s']:g} s + "
           f"measure {cfg['duration_s']:g} s per point (max {cfg['max_requests']:,} requests); medians over rounds")
     print(f"models  : {'; '.join(result['models'])}; same joblib file for every server")
