@@ -182,9 +182,9 @@ def dir_bytes(path: Path) -> int:
 
 def build_once(root: Path, base: str, label: str, created: Created, nocache: bool = False) -> dict[str, Any]:
     """plan_build -> write_context -> engine.build, as `mlship build` runs them, each timed."""
-    from mlship.build import engine, wheelhouse
-    from mlship.build.context import build_pins, plan_build, write_context
     from mlship.contract_io import load_project
+    from mlship.image import engine, wheelhouse
+    from mlship.image.context import build_pins, plan_build, write_context
 
     print(f"{label} ...", flush=True)
     t0 = time.perf_counter()
@@ -436,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from docker.errors import DockerException
 
-    from mlship.build import engine
     from mlship.errors import MlshipError
+    from mlship.image import engine
 
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)

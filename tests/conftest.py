@@ -260,7 +260,7 @@ TEST_BASE_IMAGE = os.environ.get("MLSHIP_TEST_BASE_IMAGE", "mlship-test-base:boo
 @pytest.fixture(scope="session")
 def docker_engine() -> object:
     """The real Docker engine (scripts/test starts dockerd and makes the base image)."""
-    from mlship.build import engine
+    from mlship.image import engine
 
     cli = engine.client()
     cli.images.get(TEST_BASE_IMAGE)  # made by scripts/make-base-image; fails loudly if missing
@@ -275,8 +275,8 @@ def base_image_env(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def build_image(project: Project) -> str:
     """Build ``project`` on the test base image the way `mlship build` does; returns the tag."""
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
+    from mlship.image import engine
+    from mlship.image.context import plan_project, write_context
 
     plan = plan_project(project, TEST_BASE_IMAGE)
     return engine.build(write_context(plan, project.root / ".mlship" / "build"), plan.tag).tag

@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 
 import mlship
 from conftest import TEST_BASE_IMAGE
-from mlship.build import context, engine, wheelhouse
-from mlship.build.context import build_pins, plan_build, plan_project, write_context
 from mlship.cli import app
 from mlship.contract_io import artifact_sha256, load_project
 from mlship.errors import BuildError, EngineError
+from mlship.image import context, engine, wheelhouse
+from mlship.image.context import build_pins, plan_build, plan_project, write_context
 from mlship.init import init_project
 
 GOLDEN = Path(__file__).parent / "golden"

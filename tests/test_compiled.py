@@ -329,7 +329,7 @@ def test_onnxruntime_telemetry_is_off(iris_dir: Path, tmp_path: Path) -> None:
 def test_build_plan_of_a_compiled_model(tmp_path: Path, iris_model: Path) -> None:
     from importlib.metadata import version
 
-    from mlship.build.context import plan_project
+    from mlship.image.context import plan_project
 
     root = make_iris_project(tmp_path / "p", iris_model)
     plan = plan_project(load_project(root), "base:1")
@@ -351,7 +351,7 @@ def test_build_plan_of_a_compiled_model(tmp_path: Path, iris_model: Path) -> Non
 
 
 def test_build_keeps_the_reason_for_the_image(tmp_path: Path) -> None:
-    from mlship.build.context import plan_project
+    from mlship.image.context import plan_project
 
     project = unconvertible(tmp_path)
     project.contract_path.write_text(yaml_of(project))

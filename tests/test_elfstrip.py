@@ -1,4 +1,4 @@
-"""build/elfstrip.py: symbol tables leave shared libraries, which still load; anything unusual is left alone."""
+"""image/elfstrip.py: symbol tables leave shared libraries, which still load; anything unusual is left alone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import markupsafe
 import pytest
 import yaml
 
-from mlship.build.elfstrip import strip, strip_tree
+from mlship.image.elfstrip import strip, strip_tree
 
 # Extension modules of installed packages and a call that proves each still works; the first one whose
 # build has a symbol table is used (wheels differ: one package may ship its library stripped already).

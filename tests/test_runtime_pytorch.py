@@ -210,7 +210,7 @@ def test_state_dict_through_the_load_hook(digits_models: Path, tmp_path: Path) -
     result = invoke("validate", "-f", str(root))
     assert result.exit_code == 0, result.output
     assert result.output.count("ok examples[") == 3
-    from mlship.build.context import plan_project
+    from mlship.image.context import plan_project
 
     project = load_project(root)
     plan = plan_project(project, TEST_BASE_IMAGE)
@@ -308,7 +308,7 @@ def test_image_requirements_keep_a_chosen_variant_and_refuse_loose_pins(monkeypa
 
 
 def test_a_cpu_pin_in_the_contract_is_not_version_skew(digits_models: Path, tmp_path: Path) -> None:
-    from mlship.build.context import build_pins, plan_build, plan_project
+    from mlship.image.context import build_pins, plan_build, plan_project
 
     for pin, ok in ((f"torch=={INSTALLED}+cpu", True), (f"torch=={INSTALLED}", True), ("torch==2.0.1+cpu", False)):
         root = digits_project(tmp_path / pin.replace("=", "-").replace("+", "_"), digits_models,
@@ -324,7 +324,7 @@ def test_a_cpu_pin_in_the_contract_is_not_version_skew(digits_models: Path, tmp_
 
 def test_wheelhouse_tries_the_cpu_index_only_when_the_configured_indexes_fail(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.build import wheelhouse
+    from mlship.image import wheelhouse
 
     calls: list[list[str] | None] = []
 
@@ -347,7 +347,7 @@ def test_wheelhouse_tries_the_cpu_index_only_when_the_configured_indexes_fail(
 def test_a_missing_cpu_wheel_says_where_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    from mlship.build import wheelhouse
+    from mlship.image import wheelhouse
 
     failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for torch==9.9.9+cpu")
     monkeypatch.setattr(wheelhouse.subprocess, "run", lambda *a, **k: failed)

@@ -269,7 +269,7 @@ def with_keras_version(source: Path, dest: Path, keras_version: str) -> Path:
 
 
 def test_keras_files_pin_the_keras_that_wrote_them(tmp_path: Path, digits_model: Path) -> None:
-    from mlship.build.context import build_pins, pinned_requirements
+    from mlship.image.context import build_pins, pinned_requirements
 
     (tmp_path / "model").mkdir()
     with_keras_version(digits_model, tmp_path / "model" / "digits.keras", "3.0.5")
@@ -299,7 +299,7 @@ def test_init_a_zipped_saved_model(tmp_path: Path, formats: dict[str, Path]) -> 
 
 
 def test_saved_model_version_is_the_build_pin(tmp_path: Path, formats: dict[str, Path]) -> None:
-    from mlship.build.context import build_pins, pinned_requirements
+    from mlship.image.context import build_pins, pinned_requirements
 
     shutil.copy(formats["zip"], tmp_path / "digits.zip")
     init_project(tmp_path / "digits.zip", directory=tmp_path)
@@ -396,7 +396,7 @@ def digits_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory
 def test_build_plan_pins_tensorflow_cpu_and_pillow(digits_dir: Path) -> None:
     from importlib.metadata import version
 
-    from mlship.build.context import plan_project
+    from mlship.image.context import plan_project
 
     project = load_project(digits_dir)
     plan = plan_project(project, TEST_BASE_IMAGE)

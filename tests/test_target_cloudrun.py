@@ -33,9 +33,9 @@ from mlship.contract_io import Project, load_project
 from mlship.errors import ContractError, TargetError
 from mlship.targets import cloudrun, get_target
 from mlship.targets.cloudrun import CloudRunTarget
-from mlship.targets.cloudrun_api import Gcp, anonymous, api_error
-from mlship.targets.cloudrun_options import CloudRunOptions
-from mlship.targets.cloudrun_spec import label_value, render_template, service_labels, template_differences
+from mlship.targets.cloudrun.api import Gcp, anonymous, api_error
+from mlship.targets.cloudrun.options import CloudRunOptions
+from mlship.targets.cloudrun.spec import label_value, render_template, service_labels, template_differences
 
 REGISTRY = os.environ.get("MLSHIP_TEST_REGISTRY", "127.0.0.1:5555")
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -137,7 +137,7 @@ def test_credentials_are_anonymous_only_for_an_emulator(iris_dir: Path, monkeypa
 
 # --- plan and spec (pure) ----------------------------------------------------------------------------
 def test_plan_is_pure_private_by_default(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.build import engine
+    from mlship.image import engine
 
     def no_engine() -> None:
         raise AssertionError("plan() must not talk to the engine")
@@ -267,7 +267,7 @@ def test_logs_point_to_cloud_logging(iris_dir: Path) -> None:
 
 def test_cli_deploy_dry_run_prints_the_plan(iris_dir: Path, tmp_path_factory: pytest.TempPathFactory,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.build import engine
+    from mlship.image import engine
 
     def no_engine() -> None:
         raise AssertionError("--dry-run must not talk to the engine")
@@ -651,7 +651,7 @@ def test_artifact_registry_push_logs_the_engine_in_with_the_access_token(
     token goes to the engine's login only, never into a progress line."""
     import docker
 
-    from mlship.targets import cloudrun_registry
+    from mlship.targets.cloudrun import registry as cloudrun_registry
 
     opts = CloudRunOptions(project=gcp_project, region="europe-west1", registry=registry)
     gcp = Gcp(opts, tries=1, retry_delay_s=0, poll_s=0.05, op_timeout_s=10)

@@ -78,7 +78,7 @@ def service(iris_image: tuple[Path, str], tmp_path: Path, services: list[str]) -
 @pytest.fixture(scope="session")
 def wheel_cache() -> Path:
     """The wheelhouse cache the session's images were built with (before the per-test temp HOME)."""
-    from mlship.build import wheelhouse
+    from mlship.image import wheelhouse
 
     return wheelhouse.cache_dir()
 
@@ -127,7 +127,7 @@ def test_invalid_options_from_mlship_yaml_fail_in_the_cli(iris_dir: Path, tmp_pa
 
 
 def test_plan_is_pure(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.build import engine
+    from mlship.image import engine
 
     def no_engine() -> None:
         raise AssertionError("plan() must not talk to the engine")
@@ -155,7 +155,7 @@ def test_unknown_target_lists_the_available_ones(iris_dir: Path) -> None:
 
 
 def test_cli_deploy_dry_run_builds_nothing(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.build import engine
+    from mlship.image import engine
 
     def no_engine() -> None:
         raise AssertionError("--dry-run must not talk to the engine")

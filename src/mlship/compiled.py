@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mlship.runtimes.base import ModelOutput, Runtime
+from mlship.runtimes.base import NotCompiled as NotCompiled  # the runtimes raise it; re-exported here
 
 FORMAT = 1
 FOLDER = ".mlship/compiled"
@@ -36,10 +37,6 @@ RECORD_FILE = "record.json"
 FAILURE_FILE = "not-compiled.json"  # why the last conversion of an artifact failed (copied into images)
 TOLERANCE = 1e-5  # labels must be equal; probabilities within this, regression values too (relative above 1)
 PROBE_ROWS = 256  # generated instances, on top of the contract's examples
-
-
-class NotCompiled(Exception):
-    """The compiled path cannot be used; the message says why (shown as-is to the user)."""
 
 
 class Missing(NotCompiled):

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlship import client as http
-from mlship.build import engine
 from mlship.contract_io import Project
 from mlship.errors import ClientError, GateError
 from mlship.examples import check_example
+from mlship.image import engine
 
 
 @dataclass

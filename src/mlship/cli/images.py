@@ -15,9 +15,9 @@ BaseOpt = Annotated[str | None, typer.Option("--base-image", envvar="MLSHIP_BASE
 
 
 def _build_image(file: Path | None, base: str | None, dry_run: bool) -> tuple[Any, Any]:
-    from mlship.build import engine
-    from mlship.build.context import plan_project, write_context
     from mlship.contract_io import load_project
+    from mlship.image import engine
+    from mlship.image.context import plan_project, write_context
 
     project = load_project(file)
     plan = plan_project(project, base, dry_run=dry_run)
@@ -88,8 +88,8 @@ def push(
     image: Annotated[str | None, typer.Option(help="Local image (default: NAME:VERSION).")] = None,
 ) -> None:
     """Push the built image to a registry (credentials from your Docker config)."""
-    from mlship.build import engine
     from mlship.contract_io import load_project
+    from mlship.image import engine
 
     with _errors():
         project = load_project(file)

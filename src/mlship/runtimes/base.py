@@ -57,6 +57,10 @@ class ModelOutput:
     classes: list[Any] | None = None
 
 
+class NotCompiled(Exception):
+    """The compiled path (:mod:`mlship.compiled`) cannot be used; the message says why (shown as-is)."""
+
+
 class Runtime(ABC):
     """Loads, inspects and calls models of one framework. Frameworks are imported lazily."""
 
@@ -119,9 +123,7 @@ class Runtime(ABC):
     def to_onnx(self, model: Any, features: list[str]) -> tuple[bytes, list[int], str]:
         """Convert the model for the compiled path (see :mod:`mlship.compiled`): returns (the ONNX model, taking
         one float64 tensor of rows x the model's columns; the contract feature index of each model column; the
-        converter's name and version). Raise :class:`mlship.compiled.NotCompiled` saying why when it cannot."""
-        from mlship.compiled import NotCompiled
-
+        converter's name and version). Raise :class:`NotCompiled` saying why when it cannot."""
         raise NotCompiled(f"the {self.name} runtime has no compiled path")
 
     def check(self, model: Any, features: list[str]) -> list[str]:

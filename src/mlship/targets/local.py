@@ -56,9 +56,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlship import client as http
-from mlship.build import engine
 from mlship.contract_io import Project
 from mlship.errors import ClientError, TargetError
+from mlship.image import engine
 from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
 
 CONTAINER_PORT = 8080

@@ -3,9 +3,9 @@
 State lives in Cloud Run, not in a file: the service is ``projects/P/locations/R/services/<name>``, labelled
 ``managed-by=mlship``; its revisions are the deploy history (each carries the ``model-version`` label).
 
-Modules: ``cloudrun_options`` (``targets.cloudrun``), ``cloudrun_spec`` (the rendered spec, the comparison,
-the plan; pure), ``cloudrun_api`` (credentials, clients, retries, errors, smoke test), ``cloudrun_registry``
-(repository, push), ``cloudrun_service`` (one service's API operations), and this one: the deploy policy.
+Modules of this package: ``options`` (``targets.cloudrun``), ``spec`` (the rendered spec, the comparison,
+the plan; pure), ``api`` (credentials, clients, retries, errors, smoke test), ``registry`` (repository,
+push), ``service`` (one service's API operations), and ``target``: the deploy policy.
 
 How a deploy switches versions (``CloudRunTarget.deploy``):
 
@@ -33,15 +33,15 @@ from typing import Any, ClassVar
 
 from google.cloud import run_v2
 
-from mlship.build import engine
 from mlship.contract_io import Project
 from mlship.errors import TargetError
-from mlship.targets import cloudrun_registry as registry
+from mlship.image import engine
 from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
-from mlship.targets.cloudrun_api import Gcp, api_error, smoke_test
-from mlship.targets.cloudrun_options import CloudRunOptions
-from mlship.targets.cloudrun_service import ServiceApi
-from mlship.targets.cloudrun_spec import (
+from mlship.targets.cloudrun import registry
+from mlship.targets.cloudrun.api import Gcp, api_error, smoke_test
+from mlship.targets.cloudrun.options import CloudRunOptions
+from mlship.targets.cloudrun.service import ServiceApi
+from mlship.targets.cloudrun.spec import (
     CANDIDATE_TAG,
     LATEST,
     MAX_SERVICE_NAME,

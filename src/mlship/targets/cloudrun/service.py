@@ -1,5 +1,5 @@
 """One Cloud Run service through the Admin API v2: get, create, update, delete, its revisions, its traffic
-and its IAM policy. Every call goes through :class:`~mlship.targets.cloudrun_api.Gcp` (retries, errors);
+and its IAM policy. Every call goes through :class:`~mlship.targets.cloudrun.api.Gcp` (retries, errors);
 the deploy policy (what to change, when traffic moves) is :mod:`mlship.targets.cloudrun`'s.
 """
 
@@ -15,8 +15,8 @@ from google.cloud import run_v2
 from mlship import __version__
 from mlship.errors import TargetError
 from mlship.targets.base import Progress
-from mlship.targets.cloudrun_api import Gcp, api_error
-from mlship.targets.cloudrun_spec import (
+from mlship.targets.cloudrun.api import Gcp, api_error
+from mlship.targets.cloudrun.spec import (
     CANDIDATE_TAG,
     LATEST,
     MANAGED_BY,

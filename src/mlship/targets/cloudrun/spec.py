@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from mlship import __version__
-from mlship.targets.cloudrun_options import CloudRunOptions
+from mlship.targets.cloudrun.options import CloudRunOptions
 
 CONTAINER_PORT = 8080
 CONTAINER_NAME = "model"

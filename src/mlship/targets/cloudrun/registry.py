@@ -13,10 +13,10 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from mlship.build import engine
 from mlship.errors import EngineError, TargetError
+from mlship.image import engine
 from mlship.targets.base import Progress
-from mlship.targets.cloudrun_api import TRANSIENT_HTTP, Gcp, api_error, short_error
+from mlship.targets.cloudrun.api import TRANSIENT_HTTP, Gcp, api_error, short_error
 
 ARTIFACT_REGISTRY = "https://artifactregistry.googleapis.com"
 ALREADY_EXISTS = 6  # google.rpc.Code

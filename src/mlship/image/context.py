@@ -22,9 +22,9 @@ from packaging.specifiers import SpecifierSet
 
 from mlship import __version__, plugins
 from mlship import compiled as compiled_mod
-from mlship.build import elfstrip, wheelhouse
 from mlship.contract_io import CONTRACT_FILE, Project, artifact_sha256
 from mlship.errors import BuildError, PluginError
+from mlship.image import elfstrip, wheelhouse
 
 DEFAULT_BASE = "python:{python}-slim"
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._:/@-]*[a-z0-9]$")
@@ -252,7 +252,7 @@ _PRUNE_GLOB = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.*/-]*$")
 
 def image_tweaks(runtime: str) -> tuple[list[str], list[str]]:
     """The runtime's ``image_prune`` and ``image_strip`` paths (relative to site-packages), checked to be inert:
-    removed from the image, and shared libraries whose symbol tables are dropped (see build/elfstrip.py)."""
+    removed from the image, and shared libraries whose symbol tables are dropped (see image/elfstrip.py)."""
     try:
         cls = plugins.get_runtime(runtime)
     except PluginError:  # not installed here: build_pins reports that with the fix

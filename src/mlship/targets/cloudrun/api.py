@@ -23,7 +23,7 @@ from google.api_core import exceptions as gexc
 from mlship.contract import Example
 from mlship.errors import TargetError
 from mlship.examples import check_example
-from mlship.targets.cloudrun_options import CloudRunOptions
+from mlship.targets.cloudrun.options import CloudRunOptions
 
 T = TypeVar("T")
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
