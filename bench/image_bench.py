@@ -198,8 +198,9 @@ def build_once(root: Path, base: str, label: str, created: Created, nocache: boo
         ctx = write_context(plan, root / ".mlship" / "build")
     t2 = time.perf_counter()
     log_path = root / ".mlship" / f"build-{len(created.tags)}.log"
-    if plan.tag not in created.tags:
-        created.tags.append(plan.tag)
+    for tag in (plan.tag, engine.stage_cache_tag(project.contract.name)):  # the build tags its deps stage too
+        if tag not in created.tags:
+            created.tags.append(tag)
     try:
         image = engine.build(ctx, plan.tag, log_path=log_path, nocache=nocache)
     finally:

@@ -23,6 +23,8 @@ import httpx
 import pytest
 import yaml
 
+import image_cleanup
+
 REPO = Path(__file__).resolve().parents[1]
 IRIS = REPO / "examples" / "iris-sklearn"
 sys.path.insert(0, str(IRIS))
@@ -134,7 +136,6 @@ def free_port() -> int:
 # A `predict:` snippet for server tests: records the x values of every model call in calls.jsonl; x > 100 blocks
 # in the model until the test creates gate-<x> (at most 10 s); x == 13 raises.
 GATED_PREDICT = """
-import json
 import time
 from pathlib import Path
 
@@ -265,6 +266,37 @@ def docker_engine() -> object:
     cli = engine.client()
     cli.images.get(TEST_BASE_IMAGE)  # made by scripts/make-base-image; fails loudly if missing
     return cli
+
+
+_IMAGE_REPORT: list[str] = []  # one line about the images removed at session end
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_session_images() -> Iterator[None]:
+    """At session end, remove the images this session built that carry an mlship label (dev.mlship.*,
+    org.opencontainers.image.*), were tagged for the test registry, or have no tag left (dangling). Never the base
+    image, an image from before the session, one a running container uses, nor one with a tag this session did
+    not set (another session on the engine uses it). See tests/image_cleanup.py; one line is printed at the end."""
+    cli = image_cleanup.engine_or_none()
+    try:
+        before = {img.id for img in cli.images.list(all=True)} if cli is not None else None
+    except Exception:
+        before = None
+    if cli is None or before is None:
+        yield
+    else:
+        made = image_cleanup.Made()
+        with pytest.MonkeyPatch.context() as patch:
+            made.record(patch)
+            yield
+        _IMAGE_REPORT.append(image_cleanup.remove_images(cli, before, made, TEST_BASE_IMAGE))
+    if cli is not None:
+        cli.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _IMAGE_REPORT:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -148,8 +148,12 @@ def test_layer_order_base_deps_mlship_model_contract_labels(fixed_project: Path)
     contract = at(lambda s: s.startswith("COPY contract/"))
     user = at(lambda s: s.startswith("USER "))
     assert deps_from < lock < pip < mlship_copy < mlship_install < final_from < venv < model < contract < user
-    labels = [i for i, line in enumerate(lines) if line.startswith("LABEL ")]
+    labels = [i for i, line in enumerate(lines) if line.startswith("LABEL ") and i > final_from]
     assert labels == list(range(len(lines) - len(labels), len(lines))), "labels must be the last instructions"
+    # the deps stage ends with its label (after every RUN, so no build container carries it): see keep_stage_cache
+    assert lines[final_from - 1] == 'LABEL dev.mlship.stage="deps" dev.mlship.service="iris"'
+    stage_labels = [line for line in lines if line.startswith("LABEL ") and "dev.mlship.stage" in line]
+    assert stage_labels == [lines[final_from - 1]]
     assert lines[user].split()[1].split(":")[0] != "0"
 
 
@@ -395,9 +399,11 @@ def test_unreachable_engine_says_how_to_fix(iris_dir: Path, wheel_cache: Path,
     assert info.value.message.startswith(f"Cannot reach the Docker engine at {UNREACHABLE}")
     assert info.value.fix is not None and "DOCKER_HOST" in info.value.fix and "dockerd" in info.value.fix
     result = invoke("build", "-f", str(iris_dir), "--base-image", TEST_BASE_IMAGE)
-    assert result.exit_code == 1
-    assert "error: Cannot reach the Docker engine" in plain(result.stderr)
-    assert "fix: Start Docker" in plain(result.stderr)
+    assert result.exit_code == 4  # the preflight's engine check: nothing was built
+    assert "error: Preflight for build failed; nothing was built or changed:" in plain(result.stderr)
+    assert f"docker engine: Cannot reach the Docker engine at {UNREACHABLE}" in plain(result.stderr)
+    assert "Start Docker" in plain(result.stderr)
+    assert not (iris_dir / ".mlship").exists()
 
 
 # --- real builds ----------------------------------------------------------------------------------------
@@ -476,3 +482,92 @@ def test_hostile_file_name_builds_and_loads_as_the_image_user(tmp_path: Path, ir
         assert repr(HOSTILE_ARTIFACT.split("/")[1]) in out
     finally:
         docker_engine.images.remove(tag)
+
+
+# --- base images that cannot be pulled, and the dependency stage kept as cache ----------------------------
+NO_SUCH_BASE = "mlship-no-such-base:1"
+
+
+def test_missing_base_image_names_the_three_ways_to_choose_another(iris_dir: Path, wheel_cache: Path,
+                                                                   docker_engine: Any) -> None:
+    """A real build of the iris context FROM an image the engine does not have and cannot pull (no such image;
+    no network here either). `mlship build` checks the base image before it builds (preflight); this is the
+    build's own error, for an image that disappears in between or a build started some other way."""
+    assert not docker_engine.images.list(name=NO_SUCH_BASE)
+    plan = plan_project(load_project(iris_dir), NO_SUCH_BASE)
+    log = iris_dir / ".mlship" / "build.log"
+    with pytest.raises(BuildError) as info:
+        engine.build(write_context(plan, iris_dir / ".mlship" / "build"), plan.tag, log_path=log)
+    err = info.value
+    assert re.fullmatch(rf"The base image {re.escape(NO_SUCH_BASE)} could not be pulled: \S.*", err.message), err
+    assert err.why == (f"The build starts FROM {NO_SUCH_BASE}, and the Docker engine has no copy of it and could "
+                       "not pull it.")
+    assert err.fix == ("Choose another base image with `--base-image IMAGE`, the environment variable "
+                       f"MLSHIP_BASE_IMAGE, or `build.base_image` in mlship.yaml; or `docker pull {NO_SUCH_BASE}` / "
+                       f"`docker load` it first. Full log: {log}")
+    assert f"FROM {NO_SUCH_BASE} AS deps" in log.read_text()
+
+
+@pytest.mark.parametrize(("dockerfile", "what"), [
+    (f"FROM {TEST_BASE_IMAGE} AS deps\nRUN true\nFROM deps AS more\nFROM {NO_SUCH_BASE}\nCOPY --from=deps / /\n",
+     f"The base image {NO_SUCH_BASE} could not be pulled: "),
+    (f"FROM {TEST_BASE_IMAGE}\nRUN exit 3\n", "docker build of mlship-test-fails:1 failed: The command"),
+])
+def test_failed_build_says_what_failed(tmp_path: Path, docker_engine: Any, dockerfile: str, what: str) -> None:
+    """The FROM of a later stage is a base image too; a failing RUN is not about the base image."""
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    log = tmp_path / "build.log"
+    with pytest.raises(BuildError) as info:
+        engine.build(tmp_path, "mlship-test-fails:1", log_path=log)
+    assert info.value.message.startswith(what), info.value.message
+    assert info.value.fix is not None and info.value.fix.endswith(f"Full log: {log}")
+    assert ("--base-image IMAGE" in info.value.fix) == ("could not be pulled" in what)
+
+
+def test_two_builds_keep_one_labelled_stage_image(tmp_path: Path, iris_model: Path, wheel_cache: Path,
+                                                  docker_engine: Any) -> None:
+    """The deps stage's last image is kept (tagged) as the next build's cache; the one it replaces is removed."""
+    from docker.errors import ImageNotFound
+
+    from conftest import make_iris_project
+
+    name = f"mlship-test-stages-{os.urandom(3).hex()}"
+    root = make_iris_project(tmp_path / "p", iris_model)
+    edit_contract(root, lambda d: d.update(name=name))
+    plan = plan_project(load_project(root), TEST_BASE_IMAGE)
+    ctx = write_context(plan, root / ".mlship" / "build")
+    service = {"label": [f"dev.mlship.service={name}"]}
+    cache = engine.stage_cache_tag(name)
+    assert cache == f"{name}:mlship-deps-cache"
+    try:
+        engine.build(ctx, plan.tag)
+        first = docker_engine.images.list(filters=service)
+        assert [(img.tags, img.labels["dev.mlship.stage"]) for img in first] == [([cache], "deps")]
+        with (ctx / "requirements.lock").open("a") as fh:  # a changed requirement: a new deps stage, pip again
+            fh.write(f"# {name}\n")
+        engine.build(ctx, plan.tag, log_path=tmp_path / "second.log")
+        steps = _steps((tmp_path / "second.log").read_text())
+        assert [hit for instr, hit in steps.items() if "--require-hashes" in instr] == [False], steps
+        kept = docker_engine.images.list(filters=service)
+        assert [img.tags for img in kept] == [[cache]] and kept[0].id != first[0].id
+        assert not docker_engine.images.list(filters={"dangling": True, **service})
+        with pytest.raises(ImageNotFound):
+            docker_engine.images.get(first[0].id)
+        assert f"removed the older deps stage image {first[0].short_id} of {name}" in (
+            tmp_path / "second.log").read_text()
+        # the kept image is the cache: a model-only change runs no pip
+        (ctx / "model" / "model" / "iris.joblib").write_bytes(b"another model")
+        engine.build(ctx, f"{name}:model-only", log_path=tmp_path / "third.log")
+        steps = _steps((tmp_path / "third.log").read_text())
+        assert all(hit for instr, hit in steps.items() if "pip" in instr), steps
+        assert not steps["COPY model/ /app/"], steps
+        assert [img.id for img in docker_engine.images.list(filters=service)] == [kept[0].id]
+        with pytest.raises(EngineError, match="not a service image") as info:  # never mistaken for a deployable one
+            engine.inspect(cache)
+        assert info.value.fix is not None and f"{name}:VERSION" in info.value.fix
+        with pytest.raises(EngineError, match="not a service image"):
+            engine.push(cache, UNREACHABLE.removeprefix("tcp://"))
+    finally:
+        for ref in (plan.tag, f"{name}:model-only", cache):
+            if docker_engine.images.list(name=ref):
+                docker_engine.images.remove(ref)

@@ -96,7 +96,7 @@ def test_help_lists_commands_and_workflow() -> None:
     result = invoke("--help")
     assert result.exit_code == 0, result.output
     listed = result.stdout.split("Commands:")[1]
-    names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ") and line.strip()]
+    names = [line.split()[0] for line in listed.splitlines() if re.match(r"  \S", line)]  # not wrapped lines
     assert names == ["init", "validate", "serve", "predict", "info", "build", "test", "push",
                      "deploy", "status", "logs", "rollback", "destroy"]
     text = plain(result.stdout)
@@ -449,7 +449,7 @@ def test_validate_unknown_runtime(project: Path) -> None:
     result = invoke("validate")
     assert result.exit_code == 2, result.output
     err = plain(result.stderr)
-    assert "error: Unknown runtime `tensorflw`. Available: " in err and "sklearn" in err
+    assert "error: Unknown runtime `tensorflw`; did you mean `tensorflow`? Available: " in err and "sklearn" in err
     assert "install the package that provides the `tensorflw` runtime" in err
 
 
@@ -583,7 +583,7 @@ def test_predict_stdin(project: Path, args: list[str]) -> None:
 
 
 def test_predict_stdin_not_json(project: Path) -> None:
-    result = invoke("predict", "--local", "-i", "-", input="sepal_length,sepal_width\n1,2\n")
+    result = invoke("predict", "--local", "-i", "-", input='{"sepal_length": 1,')
     assert result.exit_code == 1, result.output
     assert "error: input is not valid JSON" in plain(result.stderr)
 
@@ -758,7 +758,7 @@ def test_serve_port_in_use(project: Path) -> None:
 @pytest.mark.usefixtures("no_real_serving")
 def test_serve_bad_port_env(project: Path) -> None:
     result = invoke("serve", env={"PORT": "eighty"})
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert "$PORT is not a number: 'eighty'." in plain(result.stderr)
 
 

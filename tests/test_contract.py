@@ -195,7 +195,7 @@ def test_wrong_feature_type_names_allowed_types() -> None:
     [
         ("timeout_s: -1", "serve.timeout_s", "greater than 0, got -1"),
         ("timeout_s: 0", "serve.timeout_s", "greater than 0, got 0"),
-        ("port: 70000", "serve.port", "less than or equal to 65535, got 70000"),
+        ("port: 70000", "serve.port", "must be a TCP port number 1-65535, got 70000"),
         ("threads: 0", "serve.threads", "greater than or equal to 1, got 0"),
         ("max_body_bytes: 10", "serve.max_body_bytes", "greater than or equal to 256, got 10"),
         ("auth: token", "serve.auth", "'none' or 'api_key', got 'token'"),

@@ -78,9 +78,9 @@ def test_wrong_expected_output_fails_and_names_the_example(iris_image: tuple[Pat
     data["examples"][0]["output"] = {"label": "virginica"}
     (project_copy / "mlship.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     result = invoke("test", "-f", str(project_copy), "--image", iris_image[1])
-    assert result.exit_code == 1, result.output
-    out, err = plain(result.stdout), plain(result.stderr)
-    assert "FAIL examples[0] output.label: expected 'virginica', got 'setosa'" in out
+    assert result.exit_code == 3, result.output  # 3: the gate failed
+    err = plain(result.stderr)
+    assert "FAIL examples[0] output.label: expected 'virginica', got 'setosa'" in err
     assert f"error: {iris_image[1]} failed `mlship test`: examples[0]: output.label: expected 'virginica', " \
            "got 'setosa'" in err
     assert "fix: Fix the model or the expected outputs in mlship.yaml" in err
@@ -89,8 +89,10 @@ def test_wrong_expected_output_fails_and_names_the_example(iris_image: tuple[Pat
 def test_image_size_budget(iris_image: tuple[Path, str], project_copy: Path, no_leftovers: None) -> None:
     edit(project_copy, test={"max_image_mb": 1})
     result = invoke("test", "-f", str(project_copy), "--image", iris_image[1], "--json")
-    assert result.exit_code == 1, result.output
-    report = json.loads(result.stdout)
+    assert result.exit_code == 3, result.output
+    document = json.loads(result.stdout)  # one error document that carries the gate's report
+    assert document["kind"] == "error" and document["exit_code"] == 3 and document["error"]["type"] == "GateError"
+    report = document["gate"]
     assert report["ok"] is False
     assert report["examples"][0]["ok"] is True  # the image works; only the budget fails
     assert report["problems"] == [f"image is {report['size_mb']:g} MB, over test.max_image_mb=1"]
@@ -101,8 +103,9 @@ def test_container_that_exits_is_reported_and_removed(iris_image: tuple[Path, st
     """The base image's `python3` exits at once: the report says so (not a 60 s timeout)."""
     started = time.monotonic()
     result = invoke("test", "-f", str(iris_image[0]), "--image", TEST_BASE_IMAGE, "--json")
-    assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout)["problems"] == ["the container exited (code 0) before /readyz answered 200"]
+    assert result.exit_code == 3, result.output
+    problems = json.loads(result.stdout)["gate"]["problems"]
+    assert problems == ["the container exited (code 0) before /readyz answered 200"]
     assert time.monotonic() - started < 30
 
 

@@ -70,6 +70,19 @@ def test_builtin_targets(monkeypatch: pytest.MonkeyPatch) -> None:
         plugins.get("target", "aws")
 
 
+@pytest.mark.parametrize(("kind", "name", "near"), [
+    ("target", "cloudrn", "cloudrun"), ("target", "locl", "local"), ("runtime", "sklern", "sklearn"),
+    ("runtime", "pytorh", "pytorch"), ("runtime", "tensorflw", "tensorflow"),
+])
+def test_unknown_name_suggests_the_nearest(monkeypatch: pytest.MonkeyPatch, kind: str, name: str, near: str) -> None:
+    use_entry_points(monkeypatch)
+    names = ", ".join(sorted(plugins.available(kind)))
+    with pytest.raises(PluginError) as info:
+        plugins.get(kind, name)
+    assert info.value.message == f"Unknown {kind} `{name}`; did you mean `{near}`? Available: {names}."
+    assert info.value.fix == f"Use `{near}`, or install the package that provides the `{name}` {kind}."
+
+
 def test_unknown_runtime_lists_available() -> None:
     with pytest.raises(PluginError) as info:
         plugins.get_runtime("nope")

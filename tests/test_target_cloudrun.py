@@ -31,8 +31,9 @@ from mlship import __version__, plugins
 from mlship.cli import app
 from mlship.contract_io import Project, load_project
 from mlship.errors import ContractError, TargetError
-from mlship.targets import cloudrun, get_target
+from mlship.targets import get_target
 from mlship.targets.cloudrun import CloudRunTarget
+from mlship.targets.cloudrun import target as cloudrun  # the deploy policy's module (tests patch its names)
 from mlship.targets.cloudrun.api import Gcp, anonymous, api_error
 from mlship.targets.cloudrun.options import CloudRunOptions
 from mlship.targets.cloudrun.spec import label_value, render_template, service_labels, template_differences
@@ -266,18 +267,17 @@ def test_logs_point_to_cloud_logging(iris_dir: Path) -> None:
 
 
 def test_cli_deploy_dry_run_prints_the_plan(iris_dir: Path, tmp_path_factory: pytest.TempPathFactory,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.image import engine
-
-    def no_engine() -> None:
-        raise AssertionError("--dry-run must not talk to the engine")
-
-    monkeypatch.setattr(engine, "client", no_engine)
+                                            base_image_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no Google credentials a dry run prints the failed preflight (exit 4) and the whole plan."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
     folder = tmp_path_factory.mktemp("dry") / "p"
     make_project(iris_dir, folder, cloudrun={**BASE, "public": True})
     result = invoke("deploy", "--target", "cloudrun", "--dry-run", "-f", str(folder))
-    assert result.exit_code == 0, result.output
-    out = result.output
+    assert result.exit_code == 4, result.output
+    out = result.stdout
+    assert "preflight for cloudrun: FAILED" in out and "FAILED credentials: No Google Cloud credentials" in out
+    assert "fix: gcloud auth application-default login" in out
     assert "1. build iris:" in out and "2. test iris:" in out
     assert "3. create Artifact Registry repository projects/my-project-123/locations/europe-west1/repositories/" \
            "mlship (format DOCKER) if missing" in out

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import build_broken_image, build_image, copy_project, free_port
+from conftest import TEST_BASE_IMAGE, build_broken_image, build_image, copy_project, free_port
 from mlship import plugins
 from mlship.cli import app
 from mlship.contract_io import Project, load_project
@@ -154,22 +154,21 @@ def test_unknown_target_lists_the_available_ones(iris_dir: Path) -> None:
     assert "Unknown target `x`. Available: cloudrun, local." in result.output
 
 
-def test_cli_deploy_dry_run_builds_nothing(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlship.image import engine
-
-    def no_engine() -> None:
-        raise AssertionError("--dry-run must not talk to the engine")
-
-    monkeypatch.setattr(engine, "client", no_engine)
-    result = invoke("deploy", "--dry-run", "-f", str(iris_dir), "--base-image", "example.org/python:3.11")
+def test_cli_deploy_dry_run_builds_nothing(iris_dir: Path, docker_engine: Any) -> None:
+    """--dry-run runs the (read-only) preflight and prints the plans; it builds, starts and writes nothing."""
+    before = {image.id for image in docker_engine.images.list(all=True)}
+    result = invoke("deploy", "--dry-run", "-f", str(iris_dir), "--base-image", TEST_BASE_IMAGE)
     assert result.exit_code == 0, result.output
-    out = result.output
-    assert "base example.org/python:3.11" in out
+    out = result.stdout
+    assert "preflight for local: ok" in out and "ok docker engine" in out and "ok port" in out
+    assert f"base {TEST_BASE_IMAGE}" in out
     assert "1. build iris:" in out and "2. test iris:" in out
     assert "start candidate mlship-iris-candidate" in out
     assert "serve at http://127.0.0.1:8080" in out
     assert "dry run: nothing was built or deployed" in out
     assert not (iris_dir / ".mlship").exists()
+    assert {image.id for image in docker_engine.images.list(all=True)} <= before
+    assert containers(docker_engine, "iris") == []
 
 
 # --- the life cycle on the engine ------------------------------------------------------------------

@@ -8,6 +8,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,17 @@ from mlship.errors import ClientError
 
 
 def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[dict[str, Any]]:
-    """Instances from a .csv (header row) or .json file, or from JSON text when ``source`` is a str.
+    """Instances from a .csv (header row) or .json file, or from text (stdin, --data) when ``source`` is a str.
 
-    JSON may be one object, a list of objects, or ``{"instances": [...]}``. CSV cells are converted
+    Text and files with another suffix are JSON when their first non-blank character is ``{`` or ``[``, else
+    CSV. JSON may be one object, a list of objects, or ``{"instances": [...]}``. CSV cells are converted
     with the input schema when known, else guessed (int, float, text).
     """
     text = Path(source).read_text(encoding="utf-8") if isinstance(source, Path) else source
     name = source.name if isinstance(source, Path) else "input"
-    if isinstance(source, Path) and source.suffix.lower() == ".csv":
+    if not text.strip():
+        raise ClientError(f"{name} is empty.", fix="Give CSV with a header row, or JSON instances.")
+    if is_csv(source, text):
         return _csv_rows(text, features, name)
     try:
         data = json.loads(text)
@@ -36,6 +40,14 @@ def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[d
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise ClientError(f"{name}: expected an object of features or a list of them.")
     return rows
+
+
+def is_csv(source: str | Path, text: str) -> bool:
+    """Whether to read ``text`` as CSV: a .csv file; not a .json file; else unless it starts with { or [."""
+    suffix = source.suffix.lower() if isinstance(source, Path) else ""
+    if suffix in (".csv", ".json"):
+        return suffix == ".csv"
+    return not text.lstrip().startswith(("{", "["))
 
 
 def read_tensors(source: str | Path) -> list[Any]:
@@ -69,6 +81,8 @@ def read_tensors(source: str | Path) -> list[Any]:
 
 def _csv_rows(text: str, features: dict[str, Feature] | None, name: str) -> list[dict[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is not None:
+        _check_header(reader.fieldnames, features, name)
     rows = []
     for line, raw in enumerate(reader, start=2):
         row: dict[str, Any] = {}
@@ -80,6 +94,37 @@ def _csv_rows(text: str, features: dict[str, Feature] | None, name: str) -> list
     if not rows:
         raise ClientError(f"{name} has no data rows.", fix="Add rows under the header line.")
     return rows
+
+
+def _check_header(header: Sequence[str], features: dict[str, Feature] | None, name: str) -> None:
+    """A CSV's first line must name columns: with a known schema at least one feature, else not only numbers.
+
+    Without this check a CSV with no header would silently lose its first row (read as the column names).
+    """
+    cells = [cell.strip() for cell in header]
+    if features:
+        if any(cell in features for cell in cells):
+            return
+        reason = "names none of the input features"
+    else:
+        if not all(_is_number(cell) for cell in cells):
+            return
+        reason = "holds only numbers"
+    expected = ",".join(features) if features else "the feature names, comma-separated"
+    raise ClientError(
+        f"{name} has no header row: its first line ({','.join(cells)[:80]}) {reason}.",
+        why="The first line of a CSV names the columns; without a header the first row would be read as "
+        "column names and dropped.",
+        fix=f"Add this header line as the first line of the CSV: {expected}",
+    )
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _convert(cell: str | None, feature: Feature | None, where: str) -> Any:

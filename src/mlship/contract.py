@@ -19,6 +19,14 @@ Task = Literal["classification", "regression"]
 
 _DNS_NAME = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 _CODE_REF = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+PORT_MIN, PORT_MAX = 1, 65535
+
+
+def port_problem(port: int) -> str | None:
+    """Why ``port`` cannot be listened on, or None. The one range check for serve.port, --port and $PORT."""
+    if PORT_MIN <= port <= PORT_MAX:
+        return None
+    return f"must be a TCP port number {PORT_MIN}-{PORT_MAX}, got {port}"
 
 
 class Strict(BaseModel):
@@ -189,7 +197,8 @@ class Example(Strict):
 class ServeOptions(Strict):
     """Limits and behaviour of the prediction server (the same in `mlship serve` and in images)."""
 
-    port: int = Field(default=8080, ge=1, le=65535, description="Port when $PORT is not set.")
+    port: int = Field(default=8080, description="Port when $PORT is not set.",
+                      json_schema_extra={"minimum": PORT_MIN, "maximum": PORT_MAX})
     max_body_bytes: int = Field(default=1_048_576, ge=256, description="Larger request bodies get 413.")
     max_instances: int = Field(default=1000, ge=1, description="Most instances in one request (422 above).")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request prediction timeout (504).")
@@ -226,6 +235,14 @@ class ServeOptions(Strict):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Environment variable holding comma-separated API keys.",
     )
+
+    @field_validator("port")
+    @classmethod
+    def _port_in_range(cls, value: int) -> int:
+        problem = port_problem(value)
+        if problem:
+            raise ValueError(f"{problem}; set it to a port number in that range, e.g. 8080")
+        return value
 
 
 class BuildOptions(Strict):

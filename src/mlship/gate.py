@@ -15,6 +15,7 @@ from mlship.contract_io import Project
 from mlship.errors import ClientError, GateError
 from mlship.examples import check_example
 from mlship.image import engine
+from mlship.reports import GateResult
 
 
 @dataclass
@@ -36,6 +37,10 @@ class GateReport:
         data["ok"] = self.ok
         data.pop("logs")
         return data
+
+    def result(self) -> GateResult:
+        """The report as the JSON document of `mlship test --json` (and the ``gate`` of a deploy report)."""
+        return GateResult.model_validate(self.as_dict())
 
 
 def run_gate(project: Project, image: str, timeout_s: float | None = None) -> GateReport:
@@ -119,4 +124,5 @@ def require_ok(report: GateReport) -> None:
     if not report.ok:
         raise GateError(f"{report.image} failed `mlship test`:\n  " + "\n  ".join(report.problems),
                         why="Container log tail:\n" + report.logs[-1500:] if report.logs else None,
-                        fix="Fix the model or the expected outputs in mlship.yaml, rebuild, and test again.")
+                        fix="Fix the model or the expected outputs in mlship.yaml, rebuild, and test again.",
+                        report=report.result())

@@ -83,10 +83,17 @@ def read_sample(path: Path, features: list[str]) -> dict[str, Any]:
         if row is None:
             raise ContractError(f"{path} has no data rows.", fix="Give a CSV with a header and one row.")
         return {k: _number(v) for k, v in row.items() if k in features}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    fix = 'Give a .csv file with a header row, or JSON: {"instances": [{"feature": value, ...}]}.'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path} is not valid JSON: {exc}.", fix=fix) from None
     if isinstance(data, dict) and "instances" in data:
         data = data["instances"]
-    return dict(data[0] if isinstance(data, list) else data)
+    first = (data[0] if data else None) if isinstance(data, list) else data
+    if not isinstance(first, dict):
+        raise ContractError(f"{path}: expected an object of features or a list of them.", fix=fix)
+    return dict(first)
 
 
 def read_tensor_sample(path: Path) -> dict[str, Any]:
@@ -115,10 +122,11 @@ def _number(text: str) -> Any:
 def init_project(artifact: Path, *, directory: Path, runtime: str | None = None, name: str | None = None,
                  sample: Path | None = None, force: bool = False,
                  unsafe_deserialization: bool = False) -> InitResult:
-    """Write ``directory/mlship.yaml`` for ``artifact``; refuses to overwrite unless ``force``."""
-    from mlship.serving.predictor import Predictor
-    from mlship.serving.validation import InvalidInput, sample_body
+    """Write ``directory/mlship.yaml`` (and a MODEL.md stub when there is none) for ``artifact``.
 
+    Refuses to overwrite the contract unless ``force``. Everything is checked before the first file is
+    written, so a failed init leaves the folder as it was.
+    """
     if not artifact.exists():
         raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
     target = directory / CONTRACT_FILE
@@ -133,6 +141,16 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     rt.unsafe_deserialization = unsafe_deserialization
     info = rt.inspect(rt.load(artifact), artifact)
     info.notes.extend(rt.load_warnings())
+    data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization)
+    data["examples"] = [_example(Contract.model_validate(data), sample, directory.resolve(), target)]
+    contract = Contract.model_validate(data)
+    return InitResult(contract_path=target, contract=contract, info=info,
+                      created=_write(directory, target, data, artifact.name))
+
+
+def _contract_data(artifact: Path, directory: Path, runtime: str, name: str | None, info: ArtifactInfo,
+                   unsafe_deserialization: bool) -> dict[str, Any]:
+    """The contract as plain data (in the order it is written), without examples."""
     data: dict[str, Any] = {
         "name": name or service_name(artifact),
         "runtime": runtime,
@@ -146,14 +164,15 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         data["output"] = {"labels": info.labels}
     data["dependencies"] = {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
                             "requirements": info.requirements}
-    created: list[Path] = []
-    directory.mkdir(parents=True, exist_ok=True)
-    card = directory / "MODEL.md"
-    if not card.exists():
-        card.write_text(MODEL_CARD.format(name=data["name"]), encoding="utf-8")
-        created.append(card)
     data["docs"] = "MODEL.md"
-    contract = Contract.model_validate(data)
+    return data
+
+
+def _example(contract: Contract, sample: Path | None, root: Path, contract_path: Path) -> dict[str, Any]:
+    """One example: the sample's first row (or a schema-made instance) and the model's output for it."""
+    from mlship.serving.predictor import Predictor
+    from mlship.serving.validation import InvalidInput, sample_body
+
     if contract.input.tensor is not None:
         example = read_tensor_sample(sample) if sample else sample_body(contract.input)
     else:
@@ -161,7 +180,7 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     # the example's expected output comes from the original model (serve.compile: off), and init writes
     # nothing but the contract and the model card: the compiled path is checked by validate/serve/build
     original = contract.model_copy(update={"serve": contract.serve.model_copy(update={"compile": "off"})})
-    predictor = Predictor(Project(original, directory.resolve(), target))
+    predictor = Predictor(Project(original, root, contract_path))
     predictor.load()
     try:
         rows = predictor.validator.validate(example).rows
@@ -172,10 +191,18 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         raise ContractError(f"The sample row does not fit the model's inputs: {fields}.", fix=fix) from None
     output = predictor.predict(rows)[0]
     expected = {"label": output["label"]} if "label" in output else {"value": output["value"]}
-    data["examples"] = [{"input": example, "output": expected}]
-    contract = Contract.model_validate(data)
-    header = (f"# mlship contract for {artifact.name}, written by `mlship init`.\n"
+    return {"input": example, "output": expected}
+
+
+def _write(directory: Path, target: Path, data: dict[str, Any], artifact_name: str) -> list[Path]:
+    """Write mlship.yaml, and MODEL.md when there is none; the files written, the contract first."""
+    header = (f"# mlship contract for {artifact_name}, written by `mlship init`.\n"
               "# Reference: schema/mlship.schema.json. Check it with `mlship validate`.\n")
+    directory.mkdir(parents=True, exist_ok=True)
     target.write_text(header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    created.insert(0, target)
-    return InitResult(contract_path=target, contract=contract, info=info, created=created)
+    created = [target]
+    card = directory / "MODEL.md"
+    if not card.exists():
+        card.write_text(MODEL_CARD.format(name=data["name"]), encoding="utf-8")
+        created.append(card)
+    return created

@@ -15,6 +15,7 @@ See :class:`mlship.runtimes.base.Runtime` for a complete example.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import entry_points
 from typing import Any
@@ -59,11 +60,7 @@ def get(kind: str, name: str) -> Any:
     """The plugin class registered under ``name``; unknown names list the available ones."""
     plugins = available(kind)
     if name not in plugins:
-        names = ", ".join(sorted(plugins)) or "(none installed)"
-        raise PluginError(
-            f"Unknown {kind} `{name}`. Available: {names}.",
-            fix=f"Use one of those names, or install the package that provides the `{name}` {kind}.",
-        )
+        raise _unknown(kind, name, sorted(plugins))
     try:
         return _import(plugins[name])
     except ImportError as exc:
@@ -78,6 +75,17 @@ def get(kind: str, name: str) -> Any:
             why=f"Its entry point names {plugins[name]}, which that module does not define.",
             fix="Upgrade or reinstall the package that provides it.",
         ) from None
+
+
+def _unknown(kind: str, name: str, names: list[str]) -> PluginError:
+    """The error for an unknown plugin name: the nearest registered name (if any) and all of them."""
+    near = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean `{near[0]}`?" if near else "."
+    use = f"Use `{near[0]}`" if near else "Use one of those names"
+    return PluginError(
+        f"Unknown {kind} `{name}`{hint} Available: {', '.join(names) or '(none installed)'}.",
+        fix=f"{use}, or install the package that provides the `{name}` {kind}.",
+    )
 
 
 def get_runtime(name: str) -> Any:

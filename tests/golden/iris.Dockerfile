@@ -14,6 +14,9 @@ RUN python3 -m pip --python /opt/venv/bin/python install --no-index --no-cache-d
  && python3 -m compileall -q -j 0 /opt/venv/lib
 COPY mlship/ /build/mlship/
 RUN python3 -m pip --python /opt/venv/bin/python install --no-index --no-cache-dir --no-deps /build/mlship/*.whl
+# This stage's last image is the layer cache that makes a model-only rebuild take seconds, so it is labelled and
+# mlship tags it NAME:mlship-deps-cache (one per service; the one it replaces is removed) instead of leaving <none>.
+LABEL dev.mlship.stage="deps" dev.mlship.service="iris"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PORT=8080 MLSHIP_HOST=0.0.0.0

@@ -13,9 +13,11 @@ from mlship.cli import model  # noqa: F401
 from mlship.cli import images  # noqa: F401
 from mlship.cli import targets  # noqa: F401
 # isort: on
-from mlship.cli._app import app
+from mlship.cli._app import app, complete_short_help
 
 __all__ = ["app", "main"]
+
+complete_short_help(app)  # after every command module registered its commands
 
 
 def main() -> None:

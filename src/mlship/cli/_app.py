@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,3 +58,18 @@ def _main(
 ) -> None:
     """Ship a trained model as a tested prediction service."""
 
+
+
+def complete_short_help(typer_app: typer.Typer) -> None:
+    """Show each command's whole summary in `mlship --help`, not its first 45 characters and "...".
+
+    Click cuts a command's docstring to fit one line of the command list; a ``short_help`` is shown whole
+    (wrapped). Commands that set ``short_help`` themselves keep it; the rest get their docstring's first
+    paragraph. Called once all command modules are imported, so commands added later are covered too.
+    """
+    for command in typer_app.registered_commands:
+        if command.short_help is not None:
+            continue
+        doc = command.help or (inspect.getdoc(command.callback) if command.callback else None)
+        if doc:
+            command.short_help = " ".join(doc.strip().split("\n\n")[0].split())

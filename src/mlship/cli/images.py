@@ -1,33 +1,18 @@
-"""Image commands: build, test, push."""
+"""Image commands: build, test, push. They parse flags, call :mod:`mlship.pipeline` and render."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mlship.cli._app import FileOpt, _errors, app, err, out
+from mlship.cli.render import emit_json, events, json_errors
 
 BaseOpt = Annotated[str | None, typer.Option("--base-image", envvar="MLSHIP_BASE_IMAGE", show_envvar=True,
                                              help="Base image (default: build.base_image, python:X.Y-slim).")]
-
-
-def _build_image(file: Path | None, base: str | None, dry_run: bool) -> tuple[Any, Any]:
-    from mlship.contract_io import load_project
-    from mlship.image import engine
-    from mlship.image.context import plan_project, write_context
-
-    project = load_project(file)
-    plan = plan_project(project, base, dry_run=dry_run)
-    if dry_run:
-        return project, plan
-    ctx = write_context(plan, project.root / ".mlship" / "build")
-    with err.status(f"building {plan.tag}") as status:
-        image = engine.build(ctx, plan.tag, progress=lambda line: status.update(f"building {plan.tag}: {line}"),
-                             log_path=project.root / ".mlship" / "build.log")
-    return project, (plan, image)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (progress stays on "
+                                                      "stderr); see docs/json-output.md.")]
 
 
 @app.command()
@@ -35,50 +20,55 @@ def build(
     file: FileOpt = None,
     base_image: BaseOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the Dockerfile and plan; build nothing.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Build the image NAME:VERSION with a locked wheelhouse (no network inside the build)."""
-    with _errors():
-        _project, result = _build_image(file, base_image, dry_run)
-    if dry_run:
-        plan = result
-        out.print(f"image: {plan.tag}\nbase: {plan.base_image}\nrequirements: {', '.join(plan.requirements)}")
-        for note in plan.notes:
-            out.print(f"note: {note}")
-        out.print("files: " + ", ".join(ctx for _src, ctx in plan.files))
-        out.print("--- Dockerfile")
-        out.print(plan.dockerfile, markup=False)
+    from mlship import pipeline
+
+    with _errors(), json_errors("build", as_json):
+        report = pipeline.build(file or ".", base_image=base_image, dry_run=dry_run, events=events())
+    if as_json:
+        emit_json(report)
         return
-    plan, image = result
-    for note in plan.notes:
-        out.print(f"[yellow]note:[/] {note}", markup=True)
-    out.print(f"[green]built[/] {image.tag} {image.id[:19]} {image.size / 1e6:.1f} MB in {image.seconds:.1f}s",
-              markup=True)
+    if dry_run:
+        out.print(f"image: {report.image}\nbase: {report.base_image}\nrequirements: {', '.join(report.requirements)}")
+        for note in report.notes:
+            out.print(f"note: {note}", markup=False)
+        out.print("files: " + ", ".join(report.files), markup=False)
+        out.print("--- Dockerfile")
+        out.print(report.dockerfile or "", markup=False)
+        return
+    out.print(f"[green]built[/] {report.image} {(report.image_id or '')[:19]} {report.size_mb} MB in "
+              f"{report.seconds:.1f}s", markup=True)
 
 
 @app.command("test")
 def test_image(
     file: FileOpt = None,
     image: Annotated[str | None, typer.Option(help="Image to test (default: NAME:VERSION of mlship.yaml).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Start the built image, wait for /readyz, replay the examples, check cold start and size budgets."""
-    from mlship.contract_io import load_project
-    from mlship.gate import require_ok, run_gate
+    from mlship import pipeline
+    from mlship.errors import GateError
 
-    with _errors():
-        project = load_project(file)
-        report = run_gate(project, image or f"{project.contract.name}:{project.version}")
-        if as_json:
-            out.print_json(json.dumps(report.as_dict()))
-        else:
-            ready = f"ready in {report.ready_s:.2f}s" if report.ready_s >= 0 else "never ready"
-            first = (f", first prediction at {report.first_prediction_s:.2f}s"
-                     if report.first_prediction_s > 0 else "")
-            out.print(f"{report.image}: {report.size_mb:g} MB, {ready}{first}")
-            for ex in report.examples:
-                mark = "[green]ok[/]" if ex["ok"] else "[red]FAIL[/]"
-                out.print(f"{mark} examples[{ex['index']}] " + "; ".join(ex["problems"]), markup=True)
-        require_ok(report)
+    with _errors(), json_errors("test", as_json):
+        try:
+            report = pipeline.test(file or ".", image, events=events())
+        except GateError as exc:
+            if not as_json and exc.report is not None:
+                for ex in exc.report.examples:
+                    mark = "[green]ok[/]" if ex.ok else "[red]FAIL[/]"
+                    err.print(f"{mark} examples[{ex.index}] " + "; ".join(ex.problems), markup=True)
+            raise
+    if as_json:
+        emit_json(report)
+        return
+    ready = f"ready in {report.ready_s:.2f}s" if report.ready_s >= 0 else "never ready"
+    first = f", first prediction at {report.first_prediction_s:.2f}s" if report.first_prediction_s > 0 else ""
+    out.print(f"{report.image}: {report.size_mb:g} MB, {ready}{first}")
+    for ex in report.examples:
+        out.print(f"[green]ok[/] examples[{ex.index}] " + "; ".join(ex.problems), markup=True)
 
 
 @app.command()
@@ -97,4 +87,3 @@ def push(
         with err.status(f"pushing {ref}") as status:
             pushed = engine.push(ref, registry, progress=lambda line: status.update(f"pushing {ref}: {line}"))
     out.print(f"[green]pushed[/] {pushed}", markup=True)
-

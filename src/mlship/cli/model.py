@@ -115,7 +115,7 @@ def serve(
 @app.command()
 def predict(
     input: Annotated[str | None, typer.Option("--input", "-i",
-                                              help="A .csv or .json file of instances; - for stdin.")] = None,
+                                              help="A .csv or .json file; - for stdin (JSON or CSV).")] = None,
     url: Annotated[str | None, typer.Option(help="Server URL, e.g. http://127.0.0.1:8080.")] = None,
     local: Annotated[bool, typer.Option("--local", help="Load the model in-process instead of a URL.")] = False,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Instances as inline JSON.")] = None,

@@ -6,7 +6,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,42 +52,132 @@ def build(context: Path, tag: str, progress: Progress | None = None, log_path: P
     """`docker build` the context; streams step lines to ``progress``; full log kept in ``log_path``.
 
     ``nocache`` rebuilds every step without the engine's layer cache (used by bench/image_bench.py).
+    The last image of a stage labelled ``dev.mlship.stage`` is kept as SERVICE:mlship-STAGE-cache and the
+    service's older ones are removed (see keep_stage_cache).
     """
     from docker.errors import APIError
 
     cli = client()
     log_lines: list[str] = []
     started = time.perf_counter()
-    image_id = None
+    stream = _Stream()
     try:
-        for chunk in cli.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True, pull=False,
-                                   nocache=nocache):
-            if "stream" in chunk:
-                text = chunk["stream"]
-                log_lines.append(text)
-                line = text.strip()
-                if progress and re.match(r"^Step \d+/\d+ : ", line):
-                    progress(line)
-                found = re.match(r"^Successfully built ([0-9a-f]+)", line)
-                if found:
-                    image_id = found.group(1)
-            elif "error" in chunk:
-                log_lines.append(chunk["error"] + "\n")
-                raise BuildError(
-                    f"docker build of {tag} failed: {chunk['error'].strip()}",
-                    why=_tail(log_lines),
-                    fix=f"Full log: {log_path}" if log_path else None,
-                )
-            elif "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
-    except APIError as exc:
-        raise BuildError(f"docker build of {tag} failed: {_short(exc)}", why=_tail(log_lines)) from None
+        try:
+            for chunk in cli.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True, pull=False,
+                                       nocache=nocache):
+                if "stream" in chunk:
+                    log_lines.append(chunk["stream"])
+                    for line in chunk["stream"].splitlines():
+                        stream.read(line.strip())
+                        if progress and _STEP.match(line.strip()):
+                            progress(line.strip())
+                elif "error" in chunk:
+                    log_lines.append(chunk["error"] + "\n")
+                    raise _build_error(tag, chunk["error"].strip(), stream.pulling, log_lines, log_path)
+                elif "aux" in chunk and "ID" in chunk["aux"]:
+                    stream.image_id = chunk["aux"]["ID"]
+        except APIError as exc:
+            raise BuildError(f"docker build of {tag} failed: {_short(exc)}", why=_tail(log_lines)) from None
+        if stream.image_id is None:
+            raise BuildError(f"docker build of {tag} produced no image.", why=_tail(log_lines))
+        log_lines += keep_stage_cache(cli, stream.stages)
     finally:
         if log_path is not None:
             log_path.write_text("".join(log_lines))
-    if image_id is None:
-        raise BuildError(f"docker build of {tag} produced no image.", why=_tail(log_lines))
     return inspect(tag, seconds=time.perf_counter() - started)
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : (.*)$")
+_PRODUCED = re.compile(r"^---> ([0-9a-f]{12,64})$")
+
+
+@dataclass
+class _Stream:
+    """What the legacy builder's output told so far: the stages' last images, the FROM being pulled."""
+
+    pulling: str | None = None  # the image of a FROM step that has not produced its image yet
+    stages: list[str] = field(default_factory=list)  # the last image of every stage before the final one
+    aliases: set[str] = field(default_factory=set)  # `FROM x AS deps`: later `FROM deps` pulls nothing
+    last: str | None = None
+    image_id: str | None = None
+
+    def read(self, line: str) -> None:
+        step = _STEP.match(line)
+        if step:
+            words = [w for w in step.group(1).split() if not w.startswith("--")]  # --platform=...
+            self.pulling = None
+            if words and words[0].upper() == "FROM" and len(words) > 1:
+                if self.last is not None:
+                    self.stages.append(self.last)
+                if words[1].lower() not in self.aliases:
+                    self.pulling = words[1]
+                if len(words) > 3 and words[2].upper() == "AS":
+                    self.aliases.add(words[3].lower())
+            return
+        produced = _PRODUCED.match(line)
+        if produced:
+            self.last, self.pulling = produced.group(1), None
+            return
+        built = re.match(r"^Successfully built ([0-9a-f]+)", line)
+        if built:
+            self.image_id = built.group(1)
+
+
+def _build_error(tag: str, reason: str, base: str | None, log_lines: list[str], log_path: Path | None) -> BuildError:
+    """The error of a failed build; a FROM image the engine could not get says how to choose another one."""
+    full_log = f"Full log: {log_path}" if log_path else None
+    if base is None:
+        return BuildError(f"docker build of {tag} failed: {reason}", why=_tail(log_lines), fix=full_log)
+    return BuildError(
+        f"The base image {base} could not be pulled: {reason}",
+        why=f"The build starts FROM {base}, and the Docker engine has no copy of it and could not pull it.",
+        fix="Choose another base image with `--base-image IMAGE`, the environment variable MLSHIP_BASE_IMAGE, or "
+        f"`build.base_image` in mlship.yaml; or `docker pull {base}` / `docker load` it first."
+        + (f" {full_log}" if full_log else ""),
+    )
+
+
+STAGE_LABEL = "dev.mlship.stage"  # on the last image of the Dockerfile's dependency stage (templates/Dockerfile.j2)
+SERVICE_LABEL = "dev.mlship.service"
+
+
+def stage_cache_tag(service: str, stage: str = "deps") -> str:
+    """The tag of the one stage image kept per service, e.g. ``iris:mlship-deps-cache``."""
+    return f"{service}:mlship-{stage}-cache"
+
+
+def keep_stage_cache(cli: Any, stage_ids: list[str]) -> list[str]:
+    """Tag the last image of each labelled stage of this build SERVICE:mlship-STAGE-cache, and remove the
+    service's older, untagged stage images. Returns lines for the build log.
+
+    The legacy builder finds its layer cache through that image (and the chain below it): it is what makes a
+    model-only rebuild take seconds, so the latest one stays; the rest would pile up as ``<none>`` images.
+    Failures here only cost disk or cache, so they are logged, never raised.
+    """
+    from docker.errors import DockerException
+
+    notes: list[str] = []
+    for stage_id in stage_ids:
+        try:
+            image = cli.images.get(stage_id)
+            stage, service = image.labels.get(STAGE_LABEL), image.labels.get(SERVICE_LABEL)
+            if not stage or not service:
+                continue
+            cache = stage_cache_tag(service, stage)
+            image.tag(*cache.rsplit(":", 1))
+            notes.append(f"mlship: kept the {stage} stage image {stage_id} as {cache} (the next build's cache)\n")
+            filters = {"label": [f"{STAGE_LABEL}={stage}", f"{SERVICE_LABEL}={service}"]}
+            for old in cli.images.list(filters=filters):
+                if old.id == image.id or old.tags:  # tagged by someone else: not ours to remove
+                    continue
+                try:
+                    cli.images.remove(old.id)
+                    notes.append(f"mlship: removed the older {stage} stage image {old.short_id} of {service}\n")
+                except DockerException as exc:
+                    notes.append(f"mlship: could not remove the {stage} stage image {old.short_id}: {_short(exc)}\n")
+        except DockerException as exc:
+            notes.append(f"mlship: could not keep the stage image {stage_id}: {_short(exc)}\n")
+    return notes
 
 
 def _tail(lines: list[str], n: int = 15) -> str:
@@ -102,7 +192,18 @@ def inspect(ref: str, seconds: float = 0.0) -> Image:
     except ImageNotFound:
         raise EngineError(f"No image {ref} in the local engine.", fix="Run `mlship build` first.") from None
     labels = dict(img.attrs.get("Config", {}).get("Labels") or {})
+    _refuse_stage(ref, labels)
     return Image(tag=ref, id=img.id, size=int(img.attrs.get("Size", 0)), labels=labels, seconds=seconds)
+
+
+def _refuse_stage(ref: str, labels: dict[str, str]) -> None:
+    """A stage image kept as build cache (e.g. iris:mlship-deps-cache) is a venv with no model: never served."""
+    if STAGE_LABEL in labels:
+        service = labels.get(SERVICE_LABEL, "NAME")
+        raise EngineError(f"{ref} is the {labels[STAGE_LABEL]} stage mlship keeps as build cache, not a service image.",
+                          why=f"It holds the Python dependencies of the next build of {service}, but no model "
+                          "and no server.",
+                          fix=f"Use the image `mlship build` printed ({service}:VERSION; `docker images {service}`).")
 
 
 def push(ref: str, registry: str, progress: Progress | None = None) -> str:
@@ -113,7 +214,12 @@ def push(ref: str, registry: str, progress: Progress | None = None) -> str:
     remote = f"{registry.rstrip('/')}/{ref}"
     repo, _, tag = remote.rpartition(":")
     try:
-        cli.images.get(ref).tag(repo, tag)
+        image = cli.images.get(ref)
+    except ImageNotFound:
+        raise EngineError(f"No image {ref} in the local engine.", fix="Run `mlship build` first.") from None
+    _refuse_stage(ref, dict(image.labels))
+    try:
+        image.tag(repo, tag)
     except ImageNotFound:
         raise EngineError(f"No image {ref} in the local engine.", fix="Run `mlship build` first.") from None
     digest = None

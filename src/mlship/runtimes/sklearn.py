@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import warnings
 from pathlib import Path
@@ -44,13 +45,8 @@ class SklearnRuntime(Runtime):
             warnings.simplefilter("always")
             try:
                 model = joblib.load(path)
-            except ModuleNotFoundError as exc:
-                raise ArtifactError(
-                    f"{path.name} needs the module `{exc.name}`, which is not importable.",
-                    why="A pickle stores references to the classes it contains, not their code.",
-                    fix=f"Install the package that provides `{exc.name}`, or add its code next to "
-                    "mlship.yaml and load the model from a `load:` function in predict.py.",
-                ) from None
+            except ImportError as exc:  # ModuleNotFoundError included
+                raise missing_module_error(path, exc) from None
             except AttributeError as exc:  # e.g. a class defined in the training script's __main__
                 raise ArtifactError(
                     f"{path.name} refers to a class or function that cannot be found: {exc}.",
@@ -77,6 +73,12 @@ class SklearnRuntime(Runtime):
                 f"{path.name} holds a {type(model).__name__}, which has no predict() method.",
                 fix="Save the fitted estimator or pipeline itself, or wrap the object with a "
                 "`predict: predict.py:predict` function in mlship.yaml.",
+            )
+        if getattr(model, "feature_names_in_", None) is not None and not _importable("pandas"):
+            raise ArtifactError(
+                f"{path.name} was fitted on a pandas DataFrame and needs pandas, which is not installed.",
+                why="A model fitted with feature names gets its rows as a DataFrame with those column names.",
+                fix="Install it: `pip install pandas` (`pip install 'mlship[sklearn]'` includes it).",
             )
         return model
 
@@ -250,6 +252,54 @@ class SklearnRuntime(Runtime):
 
 
 _NO_NAMES = "X does not have valid feature names"
+
+#: import name -> pip package name, where they differ
+PIP_NAMES = {
+    "sklearn": "scikit-learn", "skimage": "scikit-image", "cv2": "opencv-python", "PIL": "pillow",
+    "yaml": "PyYAML", "bs4": "beautifulsoup4", "dateutil": "python-dateutil", "attr": "attrs",
+    "imblearn": "imbalanced-learn", "Crypto": "pycryptodome", "google.protobuf": "protobuf",
+}
+
+
+def pip_name(module: str) -> str:
+    """The pip package that provides ``module`` (``sklearn.tree`` -> ``scikit-learn``)."""
+    parts = module.split(".")
+    return PIP_NAMES.get(".".join(parts[:2]), PIP_NAMES.get(parts[0], parts[0]))
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: None in sys.modules (an import blocked on purpose)
+        return False
+
+
+def missing_module_error(path: Path, exc: ImportError) -> ArtifactError:
+    """The error for a pickle whose classes live in a module that cannot be imported here."""
+    why = "A pickle stores references to the classes it contains (module and name), not their code."
+    module = exc.name
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if module is None:
+        return ArtifactError(
+            f"{path.name} cannot be loaded: importing a module it needs failed: {first}", why=why,
+            fix="Install the packages the model was trained with, in the same versions (`pip freeze` in the "
+            "training environment lists them).",
+        )
+    package = pip_name(module)
+    top = module.split(".")[0]
+    if _importable(top):  # the package is there, in another version than the model's (or broken)
+        return ArtifactError(
+            f"{path.name} needs the module `{module}`, which cannot be imported from the installed {package}: "
+            f"{first}.",
+            why=why + f" The model was saved with another version of {package}.",
+            fix=f"Install the version the model was trained with: `pip install '{package}==<that version>'`.",
+        )
+    return ArtifactError(
+        f"{path.name} needs the module `{module}`, which is not importable.",
+        why=why + f" `{top}` is not installed in this Python environment.",
+        fix=f"Install it: `pip install {package}` (the version the model was trained with); or, for your own "
+        "code, add it next to mlship.yaml and load the model from a `load:` function in predict.py.",
+    )
 
 
 def _frame(model: Any, rows: list[list[Any]], features: list[str]) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from mlship.contract import PORT_MAX, PORT_MIN, port_problem
 from mlship.contract_io import Project
 from mlship.errors import ServeError
 from mlship.serving.app import App
@@ -44,16 +45,41 @@ def api_keys_for(project: Project, environ: dict[str, str] | None = None) -> lis
     return keys
 
 
+class PortError(ServeError):
+    """The port from --port, $PORT or serve.port is not a TCP port number: bad input, exit code 2."""
+
+    exit_code = 2
+
+
+_PORT_FIX = {
+    "--port": "Pass a port number from {lo} to {hi}, e.g. --port 8080.",
+    "$PORT": "Set PORT to a number from {lo} to {hi} (export PORT=8080), or unset it to use serve.port.",
+    "serve.port": "Set serve.port in mlship.yaml to a number from {lo} to {hi}, e.g. 8080.",
+}
+
+
+def check_port(value: int | str, source: str) -> int:
+    """``value`` as a port, or a PortError naming ``source`` (--port, $PORT or serve.port) and the valid range."""
+    fix = _PORT_FIX.get(source, _PORT_FIX["--port"]).format(lo=PORT_MIN, hi=PORT_MAX)
+    why = f"The server listens on a TCP port, and TCP ports are numbered {PORT_MIN} to {PORT_MAX}."
+    try:
+        port = int(value)
+    except ValueError:
+        raise PortError(f"{source} is not a number: {value!r}.", why=why, fix=fix) from None
+    problem = port_problem(port)
+    if problem:
+        raise PortError(f"{source} {problem}.", why=why, fix=fix)
+    return port
+
+
 def resolve_port(project: Project, port: int | None, environ: dict[str, str] | None = None) -> int:
+    """The port to listen on: --port, then $PORT, then serve.port; each checked by :func:`check_port`."""
     env = os.environ if environ is None else environ
     if port is not None:
-        return port
+        return check_port(port, "--port")
     if env.get("PORT"):
-        try:
-            return int(env["PORT"])
-        except ValueError:
-            raise ServeError(f"$PORT is not a number: {env['PORT']!r}.", fix="Set PORT=8080.") from None
-    return project.contract.serve.port
+        return check_port(env["PORT"].strip(), "$PORT")
+    return check_port(project.contract.serve.port, "serve.port")
 
 
 class _Server(uvicorn.Server):
@@ -100,8 +126,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(project: Project, config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code (1 if the model failed to load)."""
-    keys = api_keys_for(project)
     port = resolve_port(project, config.port)
+    keys = api_keys_for(project)
     sock = _bind(config.host, port)  # bind before anything slow, so the platform sees the port at once
     app = App(project, keys)
     uv_config = uvicorn.Config(

@@ -65,10 +65,11 @@ A complete (if useless) third-party target that "deploys" by remembering the ima
 
 with ``targets: {echo: {greeting: hi}}`` in mlship.yaml and ``mlship deploy --target echo``.
 
-Rules: ``plan`` never talks to the platform; every failure is a :class:`~mlship.errors.TargetError`
-(what / why / fix) that says what was cleaned up; a failed deploy leaves the previous version serving
-and nothing else behind; ``destroy`` of nothing is not an error. Targets that hold connections close
-them in :meth:`Target.close` (the CLI uses a target as a context manager).
+Rules: ``preflight`` is read-only and fast (see :meth:`Target.preflight`); ``plan`` never talks to the
+platform; every failure is a :class:`~mlship.errors.TargetError` (what / why / fix) that says what was cleaned
+up; a failed deploy leaves the previous version serving and nothing else behind; ``destroy`` of nothing is not
+an error. Targets that hold connections close them in :meth:`Target.close` (the CLI uses a target as a context
+manager).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ from pydantic import BaseModel, ValidationError
 
 from mlship.contract_io import Project
 from mlship.errors import ContractError
+from mlship.reports import Check
 
 Progress = Callable[[str], None]
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -98,6 +100,7 @@ class Deployment:
     version: str
     previous: str | None = None
     changed: bool = True  # False when the same image was already serving (an idempotent no-op)
+    digest: str | None = None  # content digest of what runs (sha256:...), when the target knows it
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,13 @@ class Target(ABC):
         :func:`parse_options` so that a typo fails before anything is built."""
         self.project = project
         self.raw_options = dict(options)
+
+    def preflight(self) -> list[Check]:
+        """Cheap, read-only checks before anything is built (well under 5 s in all): credentials found,
+        required options present, the port free, the registry reachable and, where the platform can tell,
+        the permissions the deploy needs. A failed check says how to fix it in ``fix``. Never raises for
+        a failed check; the pipeline stops before the build when any check failed."""
+        return []
 
     @abstractmethod
     def plan(self, image: str) -> list[str]:

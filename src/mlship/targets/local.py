@@ -59,6 +59,7 @@ from mlship import client as http
 from mlship.contract_io import Project
 from mlship.errors import ClientError, TargetError
 from mlship.image import engine
+from mlship.reports import Check
 from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
 
 CONTAINER_PORT = 8080
@@ -142,6 +143,42 @@ class LocalTarget(Target):
     def url(self) -> str:
         return _url(_connect_host(self.opts.host), self.opts.port)
 
+    # --- preflight (read-only) ---------------------------------------------------------------------
+    def preflight(self) -> list[Check]:
+        """The port is free (or held by this service's own container), no other deploy is running, and
+        API keys are at hand when serve.auth is api_key."""
+        checks = []
+        try:
+            current = self._service_container()
+            checks.append(self._port_check(current))
+            candidate = self._own(self.candidate_name)
+            if candidate is not None and candidate.status == "running" \
+                    and time.time() - _created(candidate) < self.ready_timeout + 60:
+                checks.append(Check(name="no other deploy", ok=False,
+                                    detail=f"{self.candidate_name} is running: another deploy is in progress",
+                                    fix=f"Wait for it, or remove it: `docker rm -f {self.candidate_name}`."))
+        except TargetError as exc:
+            checks.append(Check(name="containers", ok=False, detail=exc.message, fix=exc.fix))
+        if self.project.contract.serve.auth == "api_key":
+            try:
+                self._environment()
+                checks.append(Check(name="api keys", ok=True,
+                                    detail=f"${self.project.contract.serve.api_keys_env} is set"))
+            except TargetError as exc:
+                checks.append(Check(name="api keys", ok=False, detail=exc.message, fix=exc.fix))
+        return checks
+
+    def _port_check(self, current: Any) -> Check:
+        where = f"{self.opts.host}:{self.opts.port}"
+        if current is not None:
+            return Check(name="port", ok=True,
+                         detail=f"{where} is held by {self.container_name}, the deployment this one replaces")
+        try:
+            self._check_port_free()
+        except TargetError as exc:
+            return Check(name="port", ok=False, detail=exc.message, fix=exc.fix)
+        return Check(name="port", ok=True, detail=f"{where} is free")
+
     # --- plan (pure) ------------------------------------------------------------------------------
     def plan(self, image: str) -> list[str]:
         env = ["PORT=8080", *sorted(self.opts.environment())]
@@ -217,7 +254,7 @@ class LocalTarget(Target):
                         and self._ready(self.url)):
                     progress(f"{self.container_name} already runs {image} and is ready; nothing changed")
                     return Deployment(url=self.url, image=image, version=version,
-                                      previous=labels.get(LABEL_PREVIOUS) or None, changed=False)
+                                      previous=labels.get(LABEL_PREVIOUS) or None, changed=False, digest=info.id)
             else:
                 self._check_port_free()
             self._clear_candidate(progress)
@@ -286,7 +323,7 @@ class LocalTarget(Target):
                     "deploy again.",
                 )
         progress(f"{self.container_name} ready at {self.url}")
-        return Deployment(url=self.url, image=image, version=version, previous=previous or None)
+        return Deployment(url=self.url, image=image, version=version, previous=previous or None, digest=info.id)
 
     def _start_final(self, image: str, env: dict[str, str], previous: str, config: str) -> tuple[str, str]:
         """Start the service container on the stable port; ("", "") when ready, else (problem, log tail)."""

@@ -22,7 +22,7 @@ ARTIFACT_REGISTRY = "https://artifactregistry.googleapis.com"
 ALREADY_EXISTS = 6  # google.rpc.Code
 
 
-def _rest(gcp: Gcp, what: str, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def rest(gcp: Gcp, what: str, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
     """One REST call with the target's retry policy for 429/5xx; (status, JSON body)."""
     for attempt in range(gcp.tries):
         try:
@@ -52,14 +52,14 @@ def ensure_repository(gcp: Gcp, progress: Progress) -> None:
     root = o.artifact_registry_endpoint or ARTIFACT_REGISTRY
     base = f"{root}/v1/projects/{o.project}/locations/{o.region}"
     what = f"Artifact Registry repository {o.repository}"
-    status, data = _rest(gcp, f"get {what}", "GET", f"{base}/repositories/{o.repository}")
+    status, data = rest(gcp, f"get {what}", "GET", f"{base}/repositories/{o.repository}")
     if status == 200:
         return
     if status != 404:
         raise _error(gcp, f"get {what}", status, data)
     progress(f"creating {what} in {o.region}")
     body = {"format": "DOCKER", "description": "Images pushed by mlship", "labels": {"managed-by": "mlship"}}
-    status, op = _rest(gcp, f"create {what}", "POST", f"{base}/repositories?repositoryId={o.repository}", body)
+    status, op = rest(gcp, f"create {what}", "POST", f"{base}/repositories?repositoryId={o.repository}", body)
     if status == 409:  # created meanwhile (another deploy): fine
         return
     if status != 200:
@@ -70,7 +70,7 @@ def ensure_repository(gcp: Gcp, progress: Progress) -> None:
             raise TargetError(f"create {what}: the operation did not finish within {gcp.op_timeout_s:g}s.")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
-        status, op = _rest(gcp, f"create {what}", "GET", f"{root}/v1/{op['name']}")
+        status, op = rest(gcp, f"create {what}", "GET", f"{root}/v1/{op['name']}")
         if status != 200:
             raise _error(gcp, f"create {what}", status, op)
     if op.get("error") and op["error"].get("code") != ALREADY_EXISTS:

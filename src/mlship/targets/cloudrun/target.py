@@ -36,6 +36,7 @@ from google.cloud import run_v2
 from mlship.contract_io import Project
 from mlship.errors import TargetError
 from mlship.image import engine
+from mlship.reports import Check
 from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
 from mlship.targets.cloudrun import registry
 from mlship.targets.cloudrun.api import Gcp, api_error, smoke_test
@@ -104,6 +105,22 @@ class CloudRunTarget(Target):
         if self._gcp is not None:
             self._gcp.close()
             self._gcp = None
+
+    # --- preflight (read-only) ---------------------------------------------------------------------
+    def preflight(self) -> list[Check]:
+        from mlship.targets.cloudrun import preflight
+
+        key_check = None
+        serve = self.project.contract.serve
+        if serve.auth == "api_key":
+            try:
+                have_key = self._api_key() is not None
+                key_check = Check(name="api keys", ok=True, detail=f"{serve.api_keys_env} comes from Secret Manager"
+                                  + ("" if have_key else f"; ${serve.api_keys_env} is not set here, so the smoke "
+                                     "test will be skipped"))
+            except TargetError as exc:
+                key_check = Check(name="api keys", ok=False, detail=exc.message, fix=exc.fix)
+        return preflight.checks(self.opts, self.service, key_check)
 
     # --- plan (pure) ------------------------------------------------------------------------------
     def plan(self, image: str) -> list[str]:
