@@ -136,6 +136,7 @@ def free_port() -> int:
 # A `predict:` snippet for server tests: records the x values of every model call in calls.jsonl; x > 100 blocks
 # in the model until the test creates gate-<x> (at most 10 s); x == 13 raises.
 GATED_PREDICT = """
+import json
 import time
 from pathlib import Path
 

@@ -428,7 +428,7 @@ def test_mlship_test_passes_on_the_image(digits_image: tuple[Path, str]) -> None
     root, tag = digits_image
     result = invoke("test", "-f", str(root), "--image", tag, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["ok"] and [e["ok"] for e in report["examples"]] == [True, True, True]
     assert report["size_mb"] < 1000
     print(f"\ntorch-digits image: {report['size_mb']} MB, first prediction {report['first_prediction_s']}s")

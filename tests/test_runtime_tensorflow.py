@@ -410,7 +410,7 @@ def test_mlship_test_on_the_image(digits_image: tuple[Path, str]) -> None:
     root, tag = digits_image
     result = invoke("test", "--json", "-f", str(root), "--image", tag)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["ok"] and report["examples"][0]["got"]["label"] == LABELS[0]
     print(f"\nkeras-digits image {tag}: {report['size_mb']} MB, ready {report['ready_s']} s, "
           f"first prediction {report['first_prediction_s']} s")

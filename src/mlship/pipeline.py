@@ -94,8 +94,7 @@ def _build(project: Project, base_image: str | None, dry_run: bool, ev: Events) 
         report.dockerfile = plan.dockerfile
         return report
     with ev.stage("build", f"building {plan.tag}") as stage:
-        stage.step(f"downloading wheels for linux/amd64, CPython {plan.python} (cached in the wheelhouse)")
-        ctx = write_context(plan, project.root / ".mlship" / "build")
+        ctx = write_context(plan, project.root / ".mlship" / "build", progress=stage.step)
         stage.step(f"build context ready: {ctx}")
         image = engine.build(ctx, plan.tag, progress=stage.step, log_path=project.root / ".mlship" / "build.log")
         stage.summary = f"built {image.tag} ({image.size / 1e6:.1f} MB) in {image.seconds:.1f}s"

@@ -13,6 +13,7 @@ import posixpath
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -309,11 +310,12 @@ def _readable(root: Path) -> None:
         path.chmod(mode | (0o555 if path.is_dir() else 0o444))
 
 
-def write_context(plan: BuildPlan, directory: Path) -> Path:
-    """Fill ``directory`` (emptied first) with everything `docker build` needs; returns it."""
+def write_context(plan: BuildPlan, directory: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """Fill ``directory`` (emptied first) with everything `docker build` needs; returns it. ``progress`` gets
+    the wheelhouse's lines (one per package when pip has to download)."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    lock = wheelhouse.download(plan.requirements, plan.python, directory / "wheels", plan.index_urls)
+    lock = wheelhouse.download(plan.requirements, plan.python, directory / "wheels", plan.index_urls, progress)
     (directory / "requirements.lock").write_text(lock.text())
     wheelhouse.mlship_wheel(directory / "mlship")
     for src, ctx in plan.files:

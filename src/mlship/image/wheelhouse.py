@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -79,21 +80,26 @@ def cache_dir() -> Path:
 
 
 def download(requirements: list[str], python: str, dest: Path,
-             fallback_index_urls: list[str] | None = None) -> Lock:
+             fallback_index_urls: list[str] | None = None, progress: Callable[[str], None] | None = None) -> Lock:
     """Resolve and download wheels for linux/amd64 + CPython ``python`` into ``dest`` (cached by content).
 
     ``fallback_index_urls`` (e.g. PyTorch's CPU index) are added only when pip's configured indexes cannot
-    resolve the requirements, so a local wheel or mirror is used without touching the network.
+    resolve the requirements, so a local wheel or mirror is used without touching the network. ``progress``
+    gets one line per package pip collects (a cold wheelhouse can take a minute).
     """
     cached = cache_dir() / "wheelhouse" / wheel_key(requirements, python)
+    say = progress or (lambda _line: None)
     if not (cached / ".complete").is_file():
+        say(f"resolving {len(requirements)} requirements for linux/amd64, CPython {python} (pip download)")
         try:
-            _pip_download(requirements, python, cached)
+            _pip_download(requirements, python, cached, None, say)
         except BuildError:
             if not fallback_index_urls:
                 raise
-            _pip_download(requirements, python, cached, fallback_index_urls)
+            _pip_download(requirements, python, cached, fallback_index_urls, say)
         (cached / ".complete").write_text("ok")
+    else:
+        say(f"wheelhouse cached: {cached}")
     dest.mkdir(parents=True, exist_ok=True)
     wheels: dict[str, tuple[str, str, str]] = {}
     for wheel in sorted(cached.glob("*.whl")):
@@ -105,23 +111,30 @@ def download(requirements: list[str], python: str, dest: Path,
     return Lock(wheels)
 
 
-def _pip_download(requirements: list[str], python: str, into: Path, index_urls: list[str] | None = None) -> None:
+def _pip_download(requirements: list[str], python: str, into: Path, index_urls: list[str] | None = None,
+                  progress: Callable[[str], None] | None = None) -> None:
     tmp = into.with_name(into.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "requirements.in").write_text("\n".join(requirements) + "\n")
     abi = "cp" + python.replace(".", "")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+    cmd = [sys.executable, "-m", "pip", "download", "--progress-bar", "off", "--disable-pip-version-check",
            "--only-binary=:all:", "--python-version", python, "--implementation", "cp", "--abi", abi,
            "--dest", str(tmp), "-r", str(tmp / "requirements.in")]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     for url in index_urls or ():
         cmd += ["--extra-index-url", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    output: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line.rstrip())
+            if progress is not None and line.startswith("Collecting "):
+                progress(line.strip().split(" (from ")[0])
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        tail = "\n".join([ln for ln in output if ln.strip()][-8:])
         raise BuildError(
             f"Could not download wheels for linux/amd64, Python {python}:\n{tail}",
             why="Images install only wheels resolved on this machine; every requirement needs a wheel "
