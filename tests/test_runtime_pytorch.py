@@ -328,7 +328,8 @@ def test_wheelhouse_tries_the_cpu_index_only_when_the_configured_indexes_fail(
 
     calls: list[list[str] | None] = []
 
-    def fake(requirements: list[str], python: str, into: Path, index_urls: list[str] | None = None) -> None:
+    def fake(requirements: list[str], python: str, into: Path, index_urls: list[str] | None = None,
+             progress: object = None) -> None:
         calls.append(index_urls)
         if not index_urls:
             raise BuildError("No matching distribution found for torch==2.4.1+cpu")
@@ -345,12 +346,10 @@ def test_wheelhouse_tries_the_cpu_index_only_when_the_configured_indexes_fail(
 
 
 def test_a_missing_cpu_wheel_says_where_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
-
     from mlship.image import wheelhouse
 
-    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for torch==9.9.9+cpu")
-    monkeypatch.setattr(wheelhouse.subprocess, "run", lambda *a, **k: failed)
+    failed = (1, ["ERROR: No matching distribution found for torch==9.9.9+cpu"])
+    monkeypatch.setattr(wheelhouse, "_run_pip", lambda *a, **k: failed)
     with pytest.raises(BuildError) as info:
         wheelhouse._pip_download(["torch==9.9.9+cpu"], "3.11", tmp_path / "w")
     assert "No matching distribution found for torch==9.9.9+cpu" in info.value.message

@@ -125,14 +125,8 @@ def _pip_download(requirements: list[str], python: str, into: Path, index_urls: 
         cmd += ["--platform", platform]
     for url in index_urls or ():
         cmd += ["--extra-index-url", url]
-    output: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line.rstrip())
-            if progress is not None and line.startswith("Collecting "):
-                progress(line.strip().split(" (from ")[0])
-    if proc.returncode != 0:
+    returncode, output = _run_pip(cmd, progress)
+    if returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tail = "\n".join([ln for ln in output if ln.strip()][-8:])
         raise BuildError(
@@ -148,6 +142,18 @@ def _pip_download(requirements: list[str], python: str, into: Path, index_urls: 
     (tmp / "requirements.in").unlink()
     shutil.rmtree(into, ignore_errors=True)
     tmp.rename(into)
+
+
+def _run_pip(cmd: list[str], progress: Callable[[str], None] | None) -> tuple[int, list[str]]:
+    """Run pip; its exit code and output lines (stdout and stderr). Each "Collecting X" goes to ``progress``."""
+    output: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line.rstrip())
+            if progress is not None and line.startswith("Collecting "):
+                progress(line.strip().split(" (from ")[0])
+    return proc.returncode, output
 
 
 def mlship_wheel(dest: Path) -> Path:
