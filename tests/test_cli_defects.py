@@ -196,7 +196,7 @@ def test_validate_dataframe_model_without_pandas(project: Path, monkeypatch: pyt
     ("google.protobuf.message", "protobuf"), ("xgboost.sklearn", "xgboost"),
 ])
 def test_pip_name(module: str, package: str) -> None:
-    from mlship.runtimes.sklearn import pip_name
+    from mlship.runtimes.sklearn_load import pip_name
 
     assert pip_name(module) == package
 

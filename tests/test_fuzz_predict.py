@@ -83,17 +83,21 @@ def _number(value: Any) -> bool:
 
 
 def _valid_instance(value: Any) -> bool:
+    if isinstance(value, list):  # values in feature order (only inside a batch)
+        return len(value) == len(FEATURES) and all(map(_number, value))
     return (isinstance(value, dict) and set(value) == set(FEATURES)
             and all(_number(value[f]) for f in FEATURES))
 
 
 def expect_ok(body: Any) -> bool:
     """Whether the server must accept this (JSON-serialisable) body."""
+    if isinstance(body, list):  # a bare array of instances
+        return 1 <= len(body) <= MAX_INSTANCES and all(_valid_instance(i) for i in body)
     if isinstance(body, dict) and "instances" in body:
         items = body["instances"]
         return (set(body) == {"instances"} and isinstance(items, list) and 1 <= len(items) <= MAX_INSTANCES
                 and all(_valid_instance(i) for i in items))
-    return _valid_instance(body)
+    return isinstance(body, dict) and _valid_instance(body)
 
 
 def check_prediction(pred: Any) -> None:
@@ -130,9 +134,9 @@ def check_json_body(client: httpx.Client, body: Any) -> None:
     assert (r.status_code == 200) == ok, f"expected {'200' if ok else '422'} for {body!r}: {r.text[:500]}"
     if ok:
         assert r.headers["x-model-version"]
-        if "instances" in body:
+        if isinstance(body, list) or "instances" in body:
             preds = r.json()["predictions"]
-            assert len(preds) == len(body["instances"])
+            assert len(preds) == len(body if isinstance(body, list) else body["instances"])
             for p in preds:
                 check_prediction(p)
         else:

@@ -501,11 +501,13 @@ def test_max_instances() -> None:
     ("body", "loc", "msg"),
     [
         ({"instances": []}, ["body", "instances"], "`instances` is empty"),
-        ({"instances": {"a": 1}}, ["body", "instances"], "`instances` must be an array of objects"),
-        ({"instances": [1.0]}, ["body", "instances", 0], "each instance must be an object of features"),
+        ({"instances": {"a": 1}}, ["body", "instances"], "`instances` must be an array of objects or arrays"),
+        ({"instances": [1.0]}, ["body", "instances", 0],
+         "each instance must be an object of features or an array of values"),
         ({"instances": [{"a": 1.0}], "extra": 1}, ["body", "extra"], "unknown key next to `instances`"),
-        ([{"a": 1.0}], ["body"], 'expected one instance as an object of features, or {"instances": [...]}'),
-        ("a", ["body"], 'expected one instance as an object of features, or {"instances": [...]}'),
+        ([], ["body"], "the array of instances is empty"),
+        ("a", ["body"],
+         'expected one instance as an object of features, {"instances": [...]} or an array of instances'),
     ],
 )
 def test_body_shape_errors(body: Any, loc: list[Any], msg: str) -> None:

@@ -20,7 +20,8 @@ def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[d
     """Instances from a .csv (header row) or .json file, or from text (stdin, --data) when ``source`` is a str.
 
     Text and files with another suffix are JSON when their first non-blank character is ``{`` or ``[``, else
-    CSV. JSON may be one object, a list of objects, or ``{"instances": [...]}``. CSV cells are converted
+    CSV. JSON may be one object, a list of objects, or ``{"instances": [...]}``; with ``features``, an object may
+    also be an array of values in feature order. CSV cells are converted
     with the input schema when known, else guessed (int, float, text).
     """
     text = Path(source).read_text(encoding="utf-8") if isinstance(source, Path) else source
@@ -37,8 +38,12 @@ def read_rows(source: str | Path, features: dict[str, Feature] | None) -> list[d
     if isinstance(data, dict) and "instances" in data:
         data = data["instances"]
     rows = data if isinstance(data, list) else [data]
+    if features:  # an instance as an array of values in feature order (as the server takes it)
+        rows = [dict(zip(features, r, strict=True)) if isinstance(r, list) and len(r) == len(features) else r
+                for r in rows]
     if not rows or not all(isinstance(r, dict) for r in rows):
-        raise ClientError(f"{name}: expected an object of features or a list of them.")
+        raise ClientError(f"{name}: expected an object of features or a list of them"
+                          + (f" (or arrays of {len(features)} values in feature order)." if features else "."))
     return rows
 
 

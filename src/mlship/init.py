@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,35 @@ def detect_runtime(artifact: Path) -> str:
         cls: type[Runtime] = plugins.get_runtime(name)
         if cls.can_load(artifact):
             return name
+    sniffed = _sniff_pickle(artifact)
+    if sniffed is not None:
+        return sniffed
     kinds = ", ".join(sorted(plugins.available("runtime")))
     raise ArtifactError(
         f"No runtime recognises {artifact.name}.",
-        why=f"Installed runtimes: {kinds}. The sklearn runtime reads .joblib/.pkl/.pickle files.",
+        why=f"Installed runtimes: {kinds}. The sklearn runtime reads pickle/joblib files (any name: told by content).",
         fix="Pass --runtime NAME, or save the model in a supported format (joblib.dump(model, 'model.joblib')).",
     )
+
+
+def _sniff_pickle(artifact: Path) -> str | None:
+    """For an extension no runtime claims (model.joblib.gz, model.bin): a pickle/joblib stream, read without
+    running it, goes to sklearn (the pickle runtime), or to pytorch when it holds torch objects and no sklearn."""
+    if not artifact.is_file():
+        return None
+    try:
+        from mlship.pickle_scan import container, scan
+
+        with artifact.open("rb") as fh:
+            if container(fh.read(8)) is None:
+                return None
+        frameworks = set(scan(artifact).frameworks.values())
+    except (ImportError, ArtifactError, OSError):
+        return None
+    runtimes = plugins.available("runtime")
+    if "torch" in frameworks and "scikit-learn" not in frameworks and "pytorch" in runtimes:
+        return "pytorch"
+    return "sklearn" if "sklearn" in runtimes else None
 
 
 def service_name(artifact: Path) -> str:
@@ -73,8 +97,11 @@ def service_name(artifact: Path) -> str:
     return name[:63].rstrip("-")
 
 
-def read_sample(path: Path, features: list[str]) -> dict[str, Any]:
-    """The first row of a CSV (with a header) or the first object of a JSON file."""
+def read_sample(path: Path, features: list[str], strings: Collection[str] = ()) -> dict[str, Any]:
+    """The example's input from a sample file: the first row of a CSV (with a header; cells of the ``strings``
+    features stay text), or the first instance of a JSON file holding one instance, ``{"instances": [...]}``,
+    a list of instances or a list of such request bodies. An instance is an object of features or an array of
+    values in feature order; keys that are not features are left out, as CSV columns are."""
     if not path.is_file():
         raise ContractError(f"Sample file not found: {path}.", fix="Check the --sample path.")
     if path.suffix.lower() == ".csv":
@@ -82,18 +109,25 @@ def read_sample(path: Path, features: list[str]) -> dict[str, Any]:
             row = next(csv.DictReader(fh), None)
         if row is None:
             raise ContractError(f"{path} has no data rows.", fix="Give a CSV with a header and one row.")
-        return {k: _number(v) for k, v in row.items() if k in features}
+        return {k: v if k in strings else _number(v) for k, v in row.items() if k in features}
     fix = 'Give a .csv file with a header row, or JSON: {"instances": [{"feature": value, ...}]}.'
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ContractError(f"{path} is not valid JSON: {exc}.", fix=fix) from None
-    if isinstance(data, dict) and "instances" in data:
-        data = data["instances"]
-    first = (data[0] if data else None) if isinstance(data, list) else data
-    if not isinstance(first, dict):
-        raise ContractError(f"{path}: expected an object of features or a list of them.", fix=fix)
-    return dict(first)
+    for _ in range(4):  # {"instances": [...]}, [body, ...], [{"instances": [...]}, ...]: down to the first instance
+        if isinstance(data, dict) and "instances" in data and "instances" not in features:
+            data = data["instances"]
+        elif isinstance(data, list) and data and isinstance(data[0], dict | list):
+            data = data[0]
+        else:
+            break
+    if isinstance(data, list) and len(data) == len(features) and data:
+        data = dict(zip(features, data, strict=True))
+    if not isinstance(data, dict):
+        raise ContractError(f"{path}: expected an object of features, an array of {len(features)} values in "
+                            "feature order, or a list of them.", fix=fix)
+    return {k: v for k, v in data.items() if k in features}
 
 
 def read_tensor_sample(path: Path) -> dict[str, Any]:
@@ -103,8 +137,16 @@ def read_tensor_sample(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise ContractError(f"Sample file not found: {path}.", fix="Check the --sample path.")
+    source: str | Path = path
+    if path.suffix.lower() == ".json":  # a list of batch request bodies: the first one's first instance
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None  # read_tensors says what is wrong
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "instances" in data[0]:
+            source = json.dumps(data[0])
     try:
-        return {"input": read_tensors(path)[0]}
+        return {"input": read_tensors(source)[0]}
     except ClientError as exc:
         raise ContractError(exc.message, fix=exc.fix) from None
 
@@ -176,7 +218,8 @@ def _example(contract: Contract, sample: Path | None, root: Path, contract_path:
     if contract.input.tensor is not None:
         example = read_tensor_sample(sample) if sample else sample_body(contract.input)
     else:
-        example = read_sample(sample, contract.feature_names) if sample else sample_body(contract.input)
+        strings = [name for name, f in contract.input.features.items() if f.type == "str"]
+        example = read_sample(sample, contract.feature_names, strings) if sample else sample_body(contract.input)
     # the example's expected output comes from the original model (serve.compile: off), and init writes
     # nothing but the contract and the model card: the compiled path is checked by validate/serve/build
     original = contract.model_copy(update={"serve": contract.serve.model_copy(update={"compile": "off"})})

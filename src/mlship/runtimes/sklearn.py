@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import warnings
 from pathlib import Path
@@ -13,6 +12,13 @@ import numpy as np
 from mlship.contract import Task
 from mlship.errors import ArtifactError
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
+from mlship.runtimes.sklearn_load import (
+    dangerous_pickle_error,
+    importable,
+    missing_module_error,
+    scan_quietly,
+    unreadable_error,
+)
 
 
 class SklearnRuntime(Runtime):
@@ -41,6 +47,9 @@ class SklearnRuntime(Runtime):
             ) from None
         if not path.is_file():
             raise ArtifactError(f"Model file not found: {path}.", fix="Train the model or fix `artifact`.")
+        found = scan_quietly(path)  # read first, without running anything in the file
+        if found is not None and found.dangerous and not self.unsafe_deserialization:
+            raise dangerous_pickle_error(path, found.dangerous)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -55,12 +64,7 @@ class SklearnRuntime(Runtime):
                     "mlship.yaml and load the model from a `load:` function in predict.py.",
                 ) from None
             except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
-                raise ArtifactError(
-                    f"{path.name} is not a readable joblib/pickle file: {exc.__class__.__name__}: {exc}",
-                    why="The sklearn runtime loads files written by joblib.dump or pickle.dump.",
-                    fix="Re-save the model with `joblib.dump(model, 'model.joblib')`, or choose the "
-                    "runtime that matches the file.",
-                ) from None
+                raise unreadable_error(path, exc, found, sklearn.__version__) from None
         self.saved_version = sklearn.__version__
         for w in caught:
             original = getattr(w.message, "original_sklearn_version", None)
@@ -68,13 +72,15 @@ class SklearnRuntime(Runtime):
                 self.saved_version = str(original)
             if issubclass(w.category, UserWarning):
                 self._warnings.append(str(w.message).splitlines()[0])
+        if found is not None and found.version("scikit-learn"):  # the file's own record beats the warnings
+            self.saved_version = found.version("scikit-learn")
         if not hasattr(model, "predict"):
             raise ArtifactError(
                 f"{path.name} holds a {type(model).__name__}, which has no predict() method.",
                 fix="Save the fitted estimator or pipeline itself, or wrap the object with a "
                 "`predict: predict.py:predict` function in mlship.yaml.",
             )
-        if getattr(model, "feature_names_in_", None) is not None and not _importable("pandas"):
+        if getattr(model, "feature_names_in_", None) is not None and not importable("pandas"):
             raise ArtifactError(
                 f"{path.name} was fitted on a pandas DataFrame and needs pandas, which is not installed.",
                 why="A model fitted with feature names gets its rows as a DataFrame with those column names.",
@@ -91,9 +97,17 @@ class SklearnRuntime(Runtime):
     def inspect(self, model: Any, path: Path) -> ArtifactInfo:
         from sklearn.base import is_classifier, is_regressor
 
+        from mlship.runtimes.sklearn_text import check_text_input, text_step
+
         notes: list[str] = []
         names = getattr(model, "feature_names_in_", None)
-        if names is not None:
+        vectorizer = text_step(model)
+        if vectorizer is not None:
+            check_text_input(vectorizer)
+            features = {"text": "str"}
+            notes.append(f"The model takes raw text (its first step is a {type(vectorizer).__name__}): one "
+                         "feature `text`, a string per instance.")
+        elif names is not None:
             features = {str(n): "float" for n in names}
         else:
             n = getattr(model, "n_features_in_", None)
@@ -128,6 +142,10 @@ class SklearnRuntime(Runtime):
         )
 
     def check(self, model: Any, features: list[str]) -> list[str]:
+        from mlship.runtimes.sklearn_text import text_problems, text_step
+
+        if text_step(model) is not None:
+            return text_problems(model, features)
         names = getattr(model, "feature_names_in_", None)
         if names is not None:
             expected = [str(n) for n in names]
@@ -155,6 +173,8 @@ class SklearnRuntime(Runtime):
         """
         names = getattr(model, "feature_names_in_", None)
         self._array_model = None
+        if _takes_text(model):
+            return "text (a list of strings)"
         if names is None:
             return "numpy"
         try:
@@ -229,6 +249,8 @@ class SklearnRuntime(Runtime):
             x = _array(rows, self._array_order)
         elif getattr(model, "feature_names_in_", None) is not None:
             x = _frame(model, rows, features)
+        elif _takes_text(model):  # a text pipeline: one document per row, not a table
+            x = [row[0] for row in rows]
         else:
             x = _array(rows, None)
         return self._output(model, x)
@@ -248,59 +270,13 @@ class SklearnRuntime(Runtime):
                     probabilities=proba,
                     classes=list(classes),
                 )
-        return ModelOutput(values=list(np.asarray(model.predict(x)).tolist()))
+        y = np.asarray(model.predict(x))
+        if y.ndim == 2 and y.shape[1] == 1:  # one target as a column (PLSRegression, ...): one value per row
+            y = y[:, 0]
+        return ModelOutput(values=list(y.tolist()))
 
 
 _NO_NAMES = "X does not have valid feature names"
-
-#: import name -> pip package name, where they differ
-PIP_NAMES = {
-    "sklearn": "scikit-learn", "skimage": "scikit-image", "cv2": "opencv-python", "PIL": "pillow",
-    "yaml": "PyYAML", "bs4": "beautifulsoup4", "dateutil": "python-dateutil", "attr": "attrs",
-    "imblearn": "imbalanced-learn", "Crypto": "pycryptodome", "google.protobuf": "protobuf",
-}
-
-
-def pip_name(module: str) -> str:
-    """The pip package that provides ``module`` (``sklearn.tree`` -> ``scikit-learn``)."""
-    parts = module.split(".")
-    return PIP_NAMES.get(".".join(parts[:2]), PIP_NAMES.get(parts[0], parts[0]))
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # ValueError: None in sys.modules (an import blocked on purpose)
-        return False
-
-
-def missing_module_error(path: Path, exc: ImportError) -> ArtifactError:
-    """The error for a pickle whose classes live in a module that cannot be imported here."""
-    why = "A pickle stores references to the classes it contains (module and name), not their code."
-    module = exc.name
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    if module is None:
-        return ArtifactError(
-            f"{path.name} cannot be loaded: importing a module it needs failed: {first}", why=why,
-            fix="Install the packages the model was trained with, in the same versions (`pip freeze` in the "
-            "training environment lists them).",
-        )
-    package = pip_name(module)
-    top = module.split(".")[0]
-    if _importable(top):  # the package is there, in another version than the model's (or broken)
-        return ArtifactError(
-            f"{path.name} needs the module `{module}`, which cannot be imported from the installed {package}: "
-            f"{first}.",
-            why=why + f" The model was saved with another version of {package}.",
-            fix=f"Install the version the model was trained with: `pip install '{package}==<that version>'`.",
-        )
-    return ArtifactError(
-        f"{path.name} needs the module `{module}`, which is not importable.",
-        why=why + f" `{top}` is not installed in this Python environment.",
-        fix=f"Install it: `pip install {package}` (the version the model was trained with); or, for your own "
-        "code, add it next to mlship.yaml and load the model from a `load:` function in predict.py.",
-    )
-
 
 def _frame(model: Any, rows: list[list[Any]], features: list[str]) -> Any:
     import pandas as pd
@@ -317,6 +293,11 @@ def _array(rows: list[list[Any]], order: list[int] | None) -> Any:
     if order is not None and order != list(range(len(order))):
         x = x[:, order]
     return x
+
+
+def _takes_text(model: Any) -> bool:
+    from mlship.runtimes.sklearn_text import text_step
+    return text_step(model) is not None
 
 
 def _same(a: ModelOutput, b: ModelOutput) -> bool:

@@ -58,6 +58,14 @@ def instance_schema(contract: Contract) -> dict[str, Any]:
     }
 
 
+def row_schema(contract: Contract) -> dict[str, Any]:
+    """One instance as an array of values in the order of input.features."""
+    feats = contract.input.features
+    return {"type": "array", "prefixItems": [feature_schema(f) for f in feats.values()], "items": False,
+            "minItems": len(feats), "maxItems": len(feats),
+            "description": "values in feature order: " + ", ".join(feats)}
+
+
 def prediction_schema(contract: Contract) -> dict[str, Any]:
     if contract.task == "regression":
         return {"type": "object", "properties": {"value": {}}, "required": ["value"]}
@@ -77,31 +85,30 @@ def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
     example = contract.examples[0].input if contract.examples else None
     single: dict[str, Any] = {"$ref": "#/components/schemas/Instance"}
     tensor = contract.input.tensor
-    item = "Tensor" if tensor is not None else "Instance"  # a batch lists bare tensors, not {input: ...}
-    batch = {
-        "type": "object",
-        "properties": {
-            "instances": {
-                "type": "array",
-                "items": {"$ref": f"#/components/schemas/{item}"},
-                "minItems": 1,
-                "maxItems": contract.serve.max_instances,
-            }
-        },
-        "required": ["instances"],
-        "additionalProperties": False,
-    }
-    body: dict[str, Any] = {"schema": {"oneOf": [single, batch]}}
+    # a batch lists bare tensors, not {input: ...}; named features: objects or arrays of values in feature order
+    ref = "#/components/schemas/"
+    items: dict[str, Any] = ({"$ref": ref + "Tensor"} if tensor is not None else
+                             {"oneOf": [{"$ref": ref + "Instance"}, {"$ref": ref + "Row"}]})
+    instances = {"type": "array", "items": items, "minItems": 1, "maxItems": contract.serve.max_instances}
+    batch = {"type": "object", "properties": {"instances": instances}, "required": ["instances"],
+             "additionalProperties": False}
+    forms = [single, batch] if tensor is not None else [single, batch, {**instances, "description": (
+        "a bare array of instances, the same as {instances: [...]}")}]
+    body: dict[str, Any] = {"schema": {"oneOf": forms}}
     if example is not None:
         batch_example = [example["input"]] if tensor is not None else [example]
         body["examples"] = {"one": {"value": example}, "batch": {"value": {"instances": batch_example}}}
+        if tensor is None:
+            values = [example.get(name) for name in contract.input.features]
+            body["examples"]["rows"] = {"value": [values]}
     predict_op: dict[str, Any] = {
         "summary": f"Predict with {contract.name}",
         "operationId": "predict",
         "requestBody": {"required": True, "content": {"application/json": body}},
         "responses": {
             "200": {
-                "description": "One prediction for a bare instance; {predictions: [...]} for instances.",
+                "description": "One prediction for a bare instance; {predictions: [...]} for instances "
+                               "(also for a bare array of them).",
                 "content": {"application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Prediction"},
                     {"type": "object", "properties": {"predictions": {
@@ -143,6 +150,8 @@ def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
     }
     if tensor is not None:
         doc["components"]["schemas"]["Tensor"] = tensor_schema(tensor)
+    else:
+        doc["components"]["schemas"]["Row"] = row_schema(contract)
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]

@@ -242,6 +242,7 @@ class Predictor:
                 f"{self.project.contract.predict} raised {exc.__class__.__name__}: {exc}",
                 why=short_traceback(exc),
             ) from None
+        result = _column(result)
         if len(result) != len(rows):
             raise UserCodeError(
                 f"{self.project.contract.predict} returned {len(result)} outputs for {len(rows)} instances.",
@@ -281,6 +282,15 @@ class Predictor:
         except TypeError:  # unhashable
             pass
         return label
+
+
+def _column(result: list[Any]) -> list[Any]:
+    """One output per instance from a column: items that are all one-item arrays or lists (``predict`` of an
+    ``(n, 1)`` array, or its ``tolist()``) become their item; anything else is returned as it is."""
+    if result and all((isinstance(r, list | tuple) or (isinstance(r, np.ndarray) and r.ndim == 1))
+                      and len(r) == 1 and not isinstance(r[0], dict) for r in result):
+        return [r[0] for r in result]
+    return result
 
 
 def _jsonable(value: Any) -> Any:

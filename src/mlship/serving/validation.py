@@ -70,16 +70,17 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-def instance_list(instances: Any, limit: int, of: str) -> list[Any]:
-    """``body["instances"]`` once it is a non-empty array of at most ``limit`` items (else 422)."""
+def instance_list(instances: Any, limit: int, of: str, loc: tuple[Any, ...] = ("body", "instances")) -> list[Any]:
+    """``body["instances"]`` (or the body, a bare array: ``loc`` ("body",)) once it is a non-empty array of at
+    most ``limit`` items (else 422)."""
+    what = "`instances`" if loc[-1] == "instances" else "the array of instances"
     if not isinstance(instances, list):
-        raise InvalidInput([_err(["body", "instances"], f"`instances` must be an array of {of}",
+        raise InvalidInput([_err(list(loc), f"{what} must be an array of {of}",
                                  "type_error", "array", _got(instances))])
     if not instances:
-        raise InvalidInput([_err(["body", "instances"], "`instances` is empty",
-                                 "too_short", "at least 1 instance", "0")])
+        raise InvalidInput([_err(list(loc), f"{what} is empty", "too_short", "at least 1 instance", "0")])
     if len(instances) > limit:
-        raise InvalidInput([_err(["body", "instances"], f"too many instances (limit {limit})", "too_long",
+        raise InvalidInput([_err(list(loc), f"too many instances (limit {limit})", "too_long",
                                  f"at most {limit}", str(len(instances)))])
     return instances
 
@@ -114,12 +115,16 @@ class Validator:
             if extra:
                 raise InvalidInput([_err(["body", extra[0]], "unknown key next to `instances`",
                                          "extra_forbidden", "only `instances`", _got(extra[0]))])
-            instances = instance_list(body["instances"], self.max_instances, "objects")
+            instances = instance_list(body["instances"], self.max_instances, "objects or arrays")
             return Batch(rows=self._rows(instances, ["body", "instances"]), single=False)
         if isinstance(body, dict):
             return Batch(rows=self._rows([body], ["body"], indexed=False), single=True)
-        raise InvalidInput([_err(["body"], "expected one instance as an object of features, or "
-                                 '{"instances": [...]}', "type_error", "object", _got(body))])
+        if isinstance(body, list):  # a bare array of instances: the same as {"instances": [...]}
+            instances = instance_list(body, self.max_instances, "objects or arrays", ("body",))
+            return Batch(rows=self._rows(instances, ["body"]), single=False)
+        raise InvalidInput([_err(["body"], "expected one instance as an object of features, "
+                                 '{"instances": [...]} or an array of instances', "type_error", "object",
+                                 _got(body))])
 
     def _rows(self, instances: list[Any], base: list[Any], indexed: bool = True) -> list[list[Any]]:
         if self._uniform is not None:
@@ -135,10 +140,20 @@ class Validator:
                 if fast is not None:
                     rows.append(fast)
                     continue
+            elif type(inst) is list and len(inst) == n:  # values in feature order
+                fast = self._fast_values(list(inst))
+                if fast is not None:
+                    rows.append(fast)
+                    continue
             loc = [*base, i] if indexed else base  # the slow path: finds every problem of the instance
+            if isinstance(inst, list):
+                rows.append(self._list_row(inst, loc, errors))
+                if len(errors) >= MAX_ERRORS:
+                    break
+                continue
             if not isinstance(inst, dict):
-                errors.append(_err(loc, "each instance must be an object of features", "type_error",
-                                   "object", _got(inst)))
+                errors.append(_err(loc, "each instance must be an object of features or an array of values",
+                                   "type_error", "object or array", _got(inst)))
                 continue
             row = []
             for name in self.names:
@@ -167,12 +182,15 @@ class Validator:
         """The rows when every instance holds exactly the features, each of the one type they all take and
         finite; else None. Checks run in C (map, set), which matters for requests of many instances."""
         n = len(self.names)
-        if not all(type(inst) is dict and len(inst) == n for inst in instances):
+        if n > 1 and all(type(inst) is list and len(inst) == n for inst in instances):
+            picked: list[Any] = instances  # arrays of values in feature order
+        elif not all(type(inst) is dict and len(inst) == n for inst in instances):
             return None
-        try:
-            picked = list(map(self._getter, instances))  # type: ignore[arg-type]
-        except KeyError:
-            return None
+        else:
+            try:
+                picked = list(map(self._getter, instances))  # type: ignore[arg-type]
+            except KeyError:
+                return None
         if n == 1:  # itemgetter of one key returns the value itself
             if set(map(type, picked)) != {self._uniform}:
                 return None
@@ -191,6 +209,10 @@ class Validator:
             row = [inst[name] for name in self.names]
         except KeyError:
             return None
+        return self._fast_values(row)
+
+    def _fast_values(self, row: list[Any]) -> list[Any] | None:
+        """``row`` when each value has the exact type of its feature and is valid; else None."""
         if tuple(map(type, row)) != self._types:  # also refuses bool for numbers (bool is not int here)
             return None
         for j in self._floats:
@@ -199,6 +221,22 @@ class Validator:
         for j, feature in self._bounded:
             if _out_of_bounds(feature, row[j]) is not None:
                 return None
+        return row
+
+    def _list_row(self, inst: list[Any], loc: list[Any], errors: list[dict[str, Any]]) -> list[Any]:
+        """The row of an instance sent as an array of values in feature order; problems go to ``errors``."""
+        if len(inst) != len(self.names):
+            errors.append(_err(loc, f"expected {len(self.names)} values (the features in order: "
+                               f"{', '.join(self.names)})", "length_error", f"{len(self.names)} values",
+                               f"{len(inst)} values"))
+            return []
+        row = []
+        for j, (name, value) in enumerate(zip(self.names, inst, strict=True)):
+            value, problem = _check(self.features[name], value)
+            if problem:
+                errors.append(_err([*loc, j], problem, "value_error",
+                                   _expected(self.features[name]), _got(inst[j])))
+            row.append(value)
         return row
 
 
