@@ -522,6 +522,8 @@ def test_failed_build_says_what_failed(tmp_path: Path, docker_engine: Any, docke
     assert info.value.message.startswith(what), info.value.message
     assert info.value.fix is not None and info.value.fix.endswith(f"Full log: {log}")
     assert ("--base-image IMAGE" in info.value.fix) == ("could not be pulled" in what)
+    if "could not be pulled" not in what:  # a failing RUN: the step quoted, with what it printed
+        assert info.value.why == "It failed at Step 2/2 : RUN exit 3, which printed nothing."
 
 
 def test_two_builds_keep_one_labelled_stage_image(tmp_path: Path, iris_model: Path, wheel_cache: Path,

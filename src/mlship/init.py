@@ -7,18 +7,20 @@ import json
 import os
 import re
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mlship import plugins
-from mlship.contract import Contract
+from mlship import plugins, userpkg
+from mlship.contract import _CODE_REF, Contract
 from mlship.contract_io import CONTRACT_FILE, Project
-from mlship.errors import ArtifactError, ContractError
+from mlship.errors import ArtifactError, ContractError, UserCodeError
 from mlship.runtimes.base import ArtifactInfo, Runtime
+from mlship.runtimes.sklearn_load import missing_module_error
+from mlship.usercode import load_function, short_traceback
 
 MODEL_CARD = """# {name}
 
@@ -37,6 +39,7 @@ class InitResult:
     contract: Contract
     info: ArtifactInfo
     created: list[Path] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)  #: your modules next to the contract, in build.include
 
 
 class _Dumper(yaml.SafeDumper):
@@ -162,12 +165,16 @@ def _number(text: str) -> Any:
 
 
 def init_project(artifact: Path, *, directory: Path, runtime: str | None = None, name: str | None = None,
-                 sample: Path | None = None, force: bool = False,
-                 unsafe_deserialization: bool = False) -> InitResult:
+                 sample: Path | None = None, force: bool = False, unsafe_deserialization: bool = False,
+                 load: str | None = None, predict: str | None = None) -> InitResult:
     """Write ``directory/mlship.yaml`` (and a MODEL.md stub when there is none) for ``artifact``.
 
     Refuses to overwrite the contract unless ``force``. Everything is checked before the first file is
-    written, so a failed init leaves the folder as it was.
+    written, so a failed init leaves the folder as it was. The modules of your own that a pickle references
+    are looked for next to the contract (``directory``): they are imported from there while the model is
+    inspected (sys.path and sys.modules are restored afterwards) and listed in ``build.include``. ``load`` and
+    ``predict`` (``file.py:function``, relative to ``directory``) are written into the contract and used to
+    load the model and compute the example.
     """
     if not artifact.exists():
         raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
@@ -178,26 +185,56 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
             why="mlship init never overwrites your contract.",
             fix="Edit it, run `mlship validate`, or pass --force to replace it.",
         )
+    root = directory.resolve()
+    for key, ref in (("load", load), ("predict", predict)):
+        if ref is not None and not _CODE_REF.match(ref):
+            raise ContractError(f"--{key} {ref!r} is not a `file.py:function` reference.",
+                                fix=f"e.g. --{key} predict.py:{key} (the file next to mlship.yaml).")
+    code = userpkg.find(artifact, root)
+    if code.missing and load is None:  # a `load:` function may know where they are
+        missing = code.missing[0]
+        raise missing_module_error(artifact, ModuleNotFoundError(f"No module named {missing!r}", name=missing))
     runtime = runtime or detect_runtime(artifact)
     rt: Runtime = plugins.get_runtime(runtime)()
     rt.unsafe_deserialization = unsafe_deserialization
-    info = rt.inspect(rt.load(artifact), artifact)
-    info.notes.extend(rt.load_warnings())
-    data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization)
-    data["examples"] = [_example(Contract.model_validate(data), sample, directory.resolve(), target)]
+    with userpkg.importing_from(root, code.local) as imports:
+        hooks = {key: load_function(root, ref, key) for key, ref in (("load", load), ("predict", predict)) if ref}
+        info = rt.inspect(_load_model(rt, artifact, hooks.get("load"), load), artifact)
+        info.notes.extend(rt.load_warnings())
+        data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization, load, predict)
+        data["examples"] = [_example(Contract.model_validate(data), sample, root, target)]
+    notes, added = userpkg.import_notes(code, root, imports.used, data["dependencies"]["requirements"])
+    data["dependencies"]["requirements"] = [*data["dependencies"]["requirements"], *added]
+    info.notes.extend(notes)
+    if code.include:
+        data["build"] = {"include": code.include}
     contract = Contract.model_validate(data)
-    return InitResult(contract_path=target, contract=contract, info=info,
+    return InitResult(contract_path=target, contract=contract, info=info, packages=code.local,
                       created=_write(directory, target, data, artifact.name))
 
 
+def _load_model(rt: Runtime, artifact: Path, loader: Callable[..., Any] | None, ref: str | None) -> Any:
+    """The model, from the runtime or from the user's `load` function."""
+    if loader is None:
+        return rt.load(artifact)
+    try:
+        return loader(artifact.resolve())
+    except Exception as exc:
+        raise UserCodeError(f"{ref} raised {exc.__class__.__name__}: {exc}", why=short_traceback(exc),
+                            fix="Fix the load function; it receives the artifact path and returns the model.") from None
+
+
 def _contract_data(artifact: Path, directory: Path, runtime: str, name: str | None, info: ArtifactInfo,
-                   unsafe_deserialization: bool) -> dict[str, Any]:
+                   unsafe_deserialization: bool, load: str | None = None,
+                   predict: str | None = None) -> dict[str, Any]:
     """The contract as plain data (in the order it is written), without examples."""
     data: dict[str, Any] = {
         "name": name or service_name(artifact),
         "runtime": runtime,
         "artifact": Path(os.path.relpath(artifact.resolve(), directory.resolve())).as_posix(),
         "task": info.task,
+        **({"load": load} if load else {}),
+        **({"predict": predict} if predict else {}),
         "input": {"tensor": dict(info.tensor)} if info.tensor is not None else {"features": dict(info.features)},
     }
     if unsafe_deserialization:

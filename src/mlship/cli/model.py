@@ -32,16 +32,23 @@ def init(
         "--unsafe-deserialization",
         help="Load a model that runs its own code when deserialized (e.g. a Keras Lambda layer) and write "
         "`unsafe_deserialization: true`. Only for files you trust.")] = False,
+    load: Annotated[str | None, typer.Option(
+        "--load", help="Your file.py:function(path) -> model, next to mlship.yaml; written as `load:`.")] = None,
+    predict: Annotated[str | None, typer.Option(
+        "--predict", help="Your file.py:function(model, instances) -> outputs; written as `predict:`.")] = None,
 ) -> None:
     """Inspect a model and write mlship.yaml (input schema, labels, pinned versions, one example)."""
     from mlship.init import init_project
 
     with _errors():
         result = init_project(artifact, directory=directory, runtime=runtime, name=name, sample=sample,
-                              force=force, unsafe_deserialization=unsafe_deserialization)
+                              force=force, unsafe_deserialization=unsafe_deserialization, load=load,
+                              predict=predict)
     c = result.contract
     for path in result.created:
         out.print(f"[green]wrote[/] {path}", markup=True)
+    for package in result.packages:
+        out.print(f"uses your package {escape(package)} (added to build.include)")
     out.print(f"{c.runtime} {c.task} model, {escape(_input_text(c))}"
               + (f", labels: {', '.join(c.output.labels)}" if c.output.labels else ""))
     if result.info.framework_version:

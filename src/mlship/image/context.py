@@ -26,6 +26,7 @@ from mlship import compiled as compiled_mod
 from mlship.contract_io import CONTRACT_FILE, Project, artifact_sha256
 from mlship.errors import BuildError, PluginError
 from mlship.image import elfstrip, wheelhouse
+from mlship.image.rules import artifact_frameworks, image_requirements, image_tweaks, rules_for
 
 DEFAULT_BASE = "python:{python}-slim"
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._:/@-]*[a-z0-9]$")
@@ -203,7 +204,12 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
         notes.append(compiled.note + (f"; left out of the image: {', '.join(dropped)}" if dropped else ""))
     elif compiled is not None:
         notes.append(compiled.note)
-    requirements, index_urls, more = image_requirements(c.runtime, requirements)
+    # the runtime's image rules, and those of the frameworks the artifact references (torch in a joblib
+    # wrapper); a compiled model is served by onnxruntime, so the artifact's frameworks stay out
+    frameworks = set() if compiled is not None and compiled.onnxruntime is not None else (
+        artifact_frameworks(project.artifact_path))
+    rules = rules_for(c.runtime, frameworks)
+    requirements, index_urls, more = image_requirements(rules, requirements)
     model_sha = artifact_sha256(project.artifact_path)
     contract_sha = hashlib.sha256(project.contract_path.read_bytes()).hexdigest()
     labels = {
@@ -222,7 +228,7 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     if compiled is not None:  # the compiled folder mirrors /app/.mlship/compiled, beside the artifact
         model += [(path, f"model/{compiled_mod.FOLDER}/{path.name}") for path in compiled.files]
     image = base_image(project, base)
-    prune, strip = image_tweaks(c.runtime)
+    prune, strip = image_tweaks(rules)
     tools = [(Path(elfstrip.__file__), "elfstrip.py")] if strip else []
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 - a Dockerfile, not HTML
@@ -233,40 +239,6 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     return BuildPlan(tag=f"{c.name}:{project.version}", base_image=image, python=c.dependencies.python,
                      requirements=requirements, labels=labels, files=model + contract + tools,
                      dockerfile=dockerfile, notes=notes + more, index_urls=index_urls)
-
-
-def image_requirements(runtime: str, requirements: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """The runtime's ``image_requirements`` hook, if it has one (e.g. torch's CPU build):
-    (requirements, fallback index URLs, notes)."""
-    try:
-        hook = getattr(plugins.get_runtime(runtime), "image_requirements", None)
-    except PluginError:
-        hook = None
-    if hook is None:
-        return requirements, [], []
-    reqs, urls, notes = hook(list(requirements))
-    return list(reqs), list(urls), list(notes)
-
-
-_PRUNE_GLOB = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.*/-]*$")
-
-
-def image_tweaks(runtime: str) -> tuple[list[str], list[str]]:
-    """The runtime's ``image_prune`` and ``image_strip`` paths (relative to site-packages), checked to be inert:
-    removed from the image, and shared libraries whose symbol tables are dropped (see image/elfstrip.py)."""
-    try:
-        cls = plugins.get_runtime(runtime)
-    except PluginError:  # not installed here: build_pins reports that with the fix
-        return [], []
-    found: list[list[str]] = []
-    for attr in ("image_prune", "image_strip"):
-        globs = list(getattr(cls, attr, ()))
-        for glob in globs:
-            if not _PRUNE_GLOB.fullmatch(glob) or ".." in glob.split("/"):
-                raise BuildError(f"The {runtime} runtime's {attr} has {glob!r}, which is not a plain relative path.",
-                                 fix=f"Fix the runtime plugin's {attr}.")
-        found.append(globs)
-    return found[0], found[1]
 
 
 def docker_string(value: object) -> str:
@@ -295,6 +267,9 @@ def build_pins(project: Project) -> dict[str, str]:
     runtime.configure(project.contract)
     if project.contract.load:
         return {}
+    from mlship.userpkg import make_importable
+
+    make_importable(project.root)  # a pickle of your own classes: their package is next to mlship.yaml
     return dict(runtime.saved_versions(runtime.load(project.artifact_path)))
 
 

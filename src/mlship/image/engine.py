@@ -68,12 +68,12 @@ def build(context: Path, tag: str, progress: Progress | None = None, log_path: P
                 if "stream" in chunk:
                     log_lines.append(chunk["stream"])
                     for line in chunk["stream"].splitlines():
-                        stream.read(line.strip())
+                        stream.read(line.rstrip())
                         if progress and _STEP.match(line.strip()):
                             progress(line.strip())
                 elif "error" in chunk:
                     log_lines.append(chunk["error"] + "\n")
-                    raise _build_error(tag, chunk["error"].strip(), stream.pulling, log_lines, log_path)
+                    raise _build_error(tag, chunk["error"].strip(), stream, log_path)
                 elif "aux" in chunk and "ID" in chunk["aux"]:
                     stream.image_id = chunk["aux"]["ID"]
         except APIError as exc:
@@ -89,6 +89,8 @@ def build(context: Path, tag: str, progress: Progress | None = None, log_path: P
 
 _STEP = re.compile(r"^Step \d+/\d+ : (.*)$")
 _PRODUCED = re.compile(r"^---> ([0-9a-f]{12,64})$")
+_NOISE = re.compile(r"^(---> |Removing intermediate container |Successfully tagged )")
+_KEEP = 200
 
 
 @dataclass
@@ -100,10 +102,14 @@ class _Stream:
     aliases: set[str] = field(default_factory=set)  # `FROM x AS deps`: later `FROM deps` pulls nothing
     last: str | None = None
     image_id: str | None = None
+    step: str | None = None  # the current step, "Step 7/15 : RUN ..."
+    output: list[str] = field(default_factory=list)  # its output so far (the last _KEEP lines), builder noise left out
 
-    def read(self, line: str) -> None:
+    def read(self, raw: str) -> None:
+        line = raw.strip()
         step = _STEP.match(line)
         if step:
+            self.step, self.output = line, []
             words = [w for w in step.group(1).split() if not w.startswith("--")]  # --platform=...
             self.pulling = None
             if words and words[0].upper() == "FROM" and len(words) > 1:
@@ -121,13 +127,27 @@ class _Stream:
         built = re.match(r"^Successfully built ([0-9a-f]+)", line)
         if built:
             self.image_id = built.group(1)
+        elif line and not _NOISE.match(line):
+            self.output.append(raw)
+            del self.output[:-_KEEP]
 
 
-def _build_error(tag: str, reason: str, base: str | None, log_lines: list[str], log_path: Path | None) -> BuildError:
-    """The error of a failed build; a FROM image the engine could not get says how to choose another one."""
+def _build_error(tag: str, reason: str, stream: _Stream, log_path: Path | None) -> BuildError:
+    """The error of a failed build: the failing step and the last lines of its output, with a fix where the
+    output says what went wrong; a FROM image the engine could not get says how to choose another one."""
     full_log = f"Full log: {log_path}" if log_path else None
+    base = stream.pulling
     if base is None:
-        return BuildError(f"docker build of {tag} failed: {reason}", why=_tail(log_lines), fix=full_log)
+        lines = stream.output[-_QUOTED:]
+        step = stream.step or "the first step"
+        if len(step) > 240:
+            step = step[:237] + "..."
+        why = f"It failed at {step}" + (
+            ". The last lines of its output:\n" + "\n".join(f"  {line}" for line in lines) if lines
+            else ", which printed nothing.")
+        hint = failure_hint("\n".join([*stream.output, reason]))
+        return BuildError(f"docker build of {tag} failed: {reason}", why=why,
+                          fix=" ".join(p for p in (hint, full_log) if p) or None)
     return BuildError(
         f"The base image {base} could not be pulled: {reason}",
         why=f"The build starts FROM {base}, and the Docker engine has no copy of it and could not pull it.",
@@ -135,6 +155,37 @@ def _build_error(tag: str, reason: str, base: str | None, log_lines: list[str], 
         f"`build.base_image` in mlship.yaml; or `docker pull {base}` / `docker load` it first."
         + (f" {full_log}" if full_log else ""),
     )
+
+
+_QUOTED = 12  # lines of the failing step's output quoted in the error
+#: (pattern in the failing step's output, what to do): the first match gives the error's fix
+_HINTS = (
+    (re.compile(r"\*\*\* Error compiling|SyntaxError"),
+     "A file in an installed package is not valid Python for the image's Python (dependencies.python); the "
+     "package was made for another Python version. Set dependencies.python to the version you trained with, or "
+     "pin a release of that package that supports the image's Python."),
+    (re.compile(r"DO NOT MATCH THE HASHES|hash mismatch", re.I),
+     "A wheel in the build context is not the one that was locked (changed or corrupted after `pip download`): "
+     "delete the wheel cache (~/.cache/mlship, or $MLSHIP_CACHE) and .mlship/build, then build again."),
+    (re.compile(r"No matching distribution found|Could not find a version that satisfies|"
+                r"is not a supported wheel on this platform"),
+     "A wheel the lock names is missing or does not fit the image: the base image's Python must be "
+     "dependencies.python (the wheelhouse is downloaded for it, linux x86_64), and every requirement needs a "
+     "wheel for that Python. Check dependencies.python and the base image, then build again."),
+    (re.compile(r"No space left on device", re.I),
+     "The Docker engine ran out of disk space: free some (`docker system prune`, `docker image prune`) and "
+     "build again."),
+    (re.compile(r"returned a non-zero code: 137|Killed$", re.M),
+     "The step was killed, most likely out of memory: give the Docker engine more memory and build again."),
+    (re.compile(r"(python3|/bin/sh): (\d+: )?(\S+: )?not found|exec format error"),
+     "The base image cannot run the build's commands: it needs /bin/sh and python3 on its PATH for linux/amd64 "
+     "(e.g. python:3.11-slim or an image built from it); choose another with --base-image or build.base_image."),
+)
+
+
+def failure_hint(output: str) -> str | None:
+    """What to do about a failed step, from its output (None when the output matches no known cause)."""
+    return next((fix for pattern, fix in _HINTS if pattern.search(output)), None)
 
 
 STAGE_LABEL = "dev.mlship.stage"  # on the last image of the Dockerfile's dependency stage (templates/Dockerfile.j2)

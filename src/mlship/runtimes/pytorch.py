@@ -277,7 +277,7 @@ class PytorchRuntime(Runtime):
         runtime needs it even when a `load:` function builds the model). `mlship build` resolves with the
         configured indexes first (a local CPU wheel or a mirror) and then, when set, with
         $MLSHIP_TORCH_INDEX_URL (PyTorch's CPU wheel index or a mirror of it). A pin that names a variant
-        (``torch==X+cu124``) is kept as written.
+        (``torch==X+cu124``) is kept as written; ``+cpu`` also keeps the CPU index.
         """
         from packaging.requirements import Requirement
         from packaging.utils import canonicalize_name
@@ -295,7 +295,8 @@ class PytorchRuntime(Runtime):
                 continue
             exact = [s.version for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
             if exact and "+" in exact[0]:
-                out.append(line)  # a variant chosen by the user
+                out.append(line)  # a variant chosen by the user; +cpu still gets the CPU index and the note
+                changed = changed or exact[0].endswith("+cpu")
                 continue
             if exact:
                 version = exact[0]
@@ -319,7 +320,7 @@ class PytorchRuntime(Runtime):
             installed = _installed_version("torch")
             if installed is not None:
                 out.insert(0, f"torch=={installed}+cpu")
-                notes.append(f"added torch=={installed} (the installed version): the pytorch runtime needs it")
+                notes.append(f"added torch=={installed} (the installed version): the model needs it")
                 changed = True
         index = os.environ.get(CPU_INDEX_ENV, "").strip()
         if changed:

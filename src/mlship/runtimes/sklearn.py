@@ -112,10 +112,7 @@ class SklearnRuntime(Runtime):
         else:
             n = getattr(model, "n_features_in_", None)
             if n is None:
-                raise ArtifactError(
-                    f"Cannot tell how many input features {type(model).__name__} takes.",
-                    fix="Fit the model before saving it, or write input.features in mlship.yaml by hand.",
-                )
+                raise _no_feature_count(model)
             features = {f"x{i}": "float" for i in range(int(n))}
             notes.append(
                 "The model was trained without feature names; features are named x0..xN. "
@@ -124,7 +121,7 @@ class SklearnRuntime(Runtime):
         classes = getattr(model, "classes_", None)
         task: Task
         labels: list[str] | None
-        if is_classifier(model) or (classes is not None and not is_regressor(model)):
+        if _is(is_classifier, model) or (classes is not None and not _is(is_regressor, model)):
             task = "classification"
             labels = [str(c) for c in classes] if classes is not None else None
         else:
@@ -276,6 +273,41 @@ class SklearnRuntime(Runtime):
         return ModelOutput(values=list(y.tolist()))
 
 
+def _no_feature_count(model: Any) -> ArtifactError:
+    """Why the number of input features cannot be read from ``model``: no ``n_features_in_``, on a fitted
+    model (a wrapper class that does not set it) or on one that looks unfitted."""
+    name = type(model).__name__
+    state = vars(model) if hasattr(model, "__dict__") else {}
+    fitted = [k for k in state if k.endswith("_") and not k.startswith("_")]
+    check = getattr(model, "__sklearn_is_fitted__", None)
+    is_fitted = bool(check()) if callable(check) else bool(fitted)
+    by_hand = ("write input.features in mlship.yaml by hand, one entry per column in the order the model takes "
+               "them (e.g. `input: {features: {x0: float, x1: float}}`)")
+    if not is_fitted:
+        return ArtifactError(
+            f"{name} records no input size: it has no `n_features_in_` and no fitted attributes.",
+            why="mlship reads the number of input features from `n_features_in_` (or their names from "
+            "`feature_names_in_`), which fit() sets; this object has neither, nor any attribute ending in `_` "
+            "(scikit-learn's mark of a fitted estimator), so it looks unfitted.",
+            fix=f"Fit the model before saving it; if {name} is fitted but keeps its state elsewhere, set "
+            f"`self.n_features_in_ = X.shape[1]` in its fit(), or {by_hand}.")
+    hint = ""
+    for attr in fitted:  # a torch module inside a wrapper: its first layer's input size
+        modules = getattr(state[attr], "modules", None)
+        if callable(modules):
+            first = next((m for m in modules() if isinstance(getattr(m, "in_features", None), int)), None)
+            if first is not None:
+                hint = f" (its `{attr}` starts with {type(first).__name__}(in_features={first.in_features}))"
+                break
+    return ArtifactError(
+        f"{name} is fitted but does not record how many input features it takes: it has no `n_features_in_`.",
+        why=f"mlship reads the number of input features from `n_features_in_` (or their names from "
+        f"`feature_names_in_`), which scikit-learn's estimators set in fit(); {name} has "
+        f"{', '.join(fitted[:5])} but not that{hint}.",
+        fix=f"Set `self.n_features_in_ = X.shape[1]` in {name}.fit() (and `self.feature_names_in_` for named "
+        f"columns) and save the model again, or {by_hand}.")
+
+
 _NO_NAMES = "X does not have valid feature names"
 
 def _frame(model: Any, rows: list[list[Any]], features: list[str]) -> Any:
@@ -324,3 +356,12 @@ def _pin(package: str) -> str:
         return f"{package}=={version(package)}"
     except PackageNotFoundError:
         return package
+
+
+def _is(check: Any, model: Any) -> bool:
+    """sklearn's is_classifier / is_regressor, False for an object that is not a sklearn estimator (a plain class
+    of your own has no ``__sklearn_tags__`` and makes them raise in scikit-learn >= 1.6)."""
+    try:
+        return bool(check(model))
+    except (AttributeError, TypeError):
+        return False

@@ -55,8 +55,9 @@ def missing_module_error(path: Path, exc: ImportError) -> ArtifactError:
     return ArtifactError(
         f"{path.name} needs the module `{module}`, which is not importable.",
         why=why + f" `{top}` is not installed in this Python environment.",
-        fix=f"Install it: `pip install {package}` (the version the model was trained with); or, for your own "
-        "code, add it next to mlship.yaml and load the model from a `load:` function in predict.py.",
+        fix=f"Install it: `pip install {package}` (the version the model was trained with); or, if it is your "
+        f"own code, put it next to mlship.yaml (a folder `{top}/` or a file `{top}.py`): `mlship init` finds it "
+        "there and adds it to build.include, and the model is loaded with that folder importable.",
     )
 
 

@@ -18,6 +18,7 @@ from mlship.runtimes.base import ModelOutput, Runtime
 from mlship.serving.batcher import concat_rows
 from mlship.serving.validation import InvalidInput, make_validator, probe_instances, sample_body
 from mlship.usercode import load_function, short_traceback
+from mlship.userpkg import make_importable
 
 
 class Predictor:
@@ -71,6 +72,7 @@ class Predictor:
             if compiling:
                 reason, kept = self._load_compiled()
             if self.compiled is None:
+                make_importable(self.project.root)  # a pickle of your own classes: their package is there
                 try:
                     self.model = self.runtime.load(self.project.artifact_path)
                 except MlshipError as exc:

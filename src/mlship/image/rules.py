@@ -1,0 +1,101 @@
+"""What an image installs and removes beyond the plain requirements: the runtime's rules, and the rules of the
+frameworks the artifact references (read from the file, nothing in it runs).
+
+A runtime class may rewrite the requirements (``image_requirements``, e.g. torch's CPU build) and name
+site-packages paths to remove (``image_prune``) or to strip of symbol tables (``image_strip``). A pickle that
+holds a torch module (an ``nn.Module`` inside a scikit-learn-style wrapper, served by the sklearn runtime)
+needs torch in the image just as a TorchScript file does, so the pytorch runtime's rules apply to any
+artifact whose scan references torch, whatever the contract's runtime.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlship import plugins
+from mlship.errors import BuildError, PluginError
+
+#: framework (pip package, as the scan names it) -> the runtime whose image rules it brings along
+FRAMEWORK_RUNTIMES = {"torch": "pytorch"}
+_PRUNE_GLOB = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.*/-]*$")
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """The runtime classes whose image rules apply to a plan, and why the extra ones do."""
+
+    runtimes: list[tuple[str, Any]] = field(default_factory=list)  # (name, runtime class)
+    notes: list[str] = field(default_factory=list)
+
+
+def artifact_frameworks(path: Path) -> set[str]:
+    """The known frameworks (pip names) a pickle/joblib artifact references, read without running it; empty for
+    any other file (a zip, a folder, a file the scanner cannot read)."""
+    from mlship.pickle_scan import container
+    from mlship.runtimes.sklearn_load import scan_quietly
+
+    if not path.is_file():
+        return set()
+    with path.open("rb") as fh:
+        if container(fh.read(8)) is None:
+            return set()
+    found = scan_quietly(path)
+    return set(found.frameworks.values()) if found is not None else set()
+
+
+def _runtime_class(name: str) -> Any:
+    try:
+        return plugins.get_runtime(name)
+    except PluginError:  # not installed here: build_pins reports that with the fix
+        return None
+
+
+def rules_for(runtime: str, frameworks: set[str] | None = None) -> ImageRules:
+    """The contract's runtime, then the runtime of each framework the artifact references (torch -> pytorch)."""
+    found: list[tuple[str, Any]] = []
+    notes: list[str] = []
+    cls = _runtime_class(runtime)
+    if cls is not None:
+        found.append((runtime, cls))
+    for framework in sorted(frameworks or ()):
+        other = FRAMEWORK_RUNTIMES.get(framework)
+        other_cls = _runtime_class(other) if other else None
+        if other is None or other_cls is None or any(issubclass(c, other_cls) for _, c in found):
+            continue
+        found.append((other, other_cls))
+        notes.append(f"the artifact references {framework} (read from the file): the image follows the {other} "
+                     f"runtime's rules for it")
+    return ImageRules(found, notes)
+
+
+def image_requirements(rules: ImageRules, requirements: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Each runtime's ``image_requirements`` hook in turn (e.g. torch's CPU build):
+    (requirements, fallback index URLs, notes)."""
+    reqs, urls, notes = list(requirements), [], list(rules.notes)
+    for _name, cls in rules.runtimes:
+        hook = getattr(cls, "image_requirements", None)
+        if hook is None:
+            continue
+        more_reqs, more_urls, more_notes = hook(reqs)
+        reqs = list(more_reqs)
+        urls += [u for u in more_urls if u not in urls]
+        notes += list(more_notes)
+    return reqs, urls, notes
+
+
+def image_tweaks(rules: ImageRules) -> tuple[list[str], list[str]]:
+    """The runtimes' ``image_prune`` and ``image_strip`` paths (relative to site-packages), checked to be inert:
+    removed from the image, and shared libraries whose symbol tables are dropped (see image/elfstrip.py)."""
+    found: list[list[str]] = [[], []]
+    for name, cls in rules.runtimes:
+        for slot, attr in enumerate(("image_prune", "image_strip")):
+            for glob in getattr(cls, attr, ()):
+                if not _PRUNE_GLOB.fullmatch(glob) or ".." in glob.split("/"):
+                    raise BuildError(f"The {name} runtime's {attr} has {glob!r}, which is not a plain relative path.",
+                                     fix=f"Fix the runtime plugin's {attr}.")
+                if glob not in found[slot]:
+                    found[slot].append(glob)
+    return found[0], found[1]
