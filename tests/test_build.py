@@ -445,7 +445,7 @@ def test_model_only_rebuild_reuses_the_dependency_layers(iris_image: tuple[Path,
     result = invoke("build", "-f", str(root), "--base-image", TEST_BASE_IMAGE)
     try:
         assert result.exit_code == 0, result.output
-        assert re.search(rf"built {re.escape(tag)} sha256:[0-9a-f]{{12}} \d+\.\d MB in \d+\.\ds",
+        assert re.search(rf"built {re.escape(tag)}-[0-9a-f]{{12}} sha256:[0-9a-f]{{12}} \d+\.\d MB in \d+\.\ds",
                          plain(result.stdout)), result.stdout
         steps = _steps((root / ".mlship" / "build.log").read_text())
         reused = {instr: hit for instr, hit in steps.items() if not instr.startswith("FROM ")}

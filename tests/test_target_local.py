@@ -326,24 +326,27 @@ def test_cli_deploy_end_to_end(iris_image: tuple[Path, str], tmp_path: Path, bas
         assert result.exit_code == 0, result.output
         assert f"built {tag}" in result.output and f"tested {tag}" in result.output
         assert "note: serving the compiled model: onnxruntime" in result.output  # the build's notes are shown
-        assert f"deployed {tag} (version {project.version}) on local" in result.output
+        content = f"{tag}-{result.output.split(f'deployed {tag}-')[1][:12]}"  # the content tag
+        assert f"deployed {content} (version {project.version}) on local" in result.output
         assert result.output.rstrip().endswith(f"http://127.0.0.1:{port}")
         assert predict(f"http://127.0.0.1:{port}").status_code == 200
 
         result = invoke("status", "-f", folder)
         assert result.exit_code == 0
-        assert f"state: running, ready\nurl: http://127.0.0.1:{port}\nimage: {tag}\n" in result.output
-        assert f"history: {tag}" in result.output
+        assert f"state: running, ready\nurl: http://127.0.0.1:{port}\nimage: {content}\n" in result.output
+        assert f"history: {content}" in result.output
         result = invoke("logs", "--tail", "5", "-f", folder)
         assert result.exit_code == 0 and result.output.strip()
         result = invoke("rollback", "-f", folder)
         assert result.exit_code == 1 and f"No previous version of `{name}`" in result.output
         result = invoke("destroy", "-f", folder)
         assert result.exit_code == 0
-        assert f"removed container mlship-{name} ({tag})" in result.output
+        assert f"removed container mlship-{name} ({content})" in result.output
         assert containers(docker_engine, name) == []
     finally:
         for container in containers(docker_engine, name):
             container.remove(force=True)
-        if any(tag in image.tags for image in docker_engine.images.list(name=name)):
-            docker_engine.images.remove(tag)
+        for image in docker_engine.images.list(name=name):
+            for ref in image.tags:
+                if ref.startswith(f"{name}:") and "mlship-deps-cache" not in ref:
+                    docker_engine.images.remove(ref)

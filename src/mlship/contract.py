@@ -294,6 +294,12 @@ class Contract(Strict):
         description="Allow loading an artifact that runs its own code when deserialized (e.g. a Keras "
         "Lambda layer). Only for artifacts you trust; formats with a safe mode refuse such models otherwise.",
     )
+    trust: list[str] = Field(
+        default_factory=list,
+        description="Classes and functions a pickle may refer to beyond mlship's allow-list (scikit-learn, numpy, "
+        "scipy, pandas, ... and your modules next to mlship.yaml): `module.Name`, or `module.*` for a module and "
+        "its submodules. Names that run commands or code cannot be trusted by name (see unsafe_deserialization).",
+    )
     output: OutputSpec = Field(default_factory=OutputSpec)
     dependencies: Dependencies = Field(default_factory=Dependencies)
     docs: str | None = Field(default=None, description="Markdown model card, served at /docs.")
@@ -304,6 +310,17 @@ class Contract(Strict):
     targets: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-target options, validated by each target plugin."
     )
+
+    @field_validator("trust")
+    @classmethod
+    def _trust_entries(cls, value: list[str]) -> list[str]:
+        from mlship.trust import entry_problem
+
+        for entry in value:
+            problem = entry_problem(entry)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("predict", "load")
     @classmethod

@@ -1,9 +1,16 @@
 """`mlship test`: start the built image, wait for /readyz, replay the contract's examples over HTTP,
 and check cold start and image size against the contract's budgets. Nothing is left running.
+
+The container gets the environment the deploy target will give the service (``Target.runtime_env()``; for
+`mlship test` alone: PORT and ``$<serve.api_keys_env>`` from your shell when set), so ``serve.auth: api_key``
+is tested with real keys; the example requests send the first key. Keys are never put in the image, the
+report or the output. The container is labelled ``dev.mlship.role=test`` plus whatever the caller passes
+(a deploy: the service, the deploy id and the owner PID@HOST, so a re-run can clear a gate left by a kill).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -43,15 +50,36 @@ class GateReport:
         return GateResult.model_validate(self.as_dict())
 
 
-def run_gate(project: Project, image: str, timeout_s: float | None = None) -> GateReport:
-    """Run the image like a platform would (PORT=8080, SIGTERM to stop) and check it."""
+def default_env(project: Project) -> dict[str, str]:
+    """The gate's environment without a target: PORT, and the API keys of your shell when set."""
+    env = {"PORT": "8080"}
+    keys_env = project.contract.serve.api_keys_env
+    if os.environ.get(keys_env):
+        env[keys_env] = os.environ[keys_env]
+    return env
+
+
+def api_key(project: Project, env: dict[str, str]) -> str | None:
+    """The key the example requests send: the first of ``env[serve.api_keys_env]`` when serve.auth is api_key."""
+    serve = project.contract.serve
+    if serve.auth != "api_key":
+        return None
+    keys = [k.strip() for k in env.get(serve.api_keys_env, "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+def run_gate(project: Project, image: str, timeout_s: float | None = None, *, env: dict[str, str] | None = None,
+             labels: dict[str, str] | None = None) -> GateReport:
+    """Run the image like the target will (``env``, default :func:`default_env`; SIGTERM to stop) and check it."""
     budgets = project.contract.test
     info = engine.inspect(image)
     report = GateReport(image=image, size_mb=round(info.size / 1e6, 1))
+    environment = {**(env if env is not None else default_env(project)), "PORT": "8080"}
+    key = api_key(project, environment)
     cli = engine.client()
     started = time.monotonic()
     container = cli.containers.run(image, detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
-                                   environment={"PORT": "8080"}, labels={"dev.mlship.role": "test"})
+                                   environment=environment, labels={**(labels or {}), "dev.mlship.role": "test"})
     try:
         container.reload()
         # no binding when the container exited before the engine published the port
@@ -65,7 +93,7 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None) -> Ga
         if report.ready_s < 0:
             report.problems.append(_not_ready(container, timeout))
         else:
-            _replay(project, url, report, started)
+            _replay(project, url, report, started, key)
         if budgets.max_cold_start_s is not None and report.first_prediction_s > budgets.max_cold_start_s:
             report.problems.append(f"cold start {report.first_prediction_s:.2f}s is over the budget "
                                    f"test.max_cold_start_s={budgets.max_cold_start_s:g}")
@@ -73,7 +101,7 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None) -> Ga
             report.problems.append(f"image is {report.size_mb:g} MB, over test.max_image_mb={budgets.max_image_mb:g}")
     finally:
         container.stop(timeout=10)
-        report.logs = container.logs().decode(errors="replace")[-4000:]
+        report.logs = _redact(container.logs().decode(errors="replace")[-4000:], environment, project)
         container.remove(force=True)
     return report
 
@@ -101,14 +129,14 @@ def _not_ready(container: Any, timeout: float) -> str:
     return f"not ready within {timeout:g}s"
 
 
-def _replay(project: Project, url: str, report: GateReport, started: float) -> None:
+def _replay(project: Project, url: str, report: GateReport, started: float, key: str | None) -> None:
     examples = project.contract.examples
     if not examples:
         report.problems.append("mlship.yaml has no examples to replay")
         return
     for i, example in enumerate(examples):
         try:
-            got = http.post_json(f"{url}/predict", example.input, timeout=30)
+            got = http.post_json(f"{url}/predict", example.input, key, timeout=30)
         except ClientError as exc:
             report.examples.append({"index": i, "ok": False, "problems": [exc.message]})
             report.problems.append(f"examples[{i}]: {exc.message}")
@@ -118,6 +146,14 @@ def _replay(project: Project, url: str, report: GateReport, started: float) -> N
         result = check_example(i, example, got)
         report.examples.append({"index": i, "ok": result.ok, "got": got, "problems": result.problems})
         report.problems += [f"examples[{i}]: {p}" for p in result.problems]
+
+
+def _redact(text: str, env: dict[str, str], project: Project) -> str:
+    """``text`` with every API key replaced by ***: the log tail ends up in errors and reports."""
+    for key in env.get(project.contract.serve.api_keys_env, "").split(","):
+        if key.strip():
+            text = text.replace(key.strip(), "***")
+    return text
 
 
 def require_ok(report: GateReport) -> None:

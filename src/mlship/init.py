@@ -19,7 +19,8 @@ from mlship.contract import _CODE_REF, Contract
 from mlship.contract_io import CONTRACT_FILE, Project
 from mlship.errors import ArtifactError, ContractError, UserCodeError
 from mlship.runtimes.base import ArtifactInfo, Runtime
-from mlship.runtimes.sklearn_load import missing_module_error
+from mlship.runtimes.sklearn_load import missing_module_error, scan_quietly
+from mlship.trust import forbidden, grouped, library_trusted
 from mlship.usercode import load_function, short_traceback
 
 MODEL_CARD = """# {name}
@@ -40,6 +41,8 @@ class InitResult:
     info: ArtifactInfo
     created: list[Path] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)  #: your modules next to the contract, in build.include
+    #: the classes and functions the pickle refers to, "module.name" grouped by library (read without loading it)
+    globals: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -197,12 +200,20 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     runtime = runtime or detect_runtime(artifact)
     rt: Runtime = plugins.get_runtime(runtime)()
     rt.unsafe_deserialization = unsafe_deserialization
+    found = scan_quietly(artifact) if artifact.is_file() else None
+    # your own classes (modules next to the contract) are trusted, and written down; never a dangerous name
+    rt.trust = tuple(f"{m}.{n}" for m, n in (found.globals if found else [])
+                     if m.split(".")[0] in code.local and not library_trusted(m, n) and not forbidden(m, n))
     with userpkg.importing_from(root, code.local) as imports:
         hooks = {key: load_function(root, ref, key) for key, ref in (("load", load), ("predict", predict)) if ref}
-        info = rt.inspect(_load_model(rt, artifact, hooks.get("load"), load), artifact)
+        model = _load_model(rt, artifact, hooks.get("load"), load)
+        info = rt.inspect(model, artifact)
         info.notes.extend(rt.load_warnings())
-        data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization, load, predict)
-        data["examples"] = [_example(Contract.model_validate(data), sample, root, target)]
+        data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization, load, predict,
+                              list(rt.trust))
+        # the example comes from the model loaded above (a `load:` hook is called again by the predictor)
+        data["examples"] = [_example(Contract.model_validate(data), sample, root, target,
+                                     None if load else (rt, model))]
     notes, added = userpkg.import_notes(code, root, imports.used, data["dependencies"]["requirements"])
     data["dependencies"]["requirements"] = [*data["dependencies"]["requirements"], *added]
     info.notes.extend(notes)
@@ -210,6 +221,7 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         data["build"] = {"include": code.include}
     contract = Contract.model_validate(data)
     return InitResult(contract_path=target, contract=contract, info=info, packages=code.local,
+                      globals=grouped(found.globals) if found else {},
                       created=_write(directory, target, data, artifact.name))
 
 
@@ -226,7 +238,7 @@ def _load_model(rt: Runtime, artifact: Path, loader: Callable[..., Any] | None, 
 
 def _contract_data(artifact: Path, directory: Path, runtime: str, name: str | None, info: ArtifactInfo,
                    unsafe_deserialization: bool, load: str | None = None,
-                   predict: str | None = None) -> dict[str, Any]:
+                   predict: str | None = None, trust: list[str] | None = None) -> dict[str, Any]:
     """The contract as plain data (in the order it is written), without examples."""
     data: dict[str, Any] = {
         "name": name or service_name(artifact),
@@ -239,6 +251,8 @@ def _contract_data(artifact: Path, directory: Path, runtime: str, name: str | No
     }
     if unsafe_deserialization:
         data["unsafe_deserialization"] = True
+    if trust:
+        data["trust"] = trust
     if info.labels:
         data["output"] = {"labels": info.labels}
     data["dependencies"] = {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -247,7 +261,8 @@ def _contract_data(artifact: Path, directory: Path, runtime: str, name: str | No
     return data
 
 
-def _example(contract: Contract, sample: Path | None, root: Path, contract_path: Path) -> dict[str, Any]:
+def _example(contract: Contract, sample: Path | None, root: Path, contract_path: Path,
+             loaded: tuple[Runtime, Any] | None = None) -> dict[str, Any]:
     """One example: the sample's first row (or a schema-made instance) and the model's output for it."""
     from mlship.serving.predictor import Predictor
     from mlship.serving.validation import InvalidInput, sample_body
@@ -261,6 +276,11 @@ def _example(contract: Contract, sample: Path | None, root: Path, contract_path:
     # nothing but the contract and the model card: the compiled path is checked by validate/serve/build
     original = contract.model_copy(update={"serve": contract.serve.model_copy(update={"compile": "off"})})
     predictor = Predictor(Project(original, root, contract_path))
+    if loaded is not None:  # the runtime that loaded the model hands it over: the file is read once
+        rt, model = loaded
+        rt.configure(original)
+        setattr(rt, "load", lambda _path: model)  # noqa: B010
+        predictor.runtime = rt
     predictor.load()
     try:
         rows = predictor.validator.validate(example).rows

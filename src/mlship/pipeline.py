@@ -34,7 +34,7 @@ from mlship.reports import (
     RollbackReport,
     StatusReport,
 )
-from mlship.targets.base import Target
+from mlship.targets.base import LABEL_DEPLOY, LABEL_OWNER, LABEL_SERVICE, Target, owner_label
 
 ProjectLike = str | os.PathLike[str] | Project
 TargetLike = str | Target
@@ -69,18 +69,26 @@ def preflight(project: ProjectLike = ".", target: TargetLike = "local", *, base_
 
 def build(project: ProjectLike = ".", *, base_image: str | None = None, dry_run: bool = False,
           events: Events | None = None) -> BuildReport:
-    """Build the image NAME:VERSION (``dry_run``: only plan it and return the Dockerfile)."""
+    """Build the image: tagged with its content tag NAME:VERSION-<12 hex of the build inputs> (never moved; the
+    report's ``image``) and NAME:VERSION (the human tag, moved by each build; the default of `mlship test` and
+    `mlship push`). ``dry_run``: only plan it and return the Dockerfile."""
+    from mlship.image import engine
     from mlship.preflight import require, run_core_checks
 
     ev, proj = events or Events(), open_project(project)
     if not dry_run:
         require(run_core_checks(proj, "build", base_image=base_image, events=ev))
-    return _build(proj, base_image, dry_run, ev)
+    report, _new = _build(proj, base_image, dry_run, ev)
+    if not dry_run:
+        engine.add_tag(report.image, f"{proj.contract.name}:{proj.version}")
+    return report
 
 
-def _build(project: Project, base_image: str | None, dry_run: bool, ev: Events) -> BuildReport:
+def _build(project: Project, base_image: str | None, dry_run: bool, ev: Events) -> tuple[BuildReport, bool]:
+    """Plan and build; the report's image is the content tag (NAME:VERSION in a dry run). Also returns whether
+    the build made that tag (False: an identical image was there already)."""
     from mlship.image import engine
-    from mlship.image.context import plan_project, write_context
+    from mlship.image.context import content_tag, plan_project, write_context
 
     name = project.contract.name
     with ev.stage("plan", f"planning the image of {name} (loads the model to read its versions)") as stage:
@@ -92,24 +100,31 @@ def _build(project: Project, base_image: str | None, dry_run: bool, ev: Events) 
                          notes=plan.notes, files=[ctx for _src, ctx in plan.files], dry_run=dry_run)
     if dry_run:
         report.dockerfile = plan.dockerfile
-        return report
+        report.notes.append(f"the build tags it {plan.tag}-<12 hex of the build inputs> too (its content tag)")
+        return report, False
     with ev.stage("build", f"building {plan.tag}") as stage:
         ctx = write_context(plan, project.root / ".mlship" / "build", progress=stage.step)
-        stage.step(f"build context ready: {ctx}")
-        image = engine.build(ctx, plan.tag, progress=stage.step, log_path=project.root / ".mlship" / "build.log")
+        tag = content_tag(plan, ctx, engine.image_id(plan.base_image))
+        stage.step(f"build context ready: {ctx}; content tag {tag}")
+        new = engine.image_id(tag) is None
+        image = engine.build(ctx, tag, progress=stage.step, log_path=project.root / ".mlship" / "build.log")
         stage.summary = f"built {image.tag} ({image.size / 1e6:.1f} MB) in {image.seconds:.1f}s"
+    report.image = tag
     report.image_id, report.size_mb, report.seconds = image.id, round(image.size / 1e6, 1), round(image.seconds, 3)
-    return report
+    return report, new
 
 
-def test(project: ProjectLike = ".", image: str | None = None, *, events: Events | None = None) -> GateResult:
-    """`mlship test`: run the image, replay the examples, check the budgets; GateError (exit 3) if it fails."""
+def test(project: ProjectLike = ".", image: str | None = None, *, events: Events | None = None,
+         env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> GateResult:
+    """`mlship test`: run the image, replay the examples, check the budgets; GateError (exit 3) if it fails.
+    ``env``: the container's environment (default: PORT and the API keys of your shell, see gate.default_env);
+    a deploy passes the target's ``runtime_env()``. ``labels`` go on the test container."""
     from mlship.gate import require_ok, run_gate
 
     ev, proj = events or Events(), open_project(project)
     ref = image or f"{proj.contract.name}:{proj.version}"
     with ev.stage("test", f"testing {ref}: /readyz, {len(proj.contract.examples)} example(s), budgets") as stage:
-        gate = run_gate(proj, ref)
+        gate = run_gate(proj, ref, env=env, labels=labels)
         require_ok(gate)
         stage.summary = (f"tested {ref}: ready in {gate.ready_s:.2f}s, {len(gate.examples)} example(s) ok, "
                          f"{gate.size_mb:g} MB")
@@ -120,6 +135,7 @@ def deploy(project: ProjectLike = ".", target: TargetLike = "local", *, base_ima
            skip_test: bool = False, dry_run: bool = False, events: Events | None = None) -> DeployReport:
     """Preflight -> build -> test gate -> deploy. A dry run runs the preflight and plans, and changes nothing:
     its report has ``ok: false`` when a preflight check failed (a real deploy raises PreflightError)."""
+    from mlship.image import engine
     from mlship.preflight import require, run_preflight
 
     ev, proj = events or Events(), open_project(project)
@@ -129,10 +145,13 @@ def deploy(project: ProjectLike = ".", target: TargetLike = "local", *, base_ima
                               ok=checks.ok, dry_run=dry_run)
         if not dry_run:
             require(checks)
-        report.build = built = _build(proj, base_image, dry_run, ev)
+        env = tgt.runtime_env() if not (dry_run or skip_test) else {}
+        built, new = _build(proj, base_image, dry_run, ev)
+        report.build = built
         report.plan = [f"build {built.image} (`mlship build --dry-run` shows the Dockerfile)",
                        "skip `mlship test` (--skip-test)" if skip_test else
-                       f"test {built.image}: /readyz, replay {len(proj.contract.examples)} example(s), check budgets",
+                       f"test {built.image}: /readyz, replay {len(proj.contract.examples)} example(s), check budgets "
+                       "(with the environment the target gives it)",
                        *tgt.plan(built.image)]
         if dry_run:
             ev.skip("deploy", "dry run: nothing was built or deployed")
@@ -141,7 +160,14 @@ def deploy(project: ProjectLike = ".", target: TargetLike = "local", *, base_ima
         if skip_test:
             ev.skip("test", f"mlship test skipped (--skip-test): {built.image} goes out untested")
         else:
-            report.gate = test(proj, built.image, events=ev)
+            labels = {LABEL_SERVICE: proj.contract.name, LABEL_DEPLOY: tgt.deploy_id, LABEL_OWNER: owner_label()}
+            try:
+                report.gate = test(proj, built.image, events=ev, env=env, labels=labels)
+            except BaseException:
+                if new:  # a candidate nobody ran before: gone, so no tag names a failed image
+                    engine.remove_unused(built.image)
+                raise
+        engine.add_tag(built.image, f"{proj.contract.name}:{proj.version}")  # the human tag, for test/push
         with ev.stage("deploy", f"deploying {built.image} to {tgt.name}") as stage:
             dep = tgt.deploy(built.image, stage.step)
             stage.summary = (f"{'deployed' if dep.changed else 'unchanged'}: {dep.image} (version {dep.version})"

@@ -43,7 +43,8 @@ class PreflightReport(Report):
 class BuildReport(Report):
     kind: Literal["build"] = "build"
     service: str
-    image: str = Field(description="NAME:VERSION")
+    image: str = Field(description="the content tag NAME:VERSION-<12 hex of every build input>; NAME:VERSION is "
+                                   "moved to it by `mlship build` (and by a deploy whose gate passed)")
     image_id: str | None = Field(default=None, description="sha256:... of the built image; null in a dry run")
     size_mb: float | None = None
     base_image: str

@@ -22,7 +22,8 @@ def build(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the Dockerfile and plan; build nothing.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the image NAME:VERSION with a locked wheelhouse (no network inside the build)."""
+    """Build the image NAME:VERSION-<digest of its inputs> (and NAME:VERSION) with a locked wheelhouse (no network
+    inside the build)."""
     from mlship import pipeline
 
     with _errors(), json_errors("build", as_json):
@@ -40,6 +41,7 @@ def build(
         return
     out.print(f"[green]built[/] {report.image} {(report.image_id or '')[:19]} {report.size_mb} MB in "
               f"{report.seconds:.1f}s", markup=True)
+    out.print(f"tagged {report.image.rpartition('-')[0]} too (`mlship test` and `mlship push` use it)", markup=False)
 
 
 @app.command("test")

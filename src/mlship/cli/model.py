@@ -49,6 +49,14 @@ def init(
         out.print(f"[green]wrote[/] {path}", markup=True)
     for package in result.packages:
         out.print(f"uses your package {escape(package)} (added to build.include)")
+    if result.globals:
+        out.print("the model file refers to (read without loading it):")
+        for library, names in result.globals.items():
+            short = [n.rsplit(".", 1)[-1] for n in names]
+            out.print(f"  {escape(library)}: {escape(', '.join(short[:8]))}"
+                      + (f" and {len(short) - 8} more" if len(short) > 8 else ""))
+    for entry in c.trust:
+        out.print(f"trusts your class {escape(entry)} (written to trust:)")
     out.print(f"{c.runtime} {c.task} model, {escape(_input_text(c))}"
               + (f", labels: {', '.join(c.output.labels)}" if c.output.labels else ""))
     if result.info.framework_version:

@@ -2,7 +2,9 @@
 
 ``plan_build(project)`` decides everything: tag, base image, requirements, labels, files, Dockerfile.
 ``write_context(plan, dir)`` puts the Dockerfile, the locked wheelhouse, the mlship wheel, the model and
-the contract into a folder that ``docker build`` can use with no network.
+the contract into a folder that ``docker build`` can use with no network. ``content_tag(plan, dir)`` names
+what that folder builds: ``NAME:VERSION-<12 hex>``, a digest of every build input, so a tag never names
+two different contents (NAME:VERSION is the human tag, moved by each `mlship build`).
 """
 
 from __future__ import annotations
@@ -271,6 +273,29 @@ def build_pins(project: Project) -> dict[str, str]:
 
     make_importable(project.root)  # a pickle of your own classes: their package is next to mlship.yaml
     return dict(runtime.saved_versions(runtime.load(project.artifact_path)))
+
+
+def content_tag(plan: BuildPlan, context: Path, base_id: str | None = None) -> str:
+    """``NAME:VERSION-<12 hex>`` for the image a written context builds: a sha256 over everything that goes
+    into it (the Dockerfile, which holds the base image, the labels and the mlship version; the lock; the name
+    of every wheel; the model, the contract and every file it includes) and the base image's ID when known."""
+    digest = hashlib.sha256()
+
+    def add(*parts: str | bytes) -> None:
+        for part in parts:
+            digest.update(part if isinstance(part, bytes) else part.encode())
+            digest.update(b"\0")
+
+    add("mlship", __version__, plan.base_image, base_id or "", plan.dockerfile)
+    lock = context / "requirements.lock"
+    add(lock.read_bytes() if lock.is_file() else b"")
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        rel = path.relative_to(context).as_posix()
+        if rel.startswith(("wheels/", "mlship/")):
+            add(rel)  # wheel names carry name, version and platform; the lock pins their hashes
+        elif rel not in ("Dockerfile", "requirements.lock"):
+            add(rel, hashlib.sha256(path.read_bytes()).hexdigest())
+    return f"{plan.tag}-{digest.hexdigest()[:12]}"
 
 
 def _readable(root: Path) -> None:

@@ -292,3 +292,41 @@ def push(ref: str, registry: str, progress: Progress | None = None) -> str:
     if digest is None:
         raise EngineError(f"Push of {remote} reported no digest.")
     return f"{repo}@{digest}"
+
+
+def image_id(ref: str) -> str | None:
+    """The ID of the image ``ref`` names in the local engine, or None."""
+    from docker.errors import ImageNotFound
+
+    try:
+        return str(client().images.get(ref).id)
+    except ImageNotFound:
+        return None
+
+
+def add_tag(ref: str, new: str) -> None:
+    """Tag the image ``ref`` names as ``new`` too (``new`` moves if it named another image)."""
+    repo, _, tag = new.rpartition(":")
+    client().images.get(ref).tag(repo, tag)
+
+
+def remove_unused(ref: str) -> bool:
+    """Remove the tag ``ref`` (and its image, when no other tag names it) unless a container, running or not,
+    uses the image or names ``ref`` in its ``dev.mlship.image``/``dev.mlship.previous`` label. True if removed."""
+    from docker.errors import APIError, ImageNotFound
+
+    cli = client()
+    try:
+        img = cli.images.get(ref)
+    except ImageNotFound:
+        return False
+    for container in cli.containers.list(all=True):
+        labels = container.labels or {}
+        if container.attrs.get("Image") == img.id or ref in (labels.get("dev.mlship.image"),
+                                                             labels.get("dev.mlship.previous")):
+            return False
+    try:
+        cli.images.remove(ref, noprune=False)
+    except APIError:
+        return False
+    return True

@@ -81,6 +81,9 @@ class Runtime(ABC):
     #: ``unsafe_deserialization`` from its flag). A format with a safe mode may run code stored in the
     #: artifact only when ``unsafe_deserialization`` is True.
     unsafe_deserialization: bool = False
+    #: The contract's ``trust:`` entries (``module.Name`` / ``module.*``): names a pickle may refer to beyond the
+    #: allow-list of :mod:`mlship.trust`.
+    trust: tuple[str, ...] = ()
     task: Task | None = None
     #: Whether a row's prediction depends on that row alone, so that the server may join the rows of
     #: concurrent requests into one :meth:`predict` call (``serve.batching``). A runtime opts in.
@@ -89,6 +92,7 @@ class Runtime(ABC):
     def configure(self, contract: Contract) -> None:
         """Take the contract's settings; called before :meth:`load` by the server, validate and build."""
         self.unsafe_deserialization = contract.unsafe_deserialization
+        self.trust = tuple(contract.trust)
         self.task = contract.task
 
     @classmethod

@@ -13,19 +13,21 @@ from mlship.contract import Task
 from mlship.errors import ArtifactError
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
 from mlship.runtimes.sklearn_load import (
-    dangerous_pickle_error,
+    check_trust,
     importable,
+    load_skops,
     missing_module_error,
-    scan_quietly,
+    scan_file,
     unreadable_error,
+    unscannable_error,
 )
 
 
 class SklearnRuntime(Runtime):
-    """Estimators and pipelines saved with ``joblib.dump`` or ``pickle.dump``."""
+    """Estimators and pipelines saved with ``joblib.dump``, ``pickle.dump`` or ``skops.io.dump``."""
 
     name = "sklearn"
-    extensions = (".joblib", ".pkl", ".pickle", ".sav")
+    extensions = (".joblib", ".pkl", ".pickle", ".sav", ".skops")
 
     batchable = True
     framework_packages = ("scikit-learn", "sklearn", "joblib", "scipy", "threadpoolctl", "pandas")
@@ -47,13 +49,20 @@ class SklearnRuntime(Runtime):
             ) from None
         if not path.is_file():
             raise ArtifactError(f"Model file not found: {path}.", fix="Train the model or fix `artifact`.")
-        found = scan_quietly(path)  # read first, without running anything in the file
-        if found is not None and found.dangerous and not self.unsafe_deserialization:
-            raise dangerous_pickle_error(path, found.dangerous)
+        skops = path.suffix.lower() == ".skops"
+        found = None  # read first, without running anything in the file: loaded only if every name is trusted
+        try:
+            found = None if skops else scan_file(path)
+        except ArtifactError as exc:
+            if not self.unsafe_deserialization:
+                raise unscannable_error(path, exc) from None
+        if found is not None and not self.unsafe_deserialization:
+            check_trust(path, found, self.trust)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model = joblib.load(path)
+                model = (load_skops(path, self.trust, self.unsafe_deserialization) if skops
+                         else joblib.load(path))
             except ImportError as exc:  # ModuleNotFoundError included
                 raise missing_module_error(path, exc) from None
             except AttributeError as exc:  # e.g. a class defined in the training script's __main__

@@ -75,6 +75,9 @@ manager).
 from __future__ import annotations
 
 import difflib
+import os
+import socket
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +92,33 @@ from mlship.reports import Check
 
 Progress = Callable[[str], None]
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+CONTAINER_PORT = 8080
+# labels on every container mlship starts (the test gate's, a local candidate, a local service)
+LABEL_SERVICE = "dev.mlship.service"
+LABEL_ROLE = "dev.mlship.role"  # test (the gate), candidate, service
+LABEL_DEPLOY = "dev.mlship.deploy"  # the id of the deploy that started it
+LABEL_OWNER = "dev.mlship.owner"  # PID@HOST of the process that started it (see owner_alive)
+
+
+def owner_label() -> str:
+    """``PID@HOST`` of this process, for LABEL_OWNER."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process a LABEL_OWNER value names still runs; None when this machine cannot tell (another
+    host, or no label)."""
+    pid, _, host = owner.partition("@")
+    if not pid.isdigit() or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,14 @@ class Target(ABC):
         :func:`parse_options` so that a typo fails before anything is built."""
         self.project = project
         self.raw_options = dict(options)
+        self.deploy_id = uuid.uuid4().hex[:12]  # names this deploy's containers (LABEL_DEPLOY)
+
+    def runtime_env(self) -> dict[str, str]:
+        """The environment the service's container gets on this target, as far as this machine can know it:
+        the test gate starts the image with it, so the gate runs what will run. Secrets the platform injects
+        (and this machine cannot read) are left out; say so in the target's docs. Default: PORT only. May
+        raise TargetError (e.g. keys required but missing)."""
+        return {"PORT": str(CONTAINER_PORT)}
 
     def preflight(self) -> list[Check]:
         """Cheap, read-only checks before anything is built (well under 5 s in all): credentials found,

@@ -2,7 +2,10 @@
 
 State lives in the engine, not in a file: the service container is named ``mlship-<service>`` and
 carries the labels ``dev.mlship.service``, ``dev.mlship.target=local``, ``dev.mlship.image`` (the
-image reference it runs) and ``dev.mlship.previous`` (the image it replaced, for ``rollback``).
+content tag it runs, NAME:VERSION-<digest>, which never names other contents) and ``dev.mlship.previous``
+(the image it replaced, for ``rollback``). Every container mlship starts for the service (the test gate's,
+the candidate, the service) also carries ``dev.mlship.deploy`` (the deploy's id) and ``dev.mlship.owner``
+(PID@HOST of the mlship process that started it).
 
 Options (``targets.local`` in mlship.yaml)::
 
@@ -30,6 +33,14 @@ How a deploy switches versions (``LocalTarget.deploy``):
    candidate is removed, and the final container starts on the stable port; mlship waits for it to
    be ready. If it fails, the previous image is started again on the port.
 
+Recovery (a deploy killed at any step, then run again): the old container is not removed before the new
+one is ready: it is stopped and renamed ``mlship-<service>-previous``, and removed once the new one serves
+(or renamed back and started if it does not). A re-run finds the service in ``mlship-<service>`` or, after
+a kill in the switch, in ``mlship-<service>-previous``, so the history survives; it removes gate and
+candidate containers left by a deploy whose owner process is gone (``os.kill(pid, 0)`` on the same host;
+from another host, one that runs and is younger than ``test.ready_timeout_s + 60`` s counts as a deploy in
+progress). ``destroy`` removes all of them.
+
 There is a short switch-over gap in step 3, from the old container's SIGTERM until the new one has
 loaded its model: Docker cannot move a published port from one container to another, so the old
 container must release the port before the new one can bind it. The candidate step makes sure the
@@ -39,9 +50,7 @@ switch-overs put a reverse proxy in front, or use a cloud target.
 
 from __future__ import annotations
 
-import calendar
 import hashlib
-import ipaddress
 import json
 import math
 import os
@@ -51,65 +60,45 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any, ClassVar
 
 from mlship import client as http
 from mlship.contract_io import Project
 from mlship.errors import ClientError, TargetError
 from mlship.image import engine
 from mlship.reports import Check
-from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
+from mlship.targets.base import (
+    CONTAINER_PORT,
+    LABEL_DEPLOY,
+    LABEL_OWNER,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    Deployment,
+    Progress,
+    Target,
+    TargetStatus,
+    owner_alive,
+    owner_label,
+    parse_options,
+)
+from mlship.targets.local_options import (
+    LocalOptions,
+    connect_host,
+    created,
+    host_port,
+    logs_tail,
+    short,
+    url_of,
+)
 
-CONTAINER_PORT = 8080
-LABEL_SERVICE = "dev.mlship.service"
+__all__ = ["CONTAINER_PORT", "LABEL_CONFIG", "LABEL_IMAGE", "LABEL_PREVIOUS", "LABEL_ROLE", "LABEL_SERVICE",
+           "LABEL_TARGET", "LocalOptions", "LocalTarget"]
+
 LABEL_TARGET = "dev.mlship.target"
 LABEL_IMAGE = "dev.mlship.image"
 LABEL_PREVIOUS = "dev.mlship.previous"
-LABEL_ROLE = "dev.mlship.role"
 LABEL_CONFIG = "dev.mlship.config"
 VERSION_LABEL = "org.opencontainers.image.version"
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
-class LocalOptions(BaseModel):
-    """``targets.local`` in mlship.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    port: int = Field(default=8080, ge=1, le=65535, description="Host port the service is published on.")
-    host: str = Field(default="127.0.0.1", description="Host address to bind; 0.0.0.0 for every interface.")
-    env: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Plain environment variables for the container."
-    )
-    restart: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
-        default="unless-stopped", description="Docker restart policy."
-    )
-
-    @field_validator("host")
-    @classmethod
-    def _ip_address(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError("expected an IP address such as 127.0.0.1 or 0.0.0.0") from None
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import re
-
-        for key in value:
-            if not re.match(_ENV_NAME, key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if key == "PORT":
-                raise ValueError("PORT is set by mlship (8080 inside the container); set `port` for the host port")
-        return value
-
-    def environment(self) -> dict[str, str]:
-        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in self.env.items()}
 
 
 class LocalTarget(Target):
@@ -123,6 +112,7 @@ class LocalTarget(Target):
         self.service = project.contract.name
         self.container_name = f"mlship-{self.service}"
         self.candidate_name = f"mlship-{self.service}-candidate"
+        self.retired_name = f"mlship-{self.service}-previous"  # the old container during a switch
         self.stop_timeout = math.ceil(project.contract.serve.shutdown_grace_s + 2)
         self.ready_timeout = project.contract.test.ready_timeout_s
         self._client: Any = None
@@ -141,7 +131,7 @@ class LocalTarget(Target):
 
     @property
     def url(self) -> str:
-        return _url(_connect_host(self.opts.host), self.opts.port)
+        return url_of(connect_host(self.opts.host), self.opts.port)
 
     # --- preflight (read-only) ---------------------------------------------------------------------
     def preflight(self) -> list[Check]:
@@ -151,12 +141,11 @@ class LocalTarget(Target):
         try:
             current = self._service_container()
             checks.append(self._port_check(current))
-            candidate = self._own(self.candidate_name)
-            if candidate is not None and candidate.status == "running" \
-                    and time.time() - _created(candidate) < self.ready_timeout + 60:
+            busy = self._busy()
+            if busy:
                 checks.append(Check(name="no other deploy", ok=False,
-                                    detail=f"{self.candidate_name} is running: another deploy is in progress",
-                                    fix=f"Wait for it, or remove it: `docker rm -f {self.candidate_name}`."))
+                                    detail=f"{busy[0].name} is running: another deploy is in progress",
+                                    fix=f"Wait for it, or remove it: `docker rm -f {busy[0].name}`."))
         except TargetError as exc:
             checks.append(Check(name="containers", ok=False, detail=exc.message, fix=exc.fix))
         if self.project.contract.serve.auth == "api_key":
@@ -179,6 +168,10 @@ class LocalTarget(Target):
             return Check(name="port", ok=False, detail=exc.message, fix=exc.fix)
         return Check(name="port", ok=True, detail=f"{where} is free")
 
+    def runtime_env(self) -> dict[str, str]:
+        """PORT, targets.local.env and the API keys of your shell: what the service container gets."""
+        return self._environment()[0]
+
     # --- plan (pure) ------------------------------------------------------------------------------
     def plan(self, image: str) -> list[str]:
         env = ["PORT=8080", *sorted(self.opts.environment())]
@@ -195,12 +188,14 @@ class LocalTarget(Target):
             f"wait up to {self.ready_timeout:g}s for /readyz 200; on failure remove the candidate, keep the "
             "current version serving and show its log tail",
             f"smoke test the candidate: {example}",
-            f"stop {self.container_name} (SIGTERM, {self.stop_timeout}s grace) and remove the candidate "
-            "(brief gap: Docker cannot move a port between containers)",
+            f"remove the candidate; stop {self.container_name} (SIGTERM, {self.stop_timeout}s grace) and keep it "
+            f"as {self.retired_name} until the new one is ready (brief gap: Docker cannot move a port between "
+            "containers)",
             f"start {self.container_name} from {image} on {self.opts.host}:{self.opts.port} "
             f"(restart: {self.opts.restart}; labels {LABEL_SERVICE}={self.service}, {LABEL_TARGET}=local, "
-            f"{LABEL_IMAGE}, {LABEL_PREVIOUS})",
-            f"wait for /readyz; if it fails, start the previous image again on port {self.opts.port}",
+            f"{LABEL_IMAGE}, {LABEL_PREVIOUS}, {LABEL_DEPLOY}, {LABEL_OWNER})",
+            f"wait for /readyz; then remove {self.retired_name}, or if it fails, start it again on port "
+            f"{self.opts.port}",
             f"serve at {self.url}",
         ]
 
@@ -213,7 +208,7 @@ class LocalTarget(Target):
         """Redeploy the image the current one replaced; afterwards its previous image is the one rolled
         back from, so a second rollback undoes the first."""
         with self._engine_errors("rollback"):
-            current = self._service_container()
+            current = self._current()
             if current is None:
                 raise TargetError(f"Nothing is deployed for `{self.service}` on the local target.",
                                   fix="Deploy first: `mlship deploy --target local`.")
@@ -246,10 +241,12 @@ class LocalTarget(Target):
             env, api_key = self._environment()
             config = self._config_hash(env)
             version = (info.labels or {}).get(VERSION_LABEL) or image.rpartition(":")[2]
-            current = self._service_container()
+            self._clear_stale(progress)
+            current = self._current()
             if current is not None:
                 labels = current.labels
-                if (labels.get(LABEL_IMAGE) == image and current.attrs.get("Image") == info.id
+                if (current.name == self.container_name and labels.get(LABEL_IMAGE) == image
+                        and current.attrs.get("Image") == info.id
                         and labels.get(LABEL_CONFIG) == config and current.status == "running"
                         and self._ready(self.url)):
                     progress(f"{self.container_name} already runs {image} and is ready; nothing changed")
@@ -257,21 +254,20 @@ class LocalTarget(Target):
                                       previous=labels.get(LABEL_PREVIOUS) or None, changed=False, digest=info.id)
             else:
                 self._check_port_free()
-            self._clear_candidate(progress)
 
             # 1. candidate on an ephemeral loopback port
             progress(f"starting candidate {self.candidate_name} from {image}")
             candidate = self._run(image, self.candidate_name, "127.0.0.1", None, "no", env,
                                   role="candidate", previous="", config=config)
             try:
-                cand_url = _url("127.0.0.1", _host_port(candidate))
+                cand_url = url_of("127.0.0.1", host_port(candidate))
                 problem = self._wait_ready(cand_url, candidate)
                 if problem:
                     raise TargetError(
                         f"{image} did not become ready: {problem}. Nothing changed"
                         + (f"; {self.container_name} still serves "
                            f"{current.labels.get(LABEL_IMAGE)}." if current is not None else "."),
-                        why="Candidate log tail:\n" + _logs_tail(candidate),
+                        why="Candidate log tail:\n" + logs_tail(candidate),
                         fix=f"Fix the model or its dependencies, rebuild and deploy again; `mlship test` "
                         f"reproduces this (raise test.ready_timeout_s={self.ready_timeout:g} if it is "
                         "only slow).",
@@ -287,31 +283,30 @@ class LocalTarget(Target):
                             "Nothing changed"
                             + (f"; {self.container_name} still serves "
                                f"{current.labels.get(LABEL_IMAGE)}." if current is not None else "."),
-                            why="Candidate log tail:\n" + _logs_tail(candidate),
+                            why="Candidate log tail:\n" + logs_tail(candidate),
                             fix="Run `mlship test` on the image to see every example's result.",
                         ) from None
                     progress("smoke test passed (examples[0] -> 200)")
             finally:
                 candidate.remove(force=True)
 
-            # 2. switch over: stop the old container, start the final one on the stable port
+            # 2. switch over: stop the old container and keep it as -previous (the history stays findable), start
+            #    the final one on the stable port, then remove the old one (or bring it back if the new one fails)
             old_image = old_previous = None
-            old_env, old_config = env, config
             if current is not None:
                 old_image = current.labels.get(LABEL_IMAGE) or None
                 old_previous = current.labels.get(LABEL_PREVIOUS, "")
-                old_env = dict(e.split("=", 1) for e in current.attrs.get("Config", {}).get("Env") or [] if "=" in e)
-                old_config = current.labels.get(LABEL_CONFIG, "")
-                progress(f"stopping {self.container_name} ({old_image}; SIGTERM, up to {self.stop_timeout}s)")
-                current.stop(timeout=self.stop_timeout)
-                current.remove(force=True)
+                if current.name == self.container_name:
+                    progress(f"stopping {self.container_name} ({old_image}; SIGTERM, up to {self.stop_timeout}s)")
+                    current.stop(timeout=self.stop_timeout)
+                    current.rename(self.retired_name)
             previous = old_previous if old_image == image else old_image
             progress(f"starting {self.container_name} from {image} on {self.opts.host}:{self.opts.port}")
             problem, final_logs = self._start_final(image, env, previous or "", config)
             if problem:
                 restored = ""
-                if old_image is not None and self._image(old_image) is not None:
-                    restore_problem, _ = self._start_final(old_image, old_env, old_previous or "", old_config)
+                if current is not None:
+                    restore_problem = self._restore(current)
                     restored = (f" Restarted the previous image {old_image} on port {self.opts.port}."
                                 if not restore_problem else
                                 f" Restarting the previous image {old_image} failed too: {restore_problem}.")
@@ -322,8 +317,22 @@ class LocalTarget(Target):
                     fix=f"Check that port {self.opts.port} is free (`targets.local.port` in mlship.yaml) and "
                     "deploy again.",
                 )
+            if current is not None:
+                progress(f"removing {self.retired_name} ({old_image})")
+                current.remove(force=True)
         progress(f"{self.container_name} ready at {self.url}")
         return Deployment(url=self.url, image=image, version=version, previous=previous or None, digest=info.id)
+
+    def _restore(self, old: Any) -> str:
+        """Bring the stopped old container back as the service (same config); "" when it is ready again."""
+        from docker.errors import APIError
+
+        try:
+            old.rename(self.container_name)
+            old.start()
+        except APIError as exc:
+            return short(exc)
+        return self._wait_ready(self.url, old)
 
     def _start_final(self, image: str, env: dict[str, str], previous: str, config: str) -> tuple[str, str]:
         """Start the service container on the stable port; ("", "") when ready, else (problem, log tail)."""
@@ -334,18 +343,18 @@ class LocalTarget(Target):
                                   self.opts.restart, env, role="service", previous=previous, config=config)
         except APIError as exc:
             self._remove_named(self.container_name)
-            return _short(exc), ""
+            return short(exc), ""
         problem = self._wait_ready(self.url, container)
         if not problem:
             return "", ""
-        logs = _logs_tail(container)
+        logs = logs_tail(container)
         container.remove(force=True)
         return problem, logs
 
     # --- status / logs / destroy ------------------------------------------------------------------
     def status(self) -> TargetStatus:
         with self._engine_errors("status"):
-            container = self._service_container()
+            container = self._current()
             if container is None:
                 return TargetStatus(url=None, image=None, version=None, state="not deployed", history=[])
             labels = container.labels
@@ -354,7 +363,7 @@ class LocalTarget(Target):
             version = ((info.labels or {}).get(VERSION_LABEL) if info is not None else None) \
                 or image.rpartition(":")[2]
             history = [image] + ([labels[LABEL_PREVIOUS]] if labels.get(LABEL_PREVIOUS) else [])
-            running = container.status == "running"
+            running = container.status == "running" and container.name == self.container_name
             return TargetStatus(url=self.url if running else None, image=image, version=version,
                                 state=container.status, history=history,
                                 ready=self._ready(self.url) if running else False)
@@ -372,8 +381,8 @@ class LocalTarget(Target):
         removed = []
         with self._engine_errors("destroy"):
             for container in self._containers():
-                image = container.labels.get(LABEL_IMAGE, "")
-                if container.status in ("running", "restarting") and container.name != self.candidate_name:
+                image = container.labels.get(LABEL_IMAGE) or container.attrs.get("Config", {}).get("Image", "")
+                if container.status in ("running", "restarting") and container.labels.get(LABEL_ROLE) == "service":
                     container.stop(timeout=self.stop_timeout)
                 container.remove(force=True)
                 removed.append(f"container {container.name} ({image})")
@@ -388,16 +397,16 @@ class LocalTarget(Target):
             yield
         except APIError as exc:
             raise TargetError(
-                f"The Docker engine refused a request during `{action}` of `{self.service}`: {_short(exc)}",
+                f"The Docker engine refused a request during `{action}` of `{self.service}`: {short(exc)}",
                 why="A failed deploy removes its candidate; the previous container is left as it was.",
                 fix=f"Check `docker ps -a --filter label={LABEL_SERVICE}={self.service}`, then try again.",
             ) from None
 
     def _containers(self) -> list[Any]:
-        """Every container of this service on this target (candidates first)."""
-        found = self.docker.containers.list(
-            all=True, filters={"label": [f"{LABEL_SERVICE}={self.service}", f"{LABEL_TARGET}=local"]})
-        return sorted(found, key=lambda c: c.name != self.candidate_name)
+        """Every container of this service on this target, and the test gate's (candidates and gates first)."""
+        found = self.docker.containers.list(all=True, filters={"label": [f"{LABEL_SERVICE}={self.service}"]})
+        mine = [c for c in found if c.labels.get(LABEL_TARGET) == "local" or c.labels.get(LABEL_ROLE) == "test"]
+        return sorted(mine, key=lambda c: c.labels.get(LABEL_ROLE) == "service")
 
     def _get(self, name: str) -> Any:
         from docker.errors import NotFound
@@ -409,6 +418,11 @@ class LocalTarget(Target):
 
     def _service_container(self) -> Any:
         return self._own(self.container_name)
+
+    def _current(self) -> Any:
+        """The container that holds the service's state: ``mlship-<service>``, or, after a deploy killed in
+        the switch, the stopped ``mlship-<service>-previous``."""
+        return self._service_container() or self._own(self.retired_name)
 
     def _own(self, name: str) -> Any:
         """The container ``name`` if it exists; TargetError if it exists but mlship did not create it."""
@@ -431,20 +445,41 @@ class LocalTarget(Target):
         if container is not None and container.labels.get(LABEL_SERVICE) == self.service:
             container.remove(force=True)
 
-    def _clear_candidate(self, progress: Progress) -> None:
-        """Remove a candidate left by an interrupted deploy; refuse if a deploy seems to be running."""
-        candidate = self._own(self.candidate_name)
-        if candidate is None:
-            return
-        age = time.time() - _created(candidate)
-        if candidate.status == "running" and age < self.ready_timeout + 60:
+    def _busy(self) -> list[Any]:
+        """Gate and candidate containers of another deploy of this service that is still running: its owner
+        process lives (same host), or, where that cannot be told, it runs and is young."""
+        busy = []
+        for container in self._containers():
+            labels = container.labels
+            if labels.get(LABEL_ROLE) not in ("candidate", "test") or labels.get(LABEL_DEPLOY) == self.deploy_id:
+                continue
+            alive = owner_alive(labels.get(LABEL_OWNER, ""))
+            if alive is None:
+                alive = container.status == "running" and time.time() - created(container) < self.ready_timeout + 60
+            if alive:
+                busy.append(container)
+        return busy
+
+    def _clear_stale(self, progress: Progress) -> None:
+        """Remove what an interrupted deploy left (gate and candidate containers whose owner is gone, and an
+        old -previous container next to a service container); refuse while another deploy runs."""
+        busy = self._busy()
+        if busy:
             raise TargetError(
-                f"Another deploy of `{self.service}` seems to be in progress "
-                f"({self.candidate_name} started {age:.0f}s ago).",
-                fix=f"Wait for it to finish, or remove it: `docker rm -f {self.candidate_name}`.",
+                f"Another deploy of `{self.service}` seems to be in progress ({busy[0].name}, started by "
+                f"{busy[0].labels.get(LABEL_OWNER) or 'an unknown process'}).",
+                fix=f"Wait for it to finish, or remove it: `docker rm -f {busy[0].name}`.",
             )
-        progress(f"removing {self.candidate_name} left by an interrupted deploy")
-        candidate.remove(force=True)
+        for container in self._containers():
+            if container.labels.get(LABEL_ROLE) in ("candidate", "test") \
+                    and container.labels.get(LABEL_DEPLOY) != self.deploy_id:
+                progress(f"removing {container.name} left by an interrupted deploy")
+                container.remove(force=True)
+        if self._service_container() is not None:
+            retired = self._own(self.retired_name)
+            if retired is not None:
+                progress(f"removing {self.retired_name} left by an interrupted switch")
+                retired.remove(force=True)
 
     def _image(self, ref: str) -> Any:
         from docker.errors import ImageNotFound
@@ -498,7 +533,8 @@ class LocalTarget(Target):
              role: str, previous: str, config: str) -> Any:
         api = self.docker.api
         labels = {LABEL_SERVICE: self.service, LABEL_TARGET: "local", LABEL_IMAGE: image,
-                  LABEL_PREVIOUS: previous, LABEL_ROLE: role, LABEL_CONFIG: config}
+                  LABEL_PREVIOUS: previous, LABEL_ROLE: role, LABEL_CONFIG: config,
+                  LABEL_DEPLOY: self.deploy_id, LABEL_OWNER: owner_label()}
         host_config = api.create_host_config(
             port_bindings={CONTAINER_PORT: (host, port)},
             restart_policy={"Name": restart, **({"MaximumRetryCount": 5} if restart == "on-failure" else {})},
@@ -533,45 +569,3 @@ class LocalTarget(Target):
             if time.monotonic() > deadline:
                 return f"/readyz was not 200 within test.ready_timeout_s={self.ready_timeout:g}s"
             time.sleep(0.1)
-
-
-def _connect_host(host: str) -> str:
-    """Where to reach a port bound on ``host`` from this machine."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _host_port(container: Any) -> int:
-    container.reload()
-    bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{CONTAINER_PORT}/tcp") or []
-    if not bindings:
-        raise TargetError(f"{container.name} has no published port (it exited at once?).",
-                          why="Container log tail:\n" + _logs_tail(container))
-    return int(bindings[0]["HostPort"])
-
-
-def _logs_tail(container: Any, lines: int = 30) -> str:
-    try:
-        return str(container.logs(tail=lines).decode(errors="replace")).strip() or "(no output)"
-    except Exception:  # the container may be gone already
-        return "(no logs: the container is gone)"
-
-
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:300]
-
-
-def _created(container: Any) -> float:
-    """The container's creation time as a Unix timestamp."""
-    stamp = str(container.attrs.get("Created", ""))[:19]
-    try:
-        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")))
-    except ValueError:
-        return 0.0

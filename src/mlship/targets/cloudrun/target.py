@@ -129,6 +129,25 @@ class CloudRunTarget(Target):
         return plan_lines(self.opts, service=self.service, image=image, ready_timeout_s=self.ready_timeout,
                           api_keys_env=serve.api_keys_env if serve.auth == "api_key" else None)
 
+    def runtime_env(self) -> dict[str, str]:
+        """For the test gate: PORT and targets.cloudrun.env. The secrets (targets.cloudrun.secrets) live in
+        Secret Manager and are not read here; for serve.auth api_key the gate uses ``$<serve.api_keys_env>``
+        from your shell, so export the same keys before `mlship deploy` (TargetError when it is unset)."""
+        env = {"PORT": "8080", **{k: (str(v).lower() if isinstance(v, bool) else str(v))
+                                  for k, v in self.opts.env.items()}}
+        serve = self.project.contract.serve
+        if serve.auth == "api_key":
+            self._api_key()  # the secret is configured
+            if not os.environ.get(serve.api_keys_env, "").strip():
+                raise TargetError(
+                    f"serve.auth is api_key but ${serve.api_keys_env} is not set in this shell.",
+                    why="The test gate runs the image here, before Cloud Run does; it cannot read Secret Manager, "
+                    "so it starts the server with the keys of your shell (the server refuses to start without).",
+                    fix=f"export {serve.api_keys_env}=<the keys in the secret> before `mlship deploy`.",
+                )
+            env[serve.api_keys_env] = os.environ[serve.api_keys_env]
+        return env
+
     def _api_key(self) -> str | None:
         """A key for the smoke test when serve.auth is api_key (the service reads its keys from a secret)."""
         serve = self.project.contract.serve
