@@ -331,3 +331,26 @@ def iris_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, 
 
     root = make_iris_project(tmp_path_factory.mktemp("iris-image"), iris_model)
     return root, build_image(load_project(root))
+
+
+def slow_validator(features: dict[str, Any]) -> Any:
+    """A Validator with its fast paths off (uniform batches, exact-type rows and value lists): the reference
+    that property tests compare the fast paths with."""
+    from mlship.serving.validation import Validator
+
+    v = Validator(features, 50)
+    v._uniform = None
+    v._fast_row = lambda inst: None
+    v._fast_values = lambda row: None
+    return v
+
+
+def outcome(validator: Any, body: Any) -> Any:
+    """What a validator makes of ``body``: ("rows", typed values) or ("422", the errors)."""
+    from mlship.serving.validation import InvalidInput
+
+    try:
+        rows = validator.validate(body).rows
+    except InvalidInput as exc:
+        return "422", exc.errors
+    return "rows", [[(type(v), v) for v in row] for row in rows]

@@ -28,7 +28,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from conftest import GATED_PREDICT, make_iris_project, metric, running, wait_metric, write_custom_project
+from conftest import (
+    GATED_PREDICT,
+    make_iris_project,
+    metric,
+    outcome,
+    running,
+    slow_validator,
+    wait_metric,
+    write_custom_project,
+)
 from mlship.contract import Feature
 from mlship.contract_io import load_project
 from mlship.runtimes import sklearn as sklearn_runtime
@@ -37,7 +46,7 @@ from mlship.runtimes.sklearn import SklearnRuntime
 from mlship.runtimes.tensorflow import TensorflowRuntime
 from mlship.serving.batcher import Batcher, concat_rows
 from mlship.serving.predictor import Predictor
-from mlship.serving.validation import InvalidInput, Validator
+from mlship.serving.validation import Validator
 
 
 class Calls:
@@ -455,21 +464,6 @@ MIXED = {"x": Feature(type="float", minimum=0, maximum=10), "n": Feature(type="i
          "s": Feature(type="str"), "f": Feature(type="bool")}
 field_values = (st.none() | st.booleans() | st.integers(-5, 15) | st.text(max_size=2)
                 | st.floats(allow_nan=True, allow_infinity=True) | st.lists(st.integers(), max_size=2))
-
-
-def slow_validator(features: dict[str, Feature]) -> Validator:
-    v = Validator(features, 50)
-    v._uniform = None  # type: ignore[attr-defined]
-    v._fast_row = lambda inst: None  # type: ignore[method-assign]
-    return v
-
-
-def outcome(validator: Validator, body: Any) -> Any:
-    try:
-        rows = validator.validate(body).rows
-    except InvalidInput as exc:
-        return "422", exc.errors
-    return "rows", [[(type(v), v) for v in row] for row in rows]
 
 
 @pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")

@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import IRIS, Server, make_iris_project, running, write_custom_project
+from conftest import IRIS, Server, make_iris_project, outcome, running, slow_validator, write_custom_project
 from mlship.cli import app
 from mlship.contract import Feature
-from mlship.serving.validation import InvalidInput, Validator
+from mlship.serving.validation import Validator
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -421,21 +421,6 @@ def test_tensor_contract_still_refuses_a_bare_array(tmp_path: Path) -> None:
         doc = http.get("/openapi.json").json()
         forms = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
         assert len(forms) == 2  # no bare array form for tensors
-
-
-def slow_validator(features: dict[str, Feature]) -> Validator:
-    v = Validator(features, 50)
-    v._uniform = None  # type: ignore[attr-defined]
-    v._fast_values = lambda row: None  # type: ignore[method-assign]
-    return v
-
-
-def outcome(validator: Validator, body: Any) -> Any:
-    try:
-        rows = validator.validate(body).rows
-    except InvalidInput as exc:
-        return "422", exc.errors
-    return "rows", [[(type(v), v) for v in row] for row in rows]
 
 
 UNIFORM = {"a": Feature(type="float"), "b": Feature(type="float"), "c": Feature(type="float")}
