@@ -335,3 +335,28 @@ def test_top_level_help_shows_whole_summaries(columns: str) -> None:
     text = plain(listed)
     for name, summary in expected.items():
         assert f"{name} {summary}" in text, name
+
+
+def test_init_in_a_folder_it_cannot_write_says_so(iris_model: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only folder (simulated: root may write anywhere): a clear error, no traceback, nothing written."""
+    import shutil
+
+    (tmp_path / "ro").mkdir()
+    shutil.copy(iris_model, tmp_path / "ro" / "iris.joblib")
+    real = Path.write_text
+
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.resolve().parent == (tmp_path / "ro").resolve():
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.chdir(tmp_path / "ro")
+    result = invoke("init", "iris.joblib")
+    assert result.exit_code == 2, result.output
+    err = plain(result.stderr)
+    assert "error: Cannot write " in err and "mlship.yaml: Permission denied." in err
+    assert "fix: Choose a folder you can write to with `--dir`" in err
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir()) == ["iris.joblib"]

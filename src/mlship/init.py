@@ -295,14 +295,27 @@ def _example(contract: Contract, sample: Path | None, root: Path, contract_path:
 
 
 def _write(directory: Path, target: Path, data: dict[str, Any], artifact_name: str) -> list[Path]:
-    """Write mlship.yaml, and MODEL.md when there is none; the files written, the contract first."""
+    """Write mlship.yaml, and MODEL.md when there is none; the files written, the contract first. A folder that
+    cannot be written is a clear error, and a contract written before MODEL.md failed is removed again."""
     header = (f"# mlship contract for {artifact_name}, written by `mlship init`.\n"
               "# Reference: schema/mlship.schema.json. Check it with `mlship validate`.\n")
-    directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    created = [target]
-    card = directory / "MODEL.md"
-    if not card.exists():
-        card.write_text(MODEL_CARD.format(name=data["name"]), encoding="utf-8")
-        created.append(card)
+    created: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        target.write_text(header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True),
+                          encoding="utf-8")
+        created.append(target)
+        card = directory / "MODEL.md"
+        if not card.exists():
+            card.write_text(MODEL_CARD.format(name=data["name"]), encoding="utf-8")
+            created.append(card)
+    except OSError as exc:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise ContractError(
+            f"Cannot write {exc.filename or target}: {exc.strerror or exc}.",
+            why="mlship init writes mlship.yaml (and a MODEL.md stub) next to the model; nothing was written.",
+            fix=f"Choose a folder you can write to with `--dir` (the contract then points at the model from there), "
+            f"e.g. `mlship init {artifact_name} --dir ~/service`.",
+        ) from None
     return created
