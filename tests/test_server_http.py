@@ -143,6 +143,12 @@ def test_openapi(client: httpx.Client) -> None:
     assert set(instance["properties"]) == set(FEATURES)
     assert doc["components"]["schemas"]["Prediction"]["properties"]["label"]["enum"] == LABELS
     assert "security" not in doc  # auth is off
+    # the 200 response's oneOf branches are disjoint: a single prediction requires `label` and has no
+    # `predictions`; a batch has `predictions` and nothing else
+    single, batch_answer = predict["responses"]["200"]["content"]["application/json"]["schema"]["oneOf"]
+    assert single == {"$ref": "#/components/schemas/Prediction"}
+    assert doc["components"]["schemas"]["Prediction"]["required"] == ["label"]
+    assert batch_answer["required"] == ["predictions"] and batch_answer["additionalProperties"] is False
     # every $ref points at a schema that exists
     for ref in re.findall(r'"\$ref":\s*"#/components/schemas/(\w+)"', r.text):
         assert ref in doc["components"]["schemas"]

@@ -111,8 +111,9 @@ def openapi(contract: Contract, version: str, auth: bool) -> dict[str, Any]:
                                "(also for a bare array of them).",
                 "content": {"application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Prediction"},
-                    {"type": "object", "properties": {"predictions": {
-                        "type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}},
+                    {"type": "object", "properties": {"predictions": {  # exactly one branch matches (oneOf)
+                        "type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}},
+                     "required": ["predictions"], "additionalProperties": False},
                 ]}}},
             },
             "401": _error("Missing or wrong API key."),
