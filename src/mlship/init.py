@@ -19,6 +19,7 @@ from mlship.contract import _CODE_REF, Contract
 from mlship.contract_io import CONTRACT_FILE, Project
 from mlship.errors import ArtifactError, ContractError, UserCodeError
 from mlship.runtimes.base import ArtifactInfo, Runtime
+from mlship.runtimes.keras2 import one_tensorflow
 from mlship.runtimes.sklearn_load import missing_module_error, scan_quietly
 from mlship.trust import forbidden, grouped, library_trusted
 from mlship.usercode import load_function, short_traceback
@@ -215,7 +216,8 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
         data["examples"] = [_example(Contract.model_validate(data), sample, root, target,
                                      None if load else (rt, model))]
     notes, added = userpkg.import_notes(code, root, imports.used, data["dependencies"]["requirements"])
-    data["dependencies"]["requirements"] = [*data["dependencies"]["requirements"], *added]
+    data["dependencies"]["requirements"], one_tf = one_tensorflow([*data["dependencies"]["requirements"], *added])
+    info.notes.extend(one_tf)
     info.notes.extend(notes)
     if code.include:
         data["build"] = {"include": code.include}

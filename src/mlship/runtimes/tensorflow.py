@@ -1,5 +1,5 @@
 """TensorFlow / Keras runtime: Keras v3 ``.keras`` files, legacy ``.h5`` files, SavedModel folders and a
-``.zip`` of a SavedModel folder.
+``.zip`` of a SavedModel folder. Files written by Keras 2 (tf.keras) load with tf-keras (see keras2.py).
 
 Keras files are loaded with ``safe_mode=True``: a model whose file carries Python code (a ``Lambda`` layer)
 is refused unless mlship.yaml says ``unsafe_deserialization: true``. SavedModels hold TensorFlow graphs,
@@ -8,7 +8,6 @@ not Python code, and load without the opt-in. TensorFlow is imported inside the 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 
 from mlship.contract import TENSOR_DTYPES, InputSpec, Task, shape_text
 from mlship.errors import ArtifactError
+from mlship.runtimes import keras2
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -47,6 +47,7 @@ class TFModel:
     activation: str | None  # the final activation when it can be read (Keras), e.g. "softmax"
     saved_tf_version: str | None = None
     saved_keras_version: str | None = None
+    tf_keras: str | None = None  # the tf-keras version to pin: a Keras 2 file, loaded with tf_keras
 
 
 def _quiet_import() -> tuple[Any, Any]:
@@ -115,27 +116,36 @@ class TensorflowRuntime(Runtime):
             raise ArtifactError(f"Model not found: {path}.", fix="Train the model or fix `artifact`.")
         suffix = path.suffix.lower()
         if path.is_dir():
-            return self._load_saved_model(path, path.name)
+            return self._load_folder(path, path.name)
         if suffix in KERAS_SUFFIXES:
             return self._load_keras(path)
         if suffix == ".zip":
             with tempfile.TemporaryDirectory(prefix="mlship-savedmodel-") as tmp:
-                folder = _extract_saved_model(path, Path(tmp))
-                return self._load_saved_model(folder, path.name)
+                return self._load_folder(_extract_saved_model(path, Path(tmp)), path.name)
         raise ArtifactError(
             f"{path.name} is not a format the tensorflow runtime reads.",
             fix="Save the model with model.save('model.keras') (or .h5), or export a SavedModel folder (or a "
             ".zip of it).",
         )
 
-    def _load_keras(self, path: Path) -> TFModel:
+    def _load_folder(self, folder: Path, shown: str) -> TFModel:
+        if keras2.is_keras2_saved_model(folder):  # Keras 2's model.save(dir): a Keras model, via tf_keras
+            return self._load_keras(folder, shown)
+        return self._load_saved_model(folder, shown)
+
+    def _load_keras(self, path: Path, shown: str | None = None) -> TFModel:
         tf, keras = _quiet_import()
+        shown = shown or path.name
+        legacy = path.is_dir() or keras2.is_keras2_hdf5(path)
+        if legacy:
+            keras = keras2.import_tf_keras()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model = keras.saving.load_model(path, compile=False, safe_mode=not self.unsafe_deserialization)
+                model = (keras2.load(path, safe_mode=not self.unsafe_deserialization) if legacy else
+                         keras.saving.load_model(path, compile=False, safe_mode=not self.unsafe_deserialization))
             except Exception as exc:  # Keras raises ValueError/TypeError/OSError/... for unreadable files
-                raise _keras_error(path, exc) from None
+                raise _keras_error(Path(shown), exc) from None
         self._warnings += [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, UserWarning)]
         inputs = getattr(model, "inputs", None)
         if not inputs:
@@ -154,13 +164,17 @@ class TensorflowRuntime(Runtime):
         dtype = _dtype_name(spec_in.dtype)
         signature = tf.TensorSpec(shape=(None, *input_shape), dtype=dtype)
         fn = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+        saved_keras = None if path.is_dir() else keras2.saved_keras_version(path)
+        saved_tf, tf_keras = (keras2.versions(saved_keras, keras2.saved_tf_version(path) if path.is_dir() else None,
+                                              str(tf.__version__), _installed_version("tf-keras"))
+                              if legacy else (None, None))
         return TFModel(fn=fn, model=model, kind="keras", input_shape=input_shape, input_dtype=dtype,
                        output_size=_last_dim(spec_out.shape), activation=_final_activation(model, keras),
-                       saved_keras_version=_saved_keras_version(path))
+                       saved_tf_version=saved_tf, saved_keras_version=saved_keras, tf_keras=tf_keras)
 
     def _load_saved_model(self, folder: Path, shown: str) -> TFModel:
         tf, _ = _quiet_import()
-        version = _saved_tf_version(folder)
+        version = keras2.saved_tf_version(folder)
         try:
             loaded = tf.saved_model.load(str(folder))
         except Exception as exc:  # TensorFlow raises many kinds for a broken SavedModel
@@ -204,7 +218,15 @@ class TensorflowRuntime(Runtime):
         keras_version = _keras_pin(model) if isinstance(model, TFModel) else None
         if keras_version:
             versions["keras"] = keras_version
+        if isinstance(model, TFModel) and model.tf_keras:
+            versions["tf-keras"] = model.tf_keras
         return versions
+
+    @classmethod
+    def image_requirements(cls, requirements: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """One TensorFlow package in the image: ``tensorflow`` (the CUDA build) gives way to ``tensorflow-cpu``."""
+        reqs, notes = keras2.one_tensorflow(requirements)
+        return reqs, [], notes
 
     # -- inspect / check -----------------------------------------------------------------------------------
     def inspect(self, model: Any, path: Path) -> ArtifactInfo:
@@ -245,7 +267,12 @@ class TensorflowRuntime(Runtime):
         tf_version = m.saved_tf_version or _installed_tf_version()
         reqs = [f"tensorflow-cpu=={tf_version}"]
         keras_version = _keras_pin(m)
-        if keras_version:
+        if m.tf_keras:
+            reqs.append(f"tf-keras=={m.tf_keras}")
+            writer = m.saved_keras_version or "a SavedModel with keras_metadata.pb"
+            notes.append(f"{path.name} was written by Keras 2 ({writer}): loaded with tf-keras; the image "
+                         f"installs tensorflow-cpu=={tf_version} and tf-keras=={m.tf_keras}.")
+        elif keras_version:
             reqs.append(f"keras=={keras_version}")
             if m.saved_keras_version and m.saved_keras_version != keras_version:
                 notes.append(f"{path.name} was written by Keras {m.saved_keras_version}; the image installs the "
@@ -253,7 +280,8 @@ class TensorflowRuntime(Runtime):
         if len(m.input_shape) in (2, 3):
             notes.append("For image inputs, add `image: {channels: 1 or 3, scale: [min, max]}` under input.tensor to "
                          "also accept base64 PNGs.")
-        return ArtifactInfo(task=task, features={}, labels=labels, requirements=reqs, framework_version=tf_version,
+        recorded = m.saved_keras_version if m.tf_keras and m.saved_keras_version else tf_version  # Keras 2 .h5
+        return ArtifactInfo(task=task, features={}, labels=labels, requirements=reqs, framework_version=recorded,
                             notes=notes, tensor={"shape": [None, *m.input_shape], "dtype": dtype})
 
     def check_input(self, model: Any, spec: InputSpec) -> list[str]:
@@ -356,43 +384,14 @@ def _keras_error(path: Path, exc: Exception) -> ArtifactError:
 
 
 def _keras_pin(model: TFModel) -> str | None:
-    """The keras version an image of a Keras file installs: the Keras 3 release that wrote the file (read from
-    its metadata), else the installed one (a Keras 2 / tf.keras .h5 file is read by Keras 3's legacy loader;
-    Keras 2 itself does not run on current TensorFlow)."""
-    if model.kind != "keras":
+    """The keras version an image of a Keras 3 file installs: the Keras 3 release that wrote the file (read
+    from its metadata), else the installed one. A Keras 2 file (loaded with tf_keras) pins tf-keras instead."""
+    if model.kind != "keras" or model.tf_keras:
         return None
     saved = model.saved_keras_version
     if saved and re.match(r"^[3-9]\.\d+\.\d+$", saved):
         return saved
     return _installed_version("keras")
-
-
-def _saved_keras_version(path: Path) -> str | None:
-    """The Keras version that wrote a .keras (metadata.json) or .h5 (root attribute) file."""
-    try:
-        if path.suffix.lower() == ".keras":
-            with zipfile.ZipFile(path) as zf:
-                return str(json.loads(zf.read("metadata.json")).get("keras_version") or "") or None
-        import h5py
-
-        with h5py.File(path, "r") as fh:
-            value = fh.attrs.get("keras_version")
-        return (value.decode() if isinstance(value, bytes) else str(value)) if value is not None else None
-    except Exception:  # metadata is optional: a file without it still loads
-        return None
-
-
-def _saved_tf_version(folder: Path) -> str | None:
-    """The TensorFlow version recorded in saved_model.pb (MetaInfoDef.tensorflow_version)."""
-    try:
-        from tensorflow.core.protobuf import saved_model_pb2
-
-        proto = saved_model_pb2.SavedModel()
-        proto.ParseFromString((folder / "saved_model.pb").read_bytes())
-        versions = [g.meta_info_def.tensorflow_version for g in proto.meta_graphs if g.meta_info_def.tensorflow_version]
-    except Exception:  # an unreadable file fails in tf.saved_model.load with a better message
-        return None
-    return versions[0] if versions else None
 
 
 def _extract_saved_model(path: Path, into: Path) -> Path:
