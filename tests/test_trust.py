@@ -274,7 +274,6 @@ def test_your_own_class_next_to_the_contract(tmp_path: Path) -> None:
 
 # --- skops ----------------------------------------------------------------------------------------------------
 def test_convert_to_skops_and_back(tmp_path: Path) -> None:
-    pytest.importorskip("skops")
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(*load_iris(return_X_y=True))
     joblib.dump(model, tmp_path / "model.joblib")
     assert invoke("init", str(tmp_path / "model.joblib"), "--dir", str(tmp_path)).exit_code == 0
@@ -308,7 +307,7 @@ def test_convert_to_skops_and_back(tmp_path: Path) -> None:
 
 def test_convert_refuses_an_untrusted_pickle_and_skops_refuses_untrusted_types(tmp_path: Path,
                                                                                evilpkg: Any) -> None:
-    sio = pytest.importorskip("skops.io")
+    import skops.io as sio
     canary = tmp_path / "CANARY"
     project = project_with(tmp_path, evil_model("os.system", canary), "unsafe_deserialization: true\n")
     result = invoke("convert", "--to", "skops", "--file", str(project))

@@ -25,13 +25,6 @@ PULL_CHECK_S = 3.0  # asking the base image's registry for its manifest
 CheckFn = Callable[[], list[Check]]
 
 
-def base_image_fix(image: str) -> str:
-    """The three ways to choose a base image (shared with the build's own pull-failure message)."""
-    return (f"Make {image} available (`docker pull {image}`, or `docker load` it), or choose another base image: "
-            "`--base-image IMAGE`, the environment variable MLSHIP_BASE_IMAGE, or `build.base_image` in "
-            "mlship.yaml.")
-
-
 def _engine_checks(project: Project, base_image: str | None) -> list[Check]:
     from mlship.image import engine
     from mlship.image.context import base_image as choose_base
@@ -52,6 +45,8 @@ def _engine_checks(project: Project, base_image: str | None) -> list[Check]:
 def _base_image_check(cli: object, image: str) -> Check:
     from docker.errors import DockerException, ImageNotFound
 
+    from mlship.image import engine
+
     try:
         cli.images.get(image)  # type: ignore[attr-defined]
         return Check(name="base image", ok=True, detail=f"{image} is in the local engine")
@@ -70,7 +65,7 @@ def _base_image_check(cli: object, image: str) -> Check:
         pool.shutdown(wait=False, cancel_futures=True)
     return Check(name="base image", ok=False,
                  detail=f"{image} is not in the local engine and cannot be pulled: {reason}",
-                 fix=base_image_fix(image))
+                 fix=engine.base_image_fix(image))
 
 
 def run_checks(name: str, groups: dict[str, CheckFn], events: Events) -> PreflightReport:

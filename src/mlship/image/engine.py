@@ -151,10 +151,14 @@ def _build_error(tag: str, reason: str, stream: _Stream, log_path: Path | None) 
     return BuildError(
         f"The base image {base} could not be pulled: {reason}",
         why=f"The build starts FROM {base}, and the Docker engine has no copy of it and could not pull it.",
-        fix="Choose another base image with `--base-image IMAGE`, the environment variable MLSHIP_BASE_IMAGE, or "
-        f"`build.base_image` in mlship.yaml; or `docker pull {base}` / `docker load` it first."
-        + (f" {full_log}" if full_log else ""),
+        fix=base_image_fix(base) + (f" {full_log}" if full_log else ""),
     )
+
+
+def base_image_fix(image: str) -> str:
+    """The three ways to choose a base image (the build's pull failure and the preflight both say it)."""
+    return ("Choose another base image with `--base-image IMAGE`, the environment variable MLSHIP_BASE_IMAGE, or "
+            f"`build.base_image` in mlship.yaml; or `docker pull {image}` / `docker load` it first.")
 
 
 _QUOTED = 12  # lines of the failing step's output quoted in the error
