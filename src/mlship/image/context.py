@@ -49,14 +49,22 @@ class BuildPlan:
     index_urls: list[str] = field(default_factory=list)  # tried when the configured indexes lack a wheel
 
 
-def base_image(project: Project, override: str | None = None) -> str:
-    """--base-image, then $MLSHIP_BASE_IMAGE, then build.base_image, then python:<python>-slim."""
-    image = (override or os.environ.get("MLSHIP_BASE_IMAGE") or project.contract.build.base_image
-             or DEFAULT_BASE.format(python=project.contract.dependencies.python))
+def base_image_for(python: str, override: str | None = None, configured: str | None = None) -> str:
+    """The base image for a Python version: --base-image, then $MLSHIP_BASE_IMAGE_3_9 (the variable for that
+    version, so one environment can name an image per Python), then $MLSHIP_BASE_IMAGE, then build.base_image,
+    then python:<python>-slim."""
+    per_python = os.environ.get("MLSHIP_BASE_IMAGE_" + python.replace(".", "_"))
+    image = (override or per_python or os.environ.get("MLSHIP_BASE_IMAGE") or configured
+             or DEFAULT_BASE.format(python=python))
     if not _IMAGE_REF.fullmatch(image):  # fullmatch: `$` alone would accept a trailing newline
         raise BuildError(f"Base image {image!r} is not a valid image reference.",
                          fix="Use e.g. python:3.11-slim or registry.example/team/python:3.11.")
     return image
+
+
+def base_image(project: Project, override: str | None = None) -> str:
+    """The project's base image (:func:`base_image_for` its dependencies.python)."""
+    return base_image_for(project.contract.dependencies.python, override, project.contract.build.base_image)
 
 
 def pinned_requirements(project: Project, pins: dict[str, str]) -> tuple[list[str], list[str]]:
