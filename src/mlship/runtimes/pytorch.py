@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import pickletools
 import threading
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,20 +35,19 @@ import numpy as np
 from mlship.contract import Contract, InputSpec, Task, shape_text
 from mlship.errors import ArtifactError
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
+from mlship.runtimes.pytorch_cpu import CPU_INDEX_ENV as CPU_INDEX_ENV  # re-exported: tests and docs name it here
+from mlship.runtimes.pytorch_cpu import cpu_requirements
+from mlship.runtimes.pytorch_files import (
+    detect_format,
+    export_input,
+    pickle_globals,
+    public_version,
+    traced_input,
+    unreadable,
+)
 
 THREADS_ENV = "MLSHIP_TORCH_THREADS"
-#: An index holding the CPU-only builds of torch (PyTorch's own CPU wheel index, or a mirror of it):
-#: `mlship build` adds it when the configured indexes have no ``+cpu`` wheel (PyPI's Linux torch wheels
-#: depend on several GB of CUDA libraries). Unset: only the configured indexes are used.
-CPU_INDEX_ENV = "MLSHIP_TORCH_INDEX_URL"
-#: Packages whose PyPI Linux wheels are CUDA builds; the image installs their ``+cpu`` variant.
-CPU_VARIANT_PACKAGES = ("torch", "torchvision", "torchaudio")
-
 _DTYPES = {"float32", "float64", "int32", "int64", "uint8"}
-_STORAGE_DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64", "IntStorage": "int32",
-                   "LongStorage": "int64", "ByteStorage": "uint8", "HalfStorage": "float16",
-                   "BFloat16Storage": "bfloat16", "ShortStorage": "int16", "CharStorage": "int8",
-                   "BoolStorage": "bool"}
 _threads_lock = threading.Lock()
 _threads_set = False
 
@@ -68,43 +65,6 @@ class TorchModel:
     shape: list[int | None] | None = None  # with the batch dimension first (None: dynamic)
     dtype: str | None = None
     fixed_batch: int | None = None  # a program exported with a static batch size takes only that many rows
-
-
-def detect_format(path: Path) -> str:
-    """``torchscript``, ``export``, ``aoti``, ``torch.save`` or ``unknown``, from the file's entries only."""
-    if not path.is_file():
-        return "unknown"
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except zipfile.BadZipFile:
-        with path.open("rb") as fh:  # torch.save's legacy format: a pickle (protocol 2 starts with 0x80)
-            return "torch.save" if fh.read(1) == b"\x80" else "unknown"
-    entries = {name.split("/", 1)[1] for name in names if "/" in name}
-    if "constants.pkl" in entries or any(e.startswith("code/") for e in entries):
-        return "torchscript"
-    if any(e.startswith("data/aotinductor/") for e in entries):
-        return "aoti"
-    if ("archive_format" in entries or "serialized_exported_program.json" in entries
-            or any(e.startswith("models/") and e.endswith(".json") for e in entries)):
-        return "export"
-    if "data.pkl" in entries:
-        return "torch.save"
-    return "unknown"
-
-
-def public_version(version: str) -> str:
-    """``2.13.0+cpu`` -> ``2.13.0``: the build variant is chosen by `mlship build`, not pinned."""
-    return version.split("+", 1)[0]
-
-
-def _installed_version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return public_version(version(package))
-    except PackageNotFoundError:
-        return None
 
 
 def torch_threads() -> int:
@@ -184,17 +144,17 @@ class PytorchRuntime(Runtime):
                 with self._recording():
                     module = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
-                raise _unreadable(path, "TorchScript", exc) from None
+                raise unreadable(path, "TorchScript", exc) from None
             module.eval()
-            shape, dtype = _traced_input(path)
+            shape, dtype = traced_input(path)
             return TorchModel(module, "torchscript", shape, dtype)
         if kind == "export":
             try:
                 with self._recording():
                     program = torch.export.load(str(path))
             except Exception as exc:
-                raise _unreadable(path, "torch.export", exc) from None
-            shape, dtype = _export_input(program)
+                raise unreadable(path, "torch.export", exc) from None
+            shape, dtype = export_input(program)
             fixed = shape[0] if shape and isinstance(shape[0], int) else None
             if shape:
                 shape = [None, *shape[1:]]
@@ -218,7 +178,7 @@ class PytorchRuntime(Runtime):
         except pickle.UnpicklingError:
             obj = self._load_unsafe(torch, path)
         except Exception as exc:
-            raise _unreadable(path, "torch.save", exc) from None
+            raise unreadable(path, "torch.save", exc) from None
         if isinstance(obj, torch.nn.Module):
             return TorchModel(obj.eval(), "pickle")
         if isinstance(obj, dict):
@@ -260,7 +220,7 @@ class PytorchRuntime(Runtime):
                 "mlship.yaml, list it in build.include and load the model from a `load:` function in "
                 "predict.py that imports it). Safer: " + SAFER_FORMATS + ".") from None
         except Exception as exc:
-            raise _unreadable(path, "torch.save", exc) from None
+            raise unreadable(path, "torch.save", exc) from None
 
     def saved_versions(self, model: Any) -> dict[str, str]:
         import torch
@@ -269,65 +229,9 @@ class PytorchRuntime(Runtime):
 
     @classmethod
     def image_requirements(cls, requirements: list[str]) -> tuple[list[str], list[str], list[str]]:
-        """The requirements as the image installs them: torch's CPU build, never CUDA.
-
-        Returns (requirements, index URLs to fall back to, notes). An exact pin ``torch==X`` becomes
-        ``torch==X+cpu`` (the CPU-only wheel; PyPI's Linux wheel of the same version pulls about 3 GB of
-        nvidia-* packages); a range is narrowed to the installed version; torch is added when missing (the
-        runtime needs it even when a `load:` function builds the model). `mlship build` resolves with the
-        configured indexes first (a local CPU wheel or a mirror) and then, when set, with
-        $MLSHIP_TORCH_INDEX_URL (PyTorch's CPU wheel index or a mirror of it). A pin that names a variant
-        (``torch==X+cu124``) is kept as written; ``+cpu`` also keeps the CPU index.
-        """
-        from packaging.requirements import Requirement
-        from packaging.utils import canonicalize_name
-
-        out: list[str] = []
-        notes: list[str] = []
-        changed = False
-        names = set()
-        for line in requirements:
-            req = Requirement(line)
-            name = str(canonicalize_name(req.name))
-            names.add(name)
-            if name not in CPU_VARIANT_PACKAGES:
-                out.append(line)
-                continue
-            exact = [s.version for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
-            if exact and "+" in exact[0]:
-                out.append(line)  # a variant chosen by the user; +cpu still gets the CPU index and the note
-                changed = changed or exact[0].endswith("+cpu")
-                continue
-            if exact:
-                version = exact[0]
-            else:
-                installed = _installed_version(name)
-                if installed is None or not req.specifier.contains(installed, prereleases=True):
-                    from mlship.errors import BuildError
-
-                    raise BuildError(
-                        f"dependencies.requirements: {line!r} does not pin one version of {req.name}.",
-                        why="The image installs the CPU build of torch, which is chosen by its exact version "
-                        "(X+cpu).",
-                        fix=f"Pin it, e.g. {req.name}=={installed or '2.5.1'} (the version you trained with).")
-                version = installed
-                notes.append(f"pinned {req.name}=={version} (the installed version, within your {req.specifier})")
-            extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
-            marker = f"; {req.marker}" if req.marker else ""
-            out.append(f"{req.name}{extras}=={version}+cpu{marker}")
-            changed = True
-        if "torch" not in names:
-            installed = _installed_version("torch")
-            if installed is not None:
-                out.insert(0, f"torch=={installed}+cpu")
-                notes.append(f"added torch=={installed} (the installed version): the model needs it")
-                changed = True
-        index = os.environ.get(CPU_INDEX_ENV, "").strip()
-        if changed:
-            notes.append("torch: the CPU build (+cpu), never CUDA; from your package indexes"
-                         + (f", else from {index}" if index else f" (set ${CPU_INDEX_ENV} to PyTorch's CPU wheel "
-                            "index if they lack it)"))
-        return out, ([index] if changed and index else []), notes
+        """The requirements as the image installs them: torch's CPU build, never CUDA (see
+        :func:`mlship.runtimes.pytorch_cpu.cpu_requirements`)."""
+        return cpu_requirements(requirements)
 
     # -- inspecting --------------------------------------------------------------------------------
     def inspect(self, model: Any, path: Path) -> ArtifactInfo:
@@ -488,103 +392,3 @@ def _probabilities(out: Any) -> Any:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _unreadable(path: Path, kind: str, exc: Exception) -> ArtifactError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return ArtifactError(f"{path.name} looks like a {kind} file but cannot be loaded: "
-                         f"{exc.__class__.__name__}: {first}",
-                         why="It may be truncated, or written by a newer torch than the one installed.",
-                         fix="Re-save the model, or install the torch version it was saved with.")
-
-
-# --- reading files without running them -----------------------------------------------------------
-def _pickle_ops(data: bytes) -> list[tuple[str, Any]]:
-    try:
-        return [(op.name, arg) for op, arg, _pos in pickletools.genops(data)]
-    except Exception:  # not a pickle we can walk: no information, not an error
-        return []
-
-
-def _zip_member(path: Path, suffix: str) -> bytes | None:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
-                if name.split("/", 1)[-1] == suffix:
-                    return zf.read(name)
-    except (zipfile.BadZipFile, OSError):
-        return None
-    return None
-
-
-def pickle_globals(path: Path) -> list[str]:
-    """The classes and functions a torch.save pickle refers to (read with pickletools, not executed)."""
-    data = _zip_member(path, "data.pkl")
-    if data is None:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return []
-    found: list[str] = []
-    strings: list[str] = []
-    for name, arg in _pickle_ops(data):
-        if name == "GLOBAL" and isinstance(arg, str):
-            found.append(arg.replace(" ", "."))
-        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE") and isinstance(arg, str):
-            strings.append(arg)
-        elif name == "STACK_GLOBAL" and len(strings) >= 2:
-            found.append(f"{strings[-2]}.{strings[-1]}")
-    skip = ("torch._utils.", "torch.FloatStorage", "collections.OrderedDict", "torch.storage.", "builtins.")
-    classes = [g for g in dict.fromkeys(found) if not g.startswith(skip) and "Storage" not in g]
-    return classes
-
-
-def _traced_input(path: Path) -> tuple[list[int | None] | None, str | None]:
-    """Shape (batch first, as None) and dtype of the example a traced module was traced with, if stored."""
-    data = _zip_member(path, "traced_inputs.pkl")
-    if data is None:
-        return None, None
-    ops = _pickle_ops(data)
-    for i, (name, arg) in enumerate(ops):
-        if name == "GLOBAL" and arg == "torch._utils _rebuild_tensor_v2":
-            dtype = None
-            j = i + 1
-            while j < len(ops) and ops[j][0] != "BINPERSID":
-                if ops[j][0] == "GLOBAL" and isinstance(ops[j][1], str) and ops[j][1].startswith("torch "):
-                    dtype = _STORAGE_DTYPES.get(ops[j][1].split(" ", 1)[1])
-                j += 1
-            # after the storage: BINPUT?, offset, MARK, size..., TUPLE
-            ints: list[int] = []
-            k = j + 1
-            seen_mark = False
-            while k < len(ops):
-                op, value = ops[k]
-                if op == "MARK":
-                    if seen_mark:
-                        break
-                    seen_mark = True
-                elif op in ("BININT", "BININT1", "BININT2", "LONG1") and seen_mark:
-                    ints.append(int(value))
-                elif op == "TUPLE" and seen_mark:
-                    break
-                elif op in ("EMPTY_TUPLE",) and not seen_mark:
-                    return [None], dtype  # a scalar: no instance shape
-                k += 1
-            if not ints:
-                return None, None
-            return [None, *ints[1:]], dtype
-    return None, None
-
-
-def _export_input(program: Any) -> tuple[list[int | None] | None, str | None]:
-    """Shape (symbolic dimensions as None) and dtype of an exported program's only user input."""
-    try:
-        from torch.export.graph_signature import InputKind
-
-        users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
-        if len(users) != 1:
-            return None, None
-        node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == users[0])
-        val = node.meta.get("val")
-        shape = [d if isinstance(d, int) else None for d in val.shape]
-        return shape, str(val.dtype).removeprefix("torch.")
-    except Exception:
-        return None, None
