@@ -12,6 +12,7 @@ import shutil
 import sys
 import warnings
 import zipfile
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 from conftest import running
 from mlship.cli import app
 from mlship.contract_io import load_project
-from mlship.errors import ArtifactError
+from mlship.errors import ArtifactError, BuildError
 from mlship.image.context import build_pins, plan_build
 from mlship.init import init_project
 from mlship.runtimes import keras2
@@ -72,7 +73,7 @@ def keras2_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def project(directory: Path, files: dict[str, Any], fmt: str) -> Path:
     """`mlship init` on a copy of the format's file, with the three rows as the sample."""
-    source = files[fmt]
+    source: Path = files[fmt]
     target = directory / source.name
     (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
     (directory / "sample.json").write_text(json.dumps({"instances": files["rows"]}))
@@ -171,3 +172,101 @@ def test_safe_mode_applies_to_keras2_files(tmp_path: Path) -> None:
     assert runtime.load(tmp_path / "lambda.h5").tf_keras == TF_KERAS
     revived = TensorflowRuntime().load(tmp_path / "lambda_saved").model.layers[0]
     assert type(revived).__module__.endswith("saved_model.load")  # a RevivedLayer, not the deserialized lambda
+
+
+# --- one TensorFlow package in the image (image/nodeps.py), with real pip runs on wheels made here ----------
+
+
+def make_wheel(folder: Path, name: str, ver: str, requires: Sequence[str] = ()) -> Path:
+    """A minimal installable wheel ``name==ver`` whose METADATA declares ``requires``."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-{ver}.dist-info"
+    files = {f"{dist}/__init__.py": "",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: {}\nVersion: {}\n{}".format(
+                 name, ver, "".join(f"Requires-Dist: {r}\n" for r in requires)),
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{dist}-{ver}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for arcname, text in files.items():
+            zf.writestr(arcname, text)
+        zf.writestr(f"{info}/RECORD", "\n".join(f"{n},," for n in [*files, f"{info}/RECORD"]) + "\n")
+    return wheel
+
+
+@pytest.fixture
+def local_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pip sees only the wheels in this folder (no index): a fake TensorFlow family at version 99."""
+    links = tmp_path / "links"
+    make_wheel(links, "tensorflow-cpu", "99.0.0", ["absl-fake>=1"])
+    make_wheel(links, "tensorflow", "99.0.0", ["absl-fake>=1"])
+    make_wheel(links, "tensorflow", "98.0.0", ["absl-fake>=1"])
+    make_wheel(links, "absl-fake", "1.0")
+    make_wheel(links, "tf-keras", "99.0.0", ["tensorflow<100,>=99", "kdep==2.0", 'never; python_version < "3"'])
+    make_wheel(links, "kdep", "2.0")
+    make_wheel(links, "app-lib", "1.0", ["tf-addon==1.0"])
+    make_wheel(links, "tf-addon", "1.0", ["tensorflow>=99"])
+    make_wheel(links, "old-lib", "1.0", ["tensorflow<99"])
+    make_wheel(links, "legacy-app", "1.0", ["old-lib==1.0"])
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    return links
+
+
+def fill(requirements: list[str], into: Path) -> tuple[set[str], list[str]]:
+    """nodeps.pip_download with wheelhouse's real pip download, then nodeps.check: (wheel names, progress lines)."""
+    from mlship.image import nodeps, wheelhouse
+
+    lines: list[str] = []
+    nodeps.pip_download(wheelhouse._pip_download, requirements, "3.11", into, None, lines.append)
+    nodeps.check(into, "3.11", lines.append)
+    return {wheelhouse.canonical(p.name.split("-")[0]) for p in into.glob("*.whl")}, lines
+
+
+def test_tf_keras_comes_without_tensorflow(tmp_path: Path, local_index: Path) -> None:
+    from mlship.image import nodeps
+
+    reqs = ["tensorflow-cpu==99.0.0", "tf-keras==99.0.0"]
+    assert nodeps.stale(tmp_path / "old", reqs) and not nodeps.stale(tmp_path / "old", ["tf-keras==99.0.0"])
+    names, lines = fill(reqs, tmp_path / "wh")
+    assert names == {"tensorflow-cpu", "tf-keras", "kdep", "absl-fake"}, names  # tf-keras's other dependency too
+    assert any("tf-keras 99.0.0 is installed without its dependency on tensorflow: tensorflow-cpu" in ln
+               for ln in lines), lines
+    assert not any(ln.startswith("warning") for ln in lines) and not nodeps.stale(tmp_path / "wh", reqs)
+    # tf-keras asks for tensorflow 99: tensorflow-cpu 98 cannot provide it, and pip says so
+    make_wheel(local_index, "tensorflow-cpu", "98.0.0")
+    with pytest.raises(BuildError, match="tensorflow-cpu"):
+        fill(["tensorflow-cpu==98.0.0", "tf-keras==99.0.0"], tmp_path / "wh98")
+
+
+def test_tensorflow_pulled_in_further_down(tmp_path: Path, local_index: Path) -> None:
+    """app-lib -> tf-addon -> tensorflow: left out, tensorflow-cpu provides it. legacy-app -> old-lib, which wants
+    tensorflow < 99, which tensorflow-cpu 99 cannot provide: both stay, with a warning that names who asks for
+    what (listed at the top, old-lib would meet tensorflow-cpu's pin in pip's resolver, an error)."""
+    names, lines = fill(["tensorflow-cpu==99.0.0", "app-lib==1.0"], tmp_path / "a")
+    assert "tensorflow" not in names and {"tf-addon", "tensorflow-cpu"} <= names, names
+    assert any("tensorflow 99.0.0 (required by tf-addon) is left out" in ln for ln in lines), lines
+    names, lines = fill(["tensorflow-cpu==99.0.0", "legacy-app==1.0"], tmp_path / "b")
+    assert {"tensorflow", "tensorflow-cpu"} <= names
+    warning = [ln for ln in lines if ln.startswith("warning")]
+    assert warning and "old-lib requires `tensorflow<99`" in warning[0], lines
+    with pytest.raises(BuildError, match="conflicting dependencies"):
+        fill(["tensorflow-cpu==99.0.0", "old-lib==1.0"], tmp_path / "c")
+
+
+def test_check_catches_what_pip_install_would(tmp_path: Path) -> None:
+    """The image installs the lock with --no-deps, so the host check must see a missing or wrong dependency,
+    with markers evaluated for the image's Python."""
+    from mlship.image import nodeps
+
+    folder = tmp_path / "wh"
+    make_wheel(folder, "lib", "1.0", ['tomli>=1; python_version < "3.11"', "dep>=2"])
+    make_wheel(folder, "dep", "2.5")
+    nodeps.check(folder, "3.11", print)
+    with pytest.raises(BuildError, match=r"lib 1.0 requires `tomli>=1`, which is not in the wheelhouse") as caught:
+        nodeps.check(folder, "3.9", print)
+    assert "dependencies.requirements" in (caught.value.fix or "")
+    make_wheel(folder, "dep", "1.0").rename(folder / "dep-1.0-py3-none-any.whl")
+    (folder / "dep-2.5-py3-none-any.whl").unlink()
+    with pytest.raises(BuildError, match=r"requires `dep>=2`, the wheelhouse has dep 1.0"):
+        nodeps.check(folder, "3.11", print)

@@ -21,6 +21,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 import mlship
 from mlship.errors import BuildError
+from mlship.image import nodeps
 
 # What `python -m mlship.serving` imports (not the CLI's typer/rich/jinja2/docker).
 SERVER_PACKAGES = ("pydantic", "pyyaml", "numpy", "orjson", "uvicorn", "httptools", "uvloop", "packaging")
@@ -89,17 +90,18 @@ def download(requirements: list[str], python: str, dest: Path,
     """
     cached = cache_dir() / "wheelhouse" / wheel_key(requirements, python)
     say = progress or (lambda _line: None)
-    if not (cached / ".complete").is_file():
+    if not (cached / ".complete").is_file() or nodeps.stale(cached, requirements):
         say(f"resolving {len(requirements)} requirements for linux/amd64, CPython {python} (pip download)")
         try:
-            _pip_download(requirements, python, cached, None, say)
+            nodeps.pip_download(_pip_download, requirements, python, cached, None, say)
         except BuildError:
             if not fallback_index_urls:
                 raise
-            _pip_download(requirements, python, cached, fallback_index_urls, say)
+            nodeps.pip_download(_pip_download, requirements, python, cached, fallback_index_urls, say)
         (cached / ".complete").write_text("ok")
     else:
         say(f"wheelhouse cached: {cached}")
+    nodeps.check(cached, python, say)  # the image installs the lock with --no-deps (image/nodeps.py)
     dest.mkdir(parents=True, exist_ok=True)
     wheels: dict[str, tuple[str, str, str]] = {}
     for wheel in sorted(cached.glob("*.whl")):
