@@ -270,6 +270,39 @@ class TestOptions(Strict):
     max_image_mb: float | None = Field(default=None, gt=0, description="Budget for the image size (MB).")
 
 
+class Proof(Strict):
+    """That the served release predicts the same as the recorded one on probe rows (written by `mlship init`)."""
+
+    artifact_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The artifact the proof was made for.")
+    rows: int = Field(ge=1, description="Probe rows both releases predicted.")
+    labels_equal: bool = Field(description="Every predicted label (or value) equal.")
+    max_abs_diff: float = Field(ge=0, description="Largest absolute difference of probabilities (or values).")
+    tolerance: float = Field(default=1e-9, ge=0, description="The largest difference the proof accepts.")
+    reference: dict[str, str] = Field(default_factory=dict,
+                                      description="Package versions of the recorded environment it ran in.")
+    checked: str = Field(description="When (UTC, ISO 8601).")
+
+
+class Provenance(Strict):
+    """Where the artifact comes from and what serves it: the versions it records, the Python of their time, and
+    the versions the image serves with (another release only with a proof bound to this artifact)."""
+
+    saved_with: dict[str, str] = Field(description="package -> the version the artifact records.")
+    python: str = Field(pattern=r"^3\.\d{1,2}$", description="The Python the recorded versions ran in.")
+    served_with: dict[str, str] = Field(description="package -> the version the image serves with.")
+    proof: Proof | None = Field(default=None, description="Required when a served version differs from the "
+                                "recorded one.")
+
+    @model_validator(mode="after")
+    def _proven(self) -> Provenance:
+        changed = sorted(p for p, v in self.saved_with.items() if self.served_with.get(p, v) != v)
+        if changed and (self.proof is None or not self.proof.labels_equal
+                        or self.proof.max_abs_diff > self.proof.tolerance):
+            raise ValueError(f"served_with changes {', '.join(changed)} from the recorded version without a "
+                             "passing proof; run `mlship init` again to make one")
+        return self
+
+
 class Contract(Strict):
     """The whole mlship.yaml."""
 
@@ -302,6 +335,9 @@ class Contract(Strict):
     )
     output: OutputSpec = Field(default_factory=OutputSpec)
     dependencies: Dependencies = Field(default_factory=Dependencies)
+    provenance: Provenance | None = Field(
+        default=None, description="Written by `mlship init` for a model saved with releases of another era "
+        "(docs/legacy-models.md).")
     docs: str | None = Field(default=None, description="Markdown model card, served at /docs.")
     examples: list[Example] = Field(default_factory=list)
     serve: ServeOptions = Field(default_factory=ServeOptions)

@@ -18,9 +18,11 @@ from mlship import plugins, userpkg
 from mlship.contract import _CODE_REF, Contract
 from mlship.contract_io import CONTRACT_FILE, Project
 from mlship.errors import ArtifactError, ContractError, UserCodeError
+from mlship.legacy.bridge import needs_build_env
+from mlship.legacy.check import installed
 from mlship.runtimes.base import ArtifactInfo, Runtime
 from mlship.runtimes.keras2 import one_tensorflow
-from mlship.runtimes.sklearn_load import missing_module_error, scan_quietly
+from mlship.runtimes.sklearn_load import check_trust, missing_module_error, scan_quietly
 from mlship.trust import forbidden, grouped, library_trusted
 from mlship.usercode import load_function, short_traceback
 
@@ -170,7 +172,8 @@ def _number(text: str) -> Any:
 
 def init_project(artifact: Path, *, directory: Path, runtime: str | None = None, name: str | None = None,
                  sample: Path | None = None, force: bool = False, unsafe_deserialization: bool = False,
-                 load: str | None = None, predict: str | None = None) -> InitResult:
+                 load: str | None = None, predict: str | None = None, keep_versions: bool = False,
+                 python: str | None = None) -> InitResult:
     """Write ``directory/mlship.yaml`` (and a MODEL.md stub when there is none) for ``artifact``.
 
     Refuses to overwrite the contract unless ``force``. Everything is checked before the first file is
@@ -178,7 +181,10 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     are looked for next to the contract (``directory``): they are imported from there while the model is
     inspected (sys.path and sys.modules are restored afterwards) and listed in ``build.include``. ``load`` and
     ``predict`` (``file.py:function``, relative to ``directory``) are written into the contract and used to
-    load the model and compute the example.
+    load the model and compute the example. A scikit-learn pickle of another era (its release has no wheel for
+    this Python) is run in build environments instead (:mod:`mlship.legacy.bridge`; ``keep_versions``: serve the
+    recorded versions without trying a newer release; ``python``: dependencies.python, or for such a pickle the
+    Python its recorded versions run in).
     """
     if not artifact.exists():
         raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
@@ -205,17 +211,30 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     # your own classes (modules next to the contract) are trusted, and written down; never a dangerous name
     rt.trust = tuple(f"{m}.{n}" for m, n in (found.globals if found else [])
                      if m.split(".")[0] in code.local and not library_trusted(m, n) and not forbidden(m, n))
-    with userpkg.importing_from(root, code.local) as imports:
-        hooks = {key: load_function(root, ref, key) for key, ref in (("load", load), ("predict", predict)) if ref}
-        model = _load_model(rt, artifact, hooks.get("load"), load)
-        info = rt.inspect(model, artifact)
-        info.notes.extend(rt.load_warnings())
-        data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization, load, predict,
-                              list(rt.trust))
-        # the example comes from the model loaded above (a `load:` hook is called again by the predictor)
-        data["examples"] = [_example(Contract.model_validate(data), sample, root, target,
-                                     None if load else (rt, model))]
-    notes, added = userpkg.import_notes(code, root, imports.used, data["dependencies"]["requirements"])
+    recorded = found.version("scikit-learn") if found is not None and runtime == "sklearn" else None
+    if (found is not None and recorded and not (load or predict or code.local)
+            and needs_build_env(recorded, installed("scikit-learn"))):
+        if not unsafe_deserialization:  # nothing untrusted runs anywhere, in a container neither
+            check_trust(artifact, found, rt.trust)
+        info, data = _legacy_data(artifact, directory, name, found, sample, unsafe_deserialization, list(rt.trust),
+                                  python, keep_versions)
+        used: set[str] = set()
+    else:
+        with userpkg.importing_from(root, code.local) as imports:
+            hooks = {key: load_function(root, ref, key) for key, ref in (("load", load), ("predict", predict))
+                     if ref}
+            model = _load_model(rt, artifact, hooks.get("load"), load)
+            info = rt.inspect(model, artifact)
+            info.notes.extend(rt.load_warnings())
+            data = _contract_data(artifact, directory, runtime, name, info, unsafe_deserialization, load, predict,
+                                  list(rt.trust))
+            if python:
+                data["dependencies"]["python"] = python
+            # the example comes from the model loaded above (a `load:` hook is called again by the predictor)
+            data["examples"] = [_example(Contract.model_validate(data), sample, root, target,
+                                         None if load else (rt, model))]
+        used = imports.used
+    notes, added = userpkg.import_notes(code, root, used, data["dependencies"]["requirements"])
     data["dependencies"]["requirements"], one_tf = one_tensorflow([*data["dependencies"]["requirements"], *added])
     info.notes.extend(one_tf)
     info.notes.extend(notes)
@@ -225,6 +244,32 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     return InitResult(contract_path=target, contract=contract, info=info, packages=code.local,
                       globals=grouped(found.globals) if found else {},
                       created=_write(directory, target, data, artifact.name))
+
+
+def _legacy_data(artifact: Path, directory: Path, name: str | None, found: Any, sample: Path | None, unsafe: bool,
+                 trust: list[str], python: str | None, keep_versions: bool) -> tuple[ArtifactInfo, dict[str, Any]]:
+    """The contract of a pickle this Python cannot serve as saved: made from build environments (see
+    mlship.legacy.bridge); the example's output is the recorded versions' prediction."""
+    from mlship.contract import InputSpec
+    from mlship.legacy import bridge
+    from mlship.serving.validation import InvalidInput, make_validator, sample_body
+
+    features = bridge.features_of(found, artifact)
+    spec = InputSpec.model_validate({"features": features})
+    example = read_sample(sample, list(features)) if sample else sample_body(spec)
+    try:
+        row = [float(v) for v in make_validator(spec, 1).validate(example).rows[0]]
+    except InvalidInput as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors)
+        raise ContractError(f"The sample row does not fit the model's inputs: {fields}.",
+                            fix=f"Give a sample with the columns {', '.join(features)}.") from None
+    outcome = bridge.run(artifact, found, [row], python=python, keep_versions=keep_versions)
+    data = _contract_data(artifact, directory, "sklearn", name, outcome.info, unsafe, trust=trust)
+    docs = data.pop("docs")
+    data["dependencies"] = {"python": outcome.python, "requirements": outcome.requirements}
+    data.update(provenance=outcome.provenance, docs=docs,
+                examples=[{"input": example, "output": outcome.outputs[0]}])
+    return outcome.info, data
 
 
 def _load_model(rt: Runtime, artifact: Path, loader: Callable[..., Any] | None, ref: str | None) -> Any:

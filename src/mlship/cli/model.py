@@ -36,6 +36,12 @@ def init(
         "--load", help="Your file.py:function(path) -> model, next to mlship.yaml; written as `load:`.")] = None,
     predict: Annotated[str | None, typer.Option(
         "--predict", help="Your file.py:function(model, instances) -> outputs; written as `predict:`.")] = None,
+    keep_versions: Annotated[bool, typer.Option(
+        "--keep-versions", help="A model saved with releases of another era: serve those releases in the Python "
+        "of their time, without trying a newer release proven to predict the same.")] = False,
+    python: Annotated[str | None, typer.Option(
+        "--python", help="dependencies.python (default: this Python; for a model of another era, the newest "
+        "Python its releases have wheels for).")] = None,
 ) -> None:
     """Inspect a model and write mlship.yaml (input schema, labels, pinned versions, one example)."""
     from mlship.init import init_project
@@ -43,7 +49,7 @@ def init(
     with _errors():
         result = init_project(artifact, directory=directory, runtime=runtime, name=name, sample=sample,
                               force=force, unsafe_deserialization=unsafe_deserialization, load=load,
-                              predict=predict)
+                              predict=predict, keep_versions=keep_versions, python=python)
     c = result.contract
     for path in result.created:
         out.print(f"[green]wrote[/] {path}", markup=True)
@@ -59,7 +65,12 @@ def init(
         out.print(f"trusts your class {escape(entry)} (written to trust:)")
     out.print(f"{c.runtime} {c.task} model, {escape(_input_text(c))}"
               + (f", labels: {', '.join(c.output.labels)}" if c.output.labels else ""))
-    if result.info.framework_version:
+    if c.provenance is not None:
+        served = ", ".join(f"{k} {v}" for k, v in c.provenance.served_with.items())
+        out.print(f"saved with {escape(', '.join(f'{k} {v}' for k, v in c.provenance.saved_with.items()))} (Python "
+                  f"{c.provenance.python} era); the image serves with {escape(served)} in Python "
+                  f"{c.dependencies.python}" + (" (proven equal: provenance.proof)" if c.provenance.proof else ""))
+    elif result.info.framework_version:
         out.print(f"saved with {c.runtime} {result.info.framework_version} (pinned in dependencies)")
     for note in result.info.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", markup=True)
@@ -80,6 +91,11 @@ def validate(
         out.print(f"[green]ok[/] {project.contract_path}: {c.name} ({c.runtime}, {c.task}, "
                   f"{escape(_input_text(c))})", markup=True)
         if not load:
+            return
+        from mlship.legacy.check import host_cannot_load
+
+        if host_cannot_load(project) is not None:
+            _validate_elsewhere(project)
             return
         from mlship.examples import check_example
         from mlship.serving.predictor import Predictor
@@ -106,6 +122,25 @@ def validate(
         if failed:
             raise MlshipError(f"{failed} of {len(c.examples)} examples did not match.",
                               fix="Fix the model, or update the expected outputs in mlship.yaml.")
+
+
+def _validate_elsewhere(project: Any) -> None:
+    """validate for a model this machine cannot load as the image serves it: in a build environment."""
+    from mlship.legacy.check import host_cannot_load, validate
+
+    out.print(f"[yellow]note:[/] {escape(host_cannot_load(project) or '')}: validating in a build environment",
+              markup=True)
+    report = validate(project)
+    for note in report.notes:
+        out.print(f"[yellow]note:[/] {escape(note)}", markup=True)
+    out.print(f"[green]ok[/] model loads and predicts in {escape(report.where)}", markup=True)
+    for r in report.results:
+        out.print(f"[green]ok[/] examples[{r.index}]" if r.ok else
+                  f"[red]FAIL[/] examples[{r.index}]: " + escape("; ".join(r.problems)), markup=True)
+    failed = sum(not r.ok for r in report.results)
+    if failed:
+        raise MlshipError(f"{failed} of {len(report.results)} examples did not match.",
+                          fix="Fix the model, or update the expected outputs in mlship.yaml.")
 
 
 @app.command()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from packaging.specifiers import SpecifierSet
@@ -67,11 +68,14 @@ def base_image(project: Project, override: str | None = None) -> str:
     return base_image_for(project.contract.dependencies.python, override, project.contract.build.base_image)
 
 
-def pinned_requirements(project: Project, pins: dict[str, str]) -> tuple[list[str], list[str]]:
+def pinned_requirements(project: Project, pins: dict[str, str],
+                        proven: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """User requirements with the artifact's framework versions enforced, plus the server's own.
 
-    ``pins`` maps a package to the version the artifact was saved with (e.g. scikit-learn 1.5.2).
-    Returns (requirements, notes). A requirement that excludes the saved version is an error.
+    ``pins`` maps a package to the version the artifact was saved with (e.g. scikit-learn 1.5.2), or to the
+    release ``provenance`` proved to predict the same on this artifact: ``proven`` maps such a package to the
+    version the artifact records (so an error names both, truthfully).
+    Returns (requirements, notes). A requirement that excludes the pinned version is an error.
     """
     notes: list[str] = []
     user = wheelhouse.parse_requirements(project.requirements())
@@ -81,13 +85,18 @@ def pinned_requirements(project: Project, pins: dict[str, str]) -> tuple[list[st
         req = by_name.get(wheelhouse.canonical(package))
         if req is None:
             out.append(f"{package}=={saved}")
-            notes.append(f"pinned {package}=={saved}, the version the artifact was saved with")
+            notes.append(f"pinned {package}=={saved}, " + ("the release proven equal to the artifact's "
+                         f"{proven[package]}" if proven and package in proven else "the version the artifact was "
+                         "saved with"))
         elif not SpecifierSet(str(req.specifier)).contains(saved, prereleases=True) and not any(
                 s.operator == "==" and s.version.split("+")[0] == saved for s in req.specifier):  # X+cpu: a build of X
+            recorded = (proven or {}).get(package)
             raise BuildError(
-                f"Version skew: the artifact was saved with {package} {saved}, but "
-                f"dependencies.requirements asks for {req}.",
-                why=f"A pickle is only guaranteed to load with the {package} version that wrote it.",
+                f"Version skew: the artifact was saved with {package} {recorded or saved}"
+                + (f" and proven to predict the same with {saved} (provenance in mlship.yaml)" if recorded else "")
+                + f", but dependencies.requirements asks for {req}.",
+                why=f"A pickle is only guaranteed to load with the {package} version that wrote it"
+                + (", or with a release proven equal on this very file." if recorded else "."),
                 fix=f"Require {package}=={saved} in mlship.yaml, or re-train and re-save the model with "
                 f"the version you want to serve.",
             )
@@ -179,6 +188,11 @@ def build_compiled(project: Project, keep: bool = True) -> Compiled | None:
 
     predictor = Predictor(project, keep_compiled=keep)
     predictor.load()
+    return _compiled_of(project, predictor)
+
+
+def _compiled_of(project: Project, predictor: Any) -> Compiled | None:
+    """What a loaded Predictor says about the compiled path (see build_compiled)."""
     folder = compiled_mod.folder(project.root)
     if predictor.compiled is not None:
         names = [compiled_mod.ONNX_FILE, compiled_mod.RECORD_FILE]
@@ -204,11 +218,11 @@ def compiled_requirements(runtime: str, requirements: list[str], onnxruntime: st
 
 
 def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str] | None = None,
-               compiled: Compiled | None = None) -> BuildPlan:
+               compiled: Compiled | None = None, proven: dict[str, str] | None = None) -> BuildPlan:
     """Pure: decide tag, requirements, labels and Dockerfile (``pins`` from the runtime, see build_pins;
-    ``compiled`` from build_compiled)."""
+    ``compiled`` from build_compiled; ``proven``: see pinned_requirements)."""
     c = project.contract
-    requirements, notes = pinned_requirements(project, pins or {})
+    requirements, notes = pinned_requirements(project, pins or {}, proven)
     if compiled is not None and compiled.onnxruntime is not None:
         requirements, dropped = compiled_requirements(c.runtime, requirements, compiled.onnxruntime)
         notes.append(compiled.note + (f"; left out of the image: {', '.join(dropped)}" if dropped else ""))
@@ -266,16 +280,57 @@ def docker_string(value: object) -> str:
 
 def plan_project(project: Project, base: str | None = None, dry_run: bool = False) -> BuildPlan:
     """The plan `mlship build` uses: the artifact's pinned versions and the compiled path decided by loading it
-    (a dry run writes nothing, not even .mlship/compiled/)."""
-    return plan_build(project, base=base, pins=build_pins(project),
-                      compiled=build_compiled(project, keep=not dry_run))
+    once (a dry run writes nothing, not even .mlship/compiled/). A model this machine cannot load as the image
+    serves it (``provenance`` names other versions) is not loaded: its versions are read from the file and the
+    contract, and the compiled path is not built."""
+    from mlship.legacy.check import host_cannot_load, provenance_pins
+
+    c = project.contract
+    proven: dict[str, str] = {}
+    notes: list[str] = []
+    reason = host_cannot_load(project)
+    if reason is not None:
+        pins, proven, notes = provenance_pins(project)
+        compiled: Compiled | None = Compiled(files=[], onnxruntime=None, note=f"compiled path not built: {reason}; "
+                                             "the image serves the original model")
+    else:
+        from mlship.serving.predictor import Predictor
+
+        predictor = Predictor(project, keep_compiled=not dry_run)
+        predictor.load()
+        if c.provenance is not None and c.runtime == "sklearn" and not c.load:
+            pins, proven, notes = provenance_pins(project)
+        else:
+            pins = _loaded_pins(project, predictor)
+        compiled = _compiled_of(project, predictor)
+    plan = plan_build(project, base=base, pins=pins, compiled=compiled, proven=proven)
+    plan.notes[:0] = notes
+    return plan
+
+
+def _loaded_pins(project: Project, predictor: Any) -> dict[str, str]:
+    """The versions a loaded project's artifact records (its runtime read them while loading it; a compiled model
+    kept from an earlier build is used without loading the original: its scan says them)."""
+    if project.contract.load:
+        return {}
+    runtime = predictor.runtime
+    if predictor.model is not None:
+        return dict(runtime.saved_versions(predictor.model))
+    recorded = getattr(runtime, "recorded_versions", None)
+    return dict(recorded(project.artifact_path)) if callable(recorded) else {}
 
 
 def build_pins(project: Project) -> dict[str, str]:
-    """Framework versions the artifact was saved with, read by its runtime (loads the artifact)."""
-    runtime = plugins.get_runtime(project.contract.runtime)()
-    runtime.configure(project.contract)
-    if project.contract.load:
+    """Framework versions the artifact was saved with, read by its runtime (loads the artifact), or from the
+    file and the contract's provenance (without loading it) when mlship.yaml records one."""
+    c = project.contract
+    if c.provenance is not None and c.runtime == "sklearn" and not c.load:
+        from mlship.legacy.check import provenance_pins
+
+        return provenance_pins(project)[0]
+    runtime = plugins.get_runtime(c.runtime)()
+    runtime.configure(c)
+    if c.load:
         return {}
     from mlship.userpkg import make_importable
 

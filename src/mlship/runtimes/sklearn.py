@@ -100,6 +100,14 @@ class SklearnRuntime(Runtime):
     def saved_versions(self, model: Any) -> dict[str, str]:
         return {"scikit-learn": self.saved_version} if self.saved_version else {}
 
+    def recorded_versions(self, path: Path) -> dict[str, str]:
+        """The scikit-learn version the file records, read without loading it ({} when it records none)."""
+        from mlship.runtimes.sklearn_load import scan_quietly
+
+        found = scan_quietly(path) if path.suffix.lower() != ".skops" else None
+        saved = found.version("scikit-learn") if found is not None else None
+        return {"scikit-learn": saved} if saved else {}
+
     def load_warnings(self) -> list[str]:
         return list(dict.fromkeys(self._warnings))
 
