@@ -27,6 +27,7 @@ from mlship.serving import openapi, pages
 from mlship.serving.batcher import Batcher, concat_rows
 from mlship.serving.metrics import Metrics
 from mlship.serving.predictor import Predictor
+from mlship.serving.protocol import Answer, Headers
 from mlship.serving.validation import Batch, InvalidInput
 
 log = logging.getLogger("mlship.server")
@@ -47,6 +48,13 @@ _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 
 class TooLarge(Exception):
     pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection (or the body timed out) before its request body arrived."""
+
+
+CLOSE = (b"connection", b"close")
 
 
 class _Expired(Exception):
@@ -70,6 +78,7 @@ class App:
         self.version = project.version
         self._version_header = [(b"x-model-version", self.version.encode())]
         self.state = "loading"
+        self.model_ready = False  # loaded and warmed up: predictions are answered, also while stopping
         self.error: str | None = None
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(self.opts.threads, thread_name_prefix="mlship-model")
@@ -126,6 +135,7 @@ class App:
         # garbage collection would walk again (tens of ms, a pause that all requests in flight wait out).
         # Freezing moves them out of the collector's sight; little is garbage yet, so little is kept.
         gc.freeze()
+        self.model_ready = True
         if self.state == "loading":
             self.state = "ready"
             self.metrics.ready = 1
@@ -140,9 +150,37 @@ class App:
             self.on_fatal()
 
     def begin_shutdown(self) -> None:
-        """SIGTERM: stop reporting ready; in-flight requests still finish."""
+        """SIGTERM: stop reporting ready; from now on every response says `Connection: close`. Requests in
+        flight finish, and a request that still arrives on an open connection is answered (the model is loaded)."""
         self.state = "stopping"
         self.metrics.ready = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self.state == "stopping"
+
+    # -- answers the HTTP protocol writes itself (serving/protocol.py) --------------------------------------
+    def overload_answer(self, headers: Headers) -> Answer | None:
+        """The 503 for a POST /predict that arrives while max_concurrency predictions are in progress, answered
+        without starting a task; None when the request must go the usual way (not overloaded, not authorized,
+        model not ready)."""
+        if not self.model_ready or self.metrics.in_progress < self.opts.max_concurrency:
+            return None
+        if not self._authorized({"headers": headers}):
+            return None
+        self.metrics.errors["overload"] += 1
+        self.metrics.request("/predict", 503, 0.0)
+        return 503, [(b"content-type", JSON), (b"retry-after", b"1")], self._overload_body()
+
+    def _overload_body(self) -> bytes:
+        return orjson.dumps({"error": "overloaded",
+                             "message": f"{self.metrics.in_progress} predictions in progress; retry shortly"})
+
+    def timeout_answer(self, what: str) -> Answer:
+        """The 408 for a request whose headers or body did not arrive in time."""
+        self.metrics.request("other", 408, 0.0)
+        return 408, [(b"content-type", JSON)], orjson.dumps(
+            {"error": "request_timeout", "message": f"the request {what} did not arrive in time; send it at once"})
 
     # -- ASGI -----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -172,34 +210,34 @@ class App:
         method = scope["method"]
         if path == "/predict":
             if method != "POST":
-                return await _error(send, 405, "method_not_allowed", "use POST /predict", [(b"allow", b"POST")])
+                return await self._error(send, 405, "method_not_allowed", "use POST /predict", [(b"allow", b"POST")])
             if not self._authorized(scope):
                 return await self._unauthorized(send)
             return await self._predict(scope, receive, send)
         if path not in KNOWN_PATHS:
-            return await _error(send, 404, "not_found", f"no endpoint {path}; see /docs")
+            return await self._error(send, 404, "not_found", f"no endpoint {path}; see /docs")
         if method not in ("GET", "HEAD"):
-            return await _error(send, 405, "method_not_allowed", f"use GET {path}", [(b"allow", b"GET")])
+            return await self._error(send, 405, "method_not_allowed", f"use GET {path}", [(b"allow", b"GET")])
         if path not in PUBLIC_PATHS and not self._authorized(scope):
             return await self._unauthorized(send)
         if path == "/healthz":
-            return await _respond(send, 200, b'{"status":"alive"}')
+            return await self._respond(send, 200, b'{"status":"alive"}')
         if path == "/readyz":
             return await self._readyz(send)
         static = {"/": (self._index, b"text/html; charset=utf-8"), "/docs": (self._docs, b"text/html; charset=utf-8"),
                   "/openapi.json": (self._openapi, JSON), "/metadata": (self._metadata, JSON)}
         if path in static:
             body, ctype = static[path]
-            return await _respond(send, 200, body, ctype)
-        return await _respond(send, 200, self.metrics.render().encode(), b"text/plain; version=0.0.4")
+            return await self._respond(send, 200, body, ctype)
+        return await self._respond(send, 200, self.metrics.render().encode(), b"text/plain; version=0.0.4")
 
     async def _readyz(self, send: Send) -> int:
         if self.state == "ready":
-            return await _respond(send, 200, orjson.dumps({"status": "ready", "version": self.version}))
+            return await self._respond(send, 200, orjson.dumps({"status": "ready", "version": self.version}))
         body = {"status": self.state}
         if self.error:
             body["error"] = self.error
-        return await _respond(send, 503, orjson.dumps(body), headers=[(b"retry-after", b"1")])
+        return await self._respond(send, 503, orjson.dumps(body), headers=[(b"retry-after", b"1")])
 
     def _authorized(self, scope: Scope) -> bool:
         if not self.api_keys:
@@ -211,24 +249,26 @@ class App:
         return False
 
     async def _unauthorized(self, send: Send) -> int:
-        return await _error(send, 401, "unauthorized", "send `Authorization: Bearer <API key>`",
+        return await self._error(send, 401, "unauthorized", "send `Authorization: Bearer <API key>`",
                             [(b"www-authenticate", b"Bearer")])
 
     # -- /predict ---------------------------------------------------------------------------------
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
-        if self.state != "ready":
-            return await _error(send, 503, "not_ready", f"the model is {self.state}; retry later",
+        if not self.model_ready:
+            return await self._error(send, 503, "not_ready", f"the model is {self.state}; retry later",
                                 [(b"retry-after", b"1")])
         if self.metrics.in_progress >= self.opts.max_concurrency:
             return await self._overloaded(send)
         try:
             raw = await self._read_body(scope, receive)
+        except ClientGone:
+            return 499  # nobody to answer (nginx's code for it, in /metrics only)
         except TooLarge:
-            return await _error(send, 413, "body_too_large",
+            return await self._error(send, 413, "body_too_large",
                                 f"request body exceeds {self.opts.max_body_bytes} bytes; send fewer instances")
         if _too_deep(raw):
             self.metrics.errors["invalid_input"] += 1
-            return await _error(send, 422, "invalid_json", f"the body nests deeper than {MAX_DEPTH} levels",
+            return await self._error(send, 422, "invalid_json", f"the body nests deeper than {MAX_DEPTH} levels",
                                 detail=[{"loc": ["body"], "msg": "nested too deeply", "type": "json_invalid",
                                          "expected": f"at most {MAX_DEPTH} levels of arrays/objects",
                                          "got": f"more than {MAX_DEPTH}"}])
@@ -236,12 +276,12 @@ class App:
             batch = self.predictor.validator.validate(orjson.loads(raw))
         except orjson.JSONDecodeError as exc:
             self.metrics.errors["invalid_input"] += 1
-            return await _error(send, 422, "invalid_json", f"the body is not valid JSON: {exc}",
+            return await self._error(send, 422, "invalid_json", f"the body is not valid JSON: {exc}",
                                 detail=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid",
                                          "expected": "a JSON document", "got": str(exc)}])
         except InvalidInput as exc:
             self.metrics.errors["invalid_input"] += 1
-            return await _error(send, 422, "invalid_input", exc.errors[0]["msg"], detail=exc.errors)
+            return await self._error(send, 422, "invalid_input", exc.errors[0]["msg"], detail=exc.errors)
         if self.metrics.in_progress >= self.opts.max_concurrency:
             # checked again: other requests may have started while this body was arriving, and
             # nothing awaits from here to the increment in _run_model
@@ -251,9 +291,7 @@ class App:
 
     async def _overloaded(self, send: Send) -> int:
         self.metrics.errors["overload"] += 1
-        return await _error(send, 503, "overloaded",
-                            f"{self.metrics.in_progress} predictions in progress; retry shortly",
-                            [(b"retry-after", b"1")])
+        return await self._respond(send, 503, self._overload_body(), headers=[(b"retry-after", b"1")])
 
     async def _run_model(self, batch: Batch, send: Send) -> int:
         self.metrics.in_progress += 1  # released by the batcher when the model call returns (or it is dropped)
@@ -266,15 +304,15 @@ class App:
             result = await future
         except _Expired:
             self.metrics.errors["timeout"] += 1
-            return await _error(send, 504, "timeout", f"the prediction took longer than {self.opts.timeout_s:g}s")
+            return await self._error(send, 504, "timeout", f"the prediction took longer than {self.opts.timeout_s:g}s")
         except MlshipError as exc:
             self.metrics.errors["model"] += 1
             log.error("prediction failed: %s", exc.render())
-            return await _error(send, 500, "prediction_failed", exc.message)
+            return await self._error(send, 500, "prediction_failed", exc.message)
         finally:
             timer.cancel()
         body = result[0] if batch.single else {"predictions": result}
-        return await _respond(send, 200, orjson.dumps(body), headers=self._version_header)
+        return await self._respond(send, 200, orjson.dumps(body), headers=self._version_header)
 
     def _release(self, requests: int) -> None:
         self.metrics.in_progress -= requests
@@ -288,6 +326,8 @@ class App:
         size = 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -295,6 +335,25 @@ class App:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    async def _respond(self, send: Send, status: int, body: bytes, ctype: bytes = JSON,
+                       headers: list[tuple[bytes, bytes]] | None = None) -> int:
+        hdrs = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        if headers:
+            hdrs.extend(headers)
+        if self.state == "stopping":
+            hdrs.append(CLOSE)  # the client opens a new connection (elsewhere) for its next request
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    async def _error(self, send: Send, status: int, error: str, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None,
+                     detail: list[dict[str, Any]] | None = None) -> int:
+        payload: dict[str, Any] = {"error": error, "message": message}
+        if detail is not None:
+            payload["detail"] = detail
+        return await self._respond(send, status, orjson.dumps(payload), headers=headers)
 
 
 def _too_deep(raw: bytes) -> bool:
@@ -311,20 +370,3 @@ def _too_deep(raw: bytes) -> bool:
     depth = np.cumsum(np.where(outside, _DEPTH_STEP[chars], 0), dtype=np.int64)
     return depth.size > 0 and int(depth.max()) > MAX_DEPTH
 
-
-async def _respond(send: Send, status: int, body: bytes, ctype: bytes = JSON,
-                   headers: list[tuple[bytes, bytes]] | None = None) -> int:
-    hdrs = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
-    if headers:
-        hdrs.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": body})
-    return status
-
-
-async def _error(send: Send, status: int, error: str, message: str,
-                 headers: list[tuple[bytes, bytes]] | None = None, detail: list[dict[str, Any]] | None = None) -> int:
-    payload: dict[str, Any] = {"error": error, "message": message}
-    if detail is not None:
-        payload["detail"] = detail
-    return await _respond(send, status, orjson.dumps(payload), headers=headers)

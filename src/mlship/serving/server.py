@@ -1,16 +1,31 @@
 """Run the prediction server: bind first, load the model in the background, drain on SIGTERM.
 
 ``python -m mlship.serving`` (used in images) and `mlship serve` both call :func:`serve`.
+
+Shutdown (SIGTERM, Ctrl-C), in order:
+
+1. ``/readyz`` turns 503 and every response from now on says ``Connection: close`` (``App.begin_shutdown``).
+2. The listening socket stops taking connections without dropping any it took: its backlog shrinks to
+   one, the connections the kernel already queued are accepted and answered, then it closes, so a client
+   that connects later is refused (a clean error any client or load balancer retries elsewhere), never
+   accepted and then reset.
+3. Requests in flight finish (up to ``serve.shutdown_grace_s``); a connection closes after its response,
+   an idle keep-alive connection once it has been idle a moment (serving/protocol.py), always FIN first.
+4. The executor stops; the process exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
+import struct
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +35,7 @@ from mlship.contract import PORT_MAX, PORT_MIN, port_problem
 from mlship.contract_io import Project
 from mlship.errors import ServeError
 from mlship.serving.app import App
+from mlship.serving.protocol import protocol_class, read_timeouts
 
 log = logging.getLogger("mlship.server")
 
@@ -104,6 +120,70 @@ class _Server(uvicorn.Server):
         self.exit_code = 1
         self.should_exit = True
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown with a listener that refuses instead of dropping, and connections closed cleanly."""
+        log.info("shutting down: no new connections; finishing the requests in flight")
+        started = time.monotonic()
+        await _stop_listening(self.servers, sockets or [])
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown()
+        grace = self.config.timeout_graceful_shutdown or 0
+        deadline = started + grace
+        while _busy(state.connections) or state.tasks:
+            if self.force_exit or time.monotonic() > deadline:
+                log.error("shutdown_grace_s (%gs) is over: %d request(s) cancelled",
+                          grace, len(state.tasks))
+                for task in list(state.tasks):
+                    task.cancel()
+                break
+            await asyncio.sleep(0.02)
+        for connection in list(state.connections):  # idle ones that already got our FIN, or after the grace
+            connection.transport.close()
+        for server in self.servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+
+def _busy(connections: set[Any]) -> bool:
+    """Whether a connection still has something to answer (not one that only waits for the client's FIN)."""
+    return any(not getattr(c, "lingering", False) for c in connections)
+
+
+def _accept_queue(sock: socket.socket) -> int:
+    """Connections the kernel has completed that nobody accepted yet (Linux: TCP_INFO of a listening socket
+    reports it as tcpi_unacked); 0 where that cannot be read."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None or sock.fileno() < 0:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 32)
+        return int(struct.unpack_from("I", info, 24)[0])
+    except (OSError, struct.error):
+        return 0
+
+
+async def _stop_listening(servers: list[Any], sockets: list[socket.socket], wait_s: float = 1.0) -> None:
+    """Close the listeners without resetting a connection the kernel already accepted for us.
+
+    A listening socket's close resets every connection still in its accept queue, whose clients may have
+    sent their request already. So first the backlog shrinks to one (later SYNs wait for the client's retry,
+    which then finds the port closed: refused), the event loop accepts what is queued (those requests are
+    answered), and only an empty queue is closed. The queue is polled for at most ``wait_s``.
+    """
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.listen(0)
+    deadline = time.monotonic() + wait_s
+    while any(_accept_queue(sock) for sock in sockets) and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+    for server in servers:
+        server.close()
+    for sock in sockets:
+        sock.close()
+
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -128,12 +208,13 @@ def serve(project: Project, config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code (1 if the model failed to load)."""
     port = resolve_port(project, config.port)
     keys = api_keys_for(project)
+    timeouts = read_timeouts()
     sock = _bind(config.host, port)  # bind before anything slow, so the platform sees the port at once
     app = App(project, keys)
     uv_config = uvicorn.Config(
         app,
         lifespan="on",
-        http="httptools",
+        http=protocol_class(app, timeouts),
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         log_level=config.log_level,
         log_config=None,  # use the process's logging setup: one format for mlship and uvicorn
