@@ -179,6 +179,13 @@ def summarize(values: list[float], within_s: float) -> dict[str, Any]:
             "max_ms": (s[-1] * 1e3) if s else math.nan}
 
 
+def somaxconn() -> int | None:
+    """net.core.somaxconn: the kernel caps every listen backlog at it (the server's own is 2048)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("iris", "spin"), default="iris")
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "generator_lag_max_ms": max(lags, default=math.nan) * 1e3,
             "server_cpu": ((cpu1 - cpu0) / wall) if cpu0 is not None and cpu1 is not None else None,
             "load_average_1m_at_start": load_at_start, "cpus": os.cpu_count(),
-            "pinned": server_cpu is not None, "within_ms": args.within,
+            "pinned": server_cpu is not None, "within_ms": args.within, "somaxconn": somaxconn(),
         }
         measured = cpu0 is not None and cpu1 is not None and tally.responses
         result["server_cpu_ms_per_response"] = (cpu1 - cpu0) * 1e3 / tally.responses if measured else None
@@ -257,7 +264,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"overload: {r['model']}, {r['concurrency']} clients ({r['connect_mode']}), {r['seconds']:.1f} s, "
           f"{r['responses']} responses; serve: {' '.join(r['serve']) or 'defaults'}")
     print(f"machine: {r['cpus']} CPUs, load average {r['load_average_1m_at_start']} at start, "
-          f"{'server and generator pinned to separate CPUs' if r['pinned'] else 'not pinned'}")
+          f"{'server and generator pinned to separate CPUs' if r['pinned'] else 'not pinned'}, "
+          f"net.core.somaxconn {r['somaxconn']}")
     print(f"{'status':>6} {'count':>8} {'<= ' + format(r['within_ms'], 'g') + ' ms':>10} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'worst ms':>9}")
     for status, s in r["by_status"].items():
@@ -274,6 +282,9 @@ def print_report(r: dict[str, Any]) -> None:
     if srv is not None:
         print(f"server CPU {srv * 100:.0f}% of one core, {r['server_cpu_ms_per_response']:.3f} ms per response")
     print(f"generator loop lag max {r['generator_lag_max_ms']:.1f} ms")
+    if r["connect"] and r["connect"]["max_ms"] >= 1000:
+        print("!! a connect took 1 s or more: SYNs were dropped because the accept queue was full (a listen backlog "
+              "capped by net.core.somaxconn, or a stalled server), and the client retried after 1 s")
     if r["generator_lag_max_ms"] > r["within_ms"] / 2:
         print("!! the load generator itself fell behind: latencies include its own lag")
     if (r["load_average_1m_at_start"] or 0) > 0.5:

@@ -18,6 +18,8 @@ import pytest
 from conftest import Server, write_custom_project
 from mlship.contract_io import Project, load_project
 from mlship.errors import ServeError
+from mlship.serving.listener import BACKLOG, SOMAXCONN, accept_queue, backlog_warning, listen_backlog
+from mlship.serving.protocol import ReadTimeouts, read_timeouts
 from mlship.serving.server import api_keys_for, resolve_port
 
 # load() blocks until the test creates `loaded` (a deliberately slow loader, but deterministic);
@@ -279,3 +281,54 @@ def test_api_keys_for_reads_os_environ(project_factory: ProjectFactory,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSHIP_API_KEYS", "from-env")
     assert api_keys_for(project_factory()) == ["from-env"]
+
+
+# -- unit: read timeouts, the listening socket ---------------------------------------------------------------
+def test_read_timeouts_from_the_environment() -> None:
+    assert read_timeouts({}) == ReadTimeouts(10.0, 30.0)
+    assert read_timeouts({"MLSHIP_HEADER_TIMEOUT_S": " 2.5 ", "MLSHIP_BODY_TIMEOUT_S": ""}) == ReadTimeouts(2.5, 30.0)
+    for bad in ("0", "-1", "ten", "nan", "1e9"):
+        with pytest.raises(ServeError, match=r"\$MLSHIP_BODY_TIMEOUT_S is not a number of seconds") as err:
+            read_timeouts({"MLSHIP_BODY_TIMEOUT_S": bad})
+        assert err.value.fix == "export MLSHIP_BODY_TIMEOUT_S=30 (the default), or unset it."
+
+
+def test_bad_header_timeout_refuses_to_start(tmp_path: Path) -> None:
+    server = Server(write_custom_project(tmp_path / "p", TRIVIAL), env={"MLSHIP_HEADER_TIMEOUT_S": "forever"})
+    try:
+        code = wait_exit(server, 20)
+    finally:
+        log = server.stop()
+    assert code == 1, log
+    assert "$MLSHIP_HEADER_TIMEOUT_S is not a number of seconds from 0 to 3600: 'forever'" in log
+    assert "export MLSHIP_HEADER_TIMEOUT_S=10 (the default)" in log
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO of a listening socket is Linux's")
+def test_listen_backlog_and_accept_queue_as_the_kernel_reports_them() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(BACKLOG)
+        assert listen_backlog(sock) == min(BACKLOG, int(SOMAXCONN.read_text()))
+        sock.listen(7)
+        assert listen_backlog(sock) == 7
+        clients = [socket.create_connection(sock.getsockname(), timeout=5) for _ in range(3)]
+        try:
+            assert accept_queue(sock) == 3  # completed by the kernel, not accepted yet
+            accepted = [sock.accept()[0] for _ in range(3)]
+            assert accept_queue(sock) == 0
+            for conn in accepted:
+                conn.close()
+        finally:
+            for client in clients:
+                client.close()
+    assert listen_backlog(sock) is None  # closed
+
+
+def test_backlog_warning() -> None:
+    assert backlog_warning(None) is None
+    assert backlog_warning(4096) is None
+    warning = backlog_warning(128)
+    assert warning is not None
+    assert "caps the listen backlog at 128 (net.core.somaxconn)" in warning
+    assert "--sysctl net.core.somaxconn=4096" in warning

@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from mlship.contract import PORT_MAX, PORT_MIN, port_problem
 from mlship.contract_io import Project
 from mlship.errors import ServeError
 from mlship.serving.app import App
+from mlship.serving.listener import BACKLOG, backlog_warning, listen_backlog, stop_listening
 from mlship.serving.protocol import protocol_class, read_timeouts
 
 log = logging.getLogger("mlship.server")
@@ -124,7 +124,7 @@ class _Server(uvicorn.Server):
         """uvicorn's shutdown with a listener that refuses instead of dropping, and connections closed cleanly."""
         log.info("shutting down: no new connections; finishing the requests in flight")
         started = time.monotonic()
-        await _stop_listening(self.servers, sockets or [])
+        await stop_listening(self.servers, sockets or [])
         state = self.server_state
         for connection in list(state.connections):
             connection.shutdown()
@@ -152,39 +152,6 @@ def _busy(connections: set[Any]) -> bool:
     return any(not getattr(c, "lingering", False) for c in connections)
 
 
-def _accept_queue(sock: socket.socket) -> int:
-    """Connections the kernel has completed that nobody accepted yet (Linux: TCP_INFO of a listening socket
-    reports it as tcpi_unacked); 0 where that cannot be read."""
-    tcp_info = getattr(socket, "TCP_INFO", None)
-    if tcp_info is None or sock.fileno() < 0:
-        return 0
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 32)
-        return int(struct.unpack_from("I", info, 24)[0])
-    except (OSError, struct.error):
-        return 0
-
-
-async def _stop_listening(servers: list[Any], sockets: list[socket.socket], wait_s: float = 1.0) -> None:
-    """Close the listeners without resetting a connection the kernel already accepted for us.
-
-    A listening socket's close resets every connection still in its accept queue, whose clients may have
-    sent their request already. So first the backlog shrinks to one (later SYNs wait for the client's retry,
-    which then finds the port closed: refused), the event loop accepts what is queued (those requests are
-    answered), and only an empty queue is closed. The queue is polled for at most ``wait_s``.
-    """
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.listen(0)
-    deadline = time.monotonic() + wait_s
-    while any(_accept_queue(sock) for sock in sockets) and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-    for server in servers:
-        server.close()
-    for sock in sockets:
-        sock.close()
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -199,7 +166,7 @@ def _bind(host: str, port: int) -> socket.socket:
                 fix=f"Stop the other process or choose another port: --port {port + 1}.",
             ) from None
         raise ServeError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -210,6 +177,9 @@ def serve(project: Project, config: ServeConfig) -> int:
     keys = api_keys_for(project)
     timeouts = read_timeouts()
     sock = _bind(config.host, port)  # bind before anything slow, so the platform sees the port at once
+    warning = backlog_warning(listen_backlog(sock))
+    if warning:
+        log.warning("%s", warning)
     app = App(project, keys)
     uv_config = uvicorn.Config(
         app,
@@ -222,6 +192,7 @@ def serve(project: Project, config: ServeConfig) -> int:
         server_header=False,
         timeout_graceful_shutdown=int(max(1, project.contract.serve.shutdown_grace_s)),
         timeout_keep_alive=5,
+        backlog=BACKLOG,
     )
     server = _Server(uv_config, app)
     app.on_fatal = server.fatal
