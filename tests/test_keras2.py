@@ -45,8 +45,12 @@ def tf_version() -> str:
 
 @pytest.fixture(scope="module")
 def keras2_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """An iris classifier (Dense, softmax, Adam, 2 epochs) saved by tf_keras as a SavedModel folder, a zip of
-    it and an HDF5 file; plus the rows to predict and the in-process model's probabilities for them."""
+    return make_keras2_files(tmp_path_factory.mktemp("keras2"))
+
+
+def make_keras2_files(out: Path) -> dict[str, Any]:
+    """An iris classifier (Dense, softmax, Adam, 2 epochs) saved by tf_keras into ``out`` as a SavedModel folder,
+    a zip of it and an HDF5 file; plus the rows to predict and the in-process model's probabilities for them."""
     from sklearn.datasets import load_iris
 
     with warnings.catch_warnings():
@@ -60,7 +64,6 @@ def keras2_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                      tf_keras.layers.Dense(3, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         model.fit(x, y, epochs=2, verbose=0)
-        out = tmp_path_factory.mktemp("keras2")
         model.save(out / "saved_dir")
         model.save(out / "model.h5")
     with zipfile.ZipFile(out / "model.zip", "w") as zf:

@@ -99,8 +99,11 @@ def _forget_netwrap() -> None:
 
 @pytest.fixture(scope="module")
 def wrapped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
-    """(project folder with netwrap/ and estimator.joblib, the sample rows, their in-process probabilities)."""
-    root = tmp_path_factory.mktemp("wrapped") / "project"
+    return make_wrapped(tmp_path_factory.mktemp("wrapped") / "project")
+
+
+def make_wrapped(root: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """(``root`` with netwrap/ and estimator.joblib, the sample rows, their in-process probabilities)."""
     (root / "netwrap").mkdir(parents=True)
     (root / "netwrap" / "__init__.py").write_text(NETWRAP)
     iris = load_iris()
