@@ -81,3 +81,40 @@ def old_sklearn_tree(engine: Any, out: Path, cache: Path) -> tuple[Path, dict[st
     expected = json.loads((out / "expected.json").read_text())
     (out / "expected.json").unlink()
     return out / "model.sav", expected
+
+
+_MADE: dict[str, tuple[bytes, dict[str, Any]]] = {}  # one fixture file per test session, copied to each caller
+
+
+def old_tree_copy(engine: Any, out: Path, cache: Path) -> tuple[Path, dict[str, Any]]:
+    """:func:`old_sklearn_tree`, made once per session (the container takes half a minute): a copy in ``out``."""
+    if "tree" not in _MADE:
+        path, expected = old_sklearn_tree(engine, out, cache)
+        _MADE["tree"] = (path.read_bytes(), expected)
+        return path, expected
+    data, expected = _MADE["tree"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.sav").write_bytes(data)
+    return out / "model.sav", json.loads(json.dumps(expected))
+
+
+def canary_pickle(path: Path, marker: Path) -> Path:
+    """A pickle that records scikit-learn 0.24.2 (a DecisionTreeClassifier's state, as such a file has) and whose
+    state holds an object that runs ``touch marker`` (os.system) when it is loaded. Written on the host with
+    pickle.dumps of classes whose __reduce__ names those callables; nothing here loads it."""
+    import os
+    import pickle
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return os.system, (f"touch {marker}",)
+
+    class OldTree:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return DecisionTreeClassifier, (), {"_sklearn_version": "0.24.2", "n_features_in_": 4,
+                                                "classes_": [0, 1], "payload": Boom()}
+
+    path.write_bytes(pickle.dumps(OldTree(), protocol=4))
+    return path

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mlship.contract import Task
+from mlship.contract import Contract, Task
 from mlship.errors import ArtifactError
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
 from mlship.runtimes.sklearn_load import (
@@ -37,6 +37,11 @@ class SklearnRuntime(Runtime):
         self.saved_version: str | None = None
         self._array_model: Any = None  # the model that prepare() proved takes arrays as well as DataFrames
         self._array_order: list[int] = []  # contract feature order -> the model's column order
+        self._served_with: dict[str, str] = {}  # provenance.served_with: the versions mlship.yaml serves it with
+
+    def configure(self, contract: Contract) -> None:
+        super().configure(contract)
+        self._served_with = dict(contract.provenance.served_with) if contract.provenance is not None else {}
 
     def load(self, path: Path) -> Any:
         try:
@@ -73,7 +78,7 @@ class SklearnRuntime(Runtime):
                     "mlship.yaml and load the model from a `load:` function in predict.py.",
                 ) from None
             except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
-                raise unreadable_error(path, exc, found, sklearn.__version__) from None
+                raise unreadable_error(path, exc, found, sklearn.__version__, self._served_with) from None
         self.saved_version = sklearn.__version__
         for w in caught:
             original = getattr(w.message, "original_sklearn_version", None)

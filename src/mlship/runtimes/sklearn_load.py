@@ -168,11 +168,23 @@ def check_trust(path: Path, found: PickleScan, entries: tuple[str, ...] | list[s
 LAST_OLD_TREE_READER = "1.2.2"
 
 
-def unreadable_error(path: Path, exc: BaseException, found: PickleScan | None, installed: str) -> ArtifactError:
+def unreadable_error(path: Path, exc: BaseException, found: PickleScan | None, installed: str,
+                     served_with: dict[str, str] | None = None) -> ArtifactError:
     """The error for a file joblib cannot load: the version skew when the file records another scikit-learn
-    (the usual cause), else a file that is not what the runtime reads."""
+    (the usual cause; ``served_with``: the versions mlship.yaml's provenance serves it with), else a file that is
+    not what the runtime reads."""
     short = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
     saved = found.version("scikit-learn") if found is not None else None
+    served = (served_with or {}).get("scikit-learn")
+    if saved and served and served != installed:
+        pins = " ".join(f"'{k}=={v}'" for k, v in (served_with or {}).items())
+        return ArtifactError(
+            f"{path.name} was saved with scikit-learn {saved}; mlship.yaml serves it with scikit-learn {served} "
+            f"(provenance), and the scikit-learn installed here ({installed}) cannot load it: {short}",
+            why="`mlship serve` and `mlship predict --local` load the model on this machine; the image installs "
+            "the versions mlship.yaml names (`mlship validate` checks them in a build environment).",
+            fix=f"Serve the image: `mlship deploy --target local` (or `mlship build`, then `mlship test`); or "
+            f"install those versions here: `pip install {pins}`.")
     if saved and saved != installed:
         from packaging.version import InvalidVersion, Version
 
@@ -181,19 +193,19 @@ def unreadable_error(path: Path, exc: BaseException, found: PickleScan | None, i
         except InvalidVersion:
             old = False
         venv = "python3.11 -m venv sk && sk/bin/pip install 'mlship[sklearn]'"
-        fix = (f"Use a scikit-learn that reads it: `{venv} 'scikit-learn=={LAST_OLD_TREE_READER}' 'numpy<2'` (it "
-               "reads the data layout of releases before 1.3); there, load the file, check its predictions, save "
-               "it again with `joblib.dump(model, 'model.joblib')` and run `sk/bin/mlship init model.joblib` "
-               f"(the image is then built with {LAST_OLD_TREE_READER})." if old else
-               f"Run mlship with the version it was saved with: `{venv} 'scikit-learn=={saved}'`, then "
-               f"`sk/bin/mlship init {path.name}`.")
+        auto = (f"Run `mlship init {path.name} --force`: it runs the file with scikit-learn {saved} in a build "
+                "environment (Docker) and writes a contract that serves it" + (
+                    f" with scikit-learn {LAST_OLD_TREE_READER} where that is proven to predict the same, else "
+                    f"with {saved} in the Python of its time. Or by hand: `{venv} "
+                    f"'scikit-learn=={LAST_OLD_TREE_READER}' 'numpy<2'`, then `sk/bin/mlship init {path.name}`."
+                    if old else f". Or by hand: `{venv} 'scikit-learn=={saved}'`, then "
+                    f"`sk/bin/mlship init {path.name}`."))
         return ArtifactError(
             f"{path.name} was saved with scikit-learn {saved}, and the scikit-learn installed here ({installed}) "
             f"cannot load it: {short}",
             why="A scikit-learn pickle holds the library's internal data layout, which changes between releases; "
-            f"mlship read the version from the file without loading it. Serving {saved} in the Python of its "
-            "time is not supported yet.",
-            fix=fix,
+            "mlship read the version from the file without loading it.",
+            fix=auto,
         )
     return ArtifactError(
         f"{path.name} is not a readable joblib/pickle file: {short}",
