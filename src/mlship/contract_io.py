@@ -131,7 +131,7 @@ def _describe(err: Any, root: yaml.Node | None, filename: str) -> str:
         return f"{where} -> {path}: required key is missing"
     got = err.get("input")
     msg = str(err["msg"]).removeprefix("Value error, ")
-    got_text = "" if isinstance(got, dict | list) or f"got {got!r}" in msg else f", got {got!r}"
+    got_text = "" if isinstance(got, (dict, list)) or f"got {got!r}" in msg else f", got {got!r}"
     return f"{where} -> {path}: {msg}{got_text}"
 
 
@@ -170,12 +170,15 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
+_UNIONS = (typing.Union, getattr(types, "UnionType", typing.Union))  # X | Y; types.UnionType: Python 3.10+
+
+
 def _is_mapping(model: Any, part: str) -> bool:
     """Whether field ``part`` of ``model`` is a ``dict[str, X]`` (optionally ``| None``)."""
     if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
         return False
     annotation = model.model_fields[part].annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    if typing.get_origin(annotation) in _UNIONS:
         return any(typing.get_origin(a) is dict for a in typing.get_args(annotation))
     return typing.get_origin(annotation) is dict
 
@@ -193,7 +196,7 @@ def _unwrap(annotation: Any) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin in (list, dict) and args:
         return _unwrap(args[-1])
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+    if origin in _UNIONS and len(args) == 1:
         return _unwrap(args[0])
     return annotation
 

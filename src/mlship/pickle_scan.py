@@ -16,7 +16,6 @@ import importlib
 import lzma
 import math
 import pickle
-import sys
 import zlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,6 +29,7 @@ from joblib.numpy_pickle_compat import _MAX_LEN
 from packaging.version import InvalidVersion, Version
 
 from mlship.errors import ArtifactError
+from mlship.pycompat import STDLIB_MODULES
 
 MAX_FILE_BYTES = 2 * 1024**3  #: larger files are refused
 MAX_STREAM_BYTES = 8 * 1024**3  #: at most this many (decompressed) bytes are read
@@ -129,6 +129,7 @@ class Stub:
         return f"{self.stub_module}.{self.stub_name}"
 
 
+_NATIVE = {k: True for k in ["ensure_native_byte_order"] if k in NumpyUnpickler.__init__.__code__.co_varnames}
 _CORE = importlib.import_module("numpy._core" if np.__version__[:2] != "1." else "numpy.core")
 
 
@@ -164,7 +165,7 @@ class _ScanUnpickler(NumpyUnpickler):  # type: ignore[misc]
     dispatch = NumpyUnpickler.dispatch.copy()
 
     def __init__(self, file: _Reader, name: str, parent: _ScanUnpickler | None = None) -> None:
-        super().__init__(name, file, ensure_native_byte_order=True)
+        super().__init__(name, file, **_NATIVE)  # {}: joblib < 1.2 (old models' images)
         self.depth: int = parent.depth + 1 if parent else 0
         self.refs: set[tuple[str, str]] = parent.refs if parent else set()
         self.instances: list[Stub] = parent.instances if parent else []
@@ -186,7 +187,7 @@ class _ScanUnpickler(NumpyUnpickler):  # type: ignore[misc]
             ("collections", "OrderedDict"): g("collections", "OrderedDict", collections.OrderedDict),
             **{("builtins", t.__name__): g("builtins", t.__name__, t) for t in (set, frozenset, complex, slice)},
             **{("builtins", t.__name__): g("builtins", t.__name__, t,  # bytes(10**12) would allocate: data only
-                                           lambda a: not a or isinstance(a[0], str | bytes | bytearray | list))
+                                           lambda a: not a or isinstance(a[0], (str, bytes, bytearray, list)))
                for t in (bytes, bytearray)},
         }
         for core in ("numpy.core", "numpy._core"):
@@ -255,7 +256,7 @@ class _ScanUnpickler(NumpyUnpickler):  # type: ignore[misc]
             return _ScanUnpickler(self.file_handle, self.filename, parent=self).load()
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes <= MAX_ARRAY_BYTES:
-            return wrapper.read(self, True)  # joblib's own reader: alignment padding, chunks, byte order
+            return wrapper.read(self, *_NATIVE.values())  # joblib's own reader: alignment padding, chunks, byte order
         if getattr(wrapper, "numpy_array_alignment_bytes", None) is not None:
             self.file_handle.read(int.from_bytes(self.file_handle.read(1), "little"))
         while nbytes > 0:
@@ -297,7 +298,7 @@ def scan(path: Path) -> PickleScan:
     return PickleScan(
         compression=compression, protocol=int(unpickler.proto), globals=refs, top_modules=tops,
         frameworks={t: FRAMEWORKS[t] for t in tops if t in FRAMEWORKS},
-        user_modules=[t for t in tops if t not in FRAMEWORKS and t not in sys.stdlib_module_names],
+        user_modules=[t for t in tops if t not in FRAMEWORKS and t not in STDLIB_MODULES],
         dangerous=[f"{m}.{n}" for m, n in refs if (m, n) in DANGEROUS_NAMES or m.split(".")[0] in DANGEROUS_MODULES],
         versions={"scikit-learn": sorted(versions, key=_version_key)} if versions else {},
         estimator=_summary(root), root_class=root.path if isinstance(root, Stub) else None,
@@ -378,11 +379,11 @@ def _summary(root: Any) -> EstimatorSummary | None:
         if pairs:
             first, last = _state(pairs[0][1]) or {}, _state(pairs[-1][1]) or {}
     n = first.get("n_features_in_")
-    summary.n_features_in = int(n) if isinstance(n, int | np.integer) else None
+    summary.n_features_in = int(n) if isinstance(n, (int, np.integer)) else None
     if (names := _values(first.get("feature_names_in_"))) is not None:
         summary.feature_names_in = [str(v) for v in names]
     if (classes := _values(last.get("classes_"))) is not None:
-        summary.classes = [v if v is None or isinstance(v, str | int | float | bool) else str(v) for v in classes]
+        summary.classes = [v if v is None or isinstance(v, (str, int, float, bool)) else str(v) for v in classes]
     return summary
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from importlib.metadata import entry_points
 from typing import Any
 
 from mlship.errors import PluginError
+from mlship.pycompat import entry_points_of
 
 BUILTIN_RUNTIMES: dict[str, str] = {
     "sklearn": "mlship.runtimes.sklearn:SklearnRuntime",
@@ -44,7 +44,7 @@ def available(kind: str) -> dict[str, str]:
     """Every registered plugin of a kind as ``name -> "module:Class"``; duplicates are errors."""
     builtin = BUILTIN_RUNTIMES if kind == "runtime" else BUILTIN_TARGETS
     found = dict(builtin)
-    for ep in entry_points(group=GROUPS[kind]):
+    for ep in entry_points_of(GROUPS[kind]):
         if ep.name in found and found[ep.name] != ep.value:
             raise PluginError(
                 f"Two {kind} plugins are named `{ep.name}`: {found[ep.name]} and {ep.value}.",

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlship.pycompat import STDLIB_MODULES
+
 #: libraries whose classes and functions a model pickle may name (a module and all its submodules)
 TRUSTED_LIBRARIES = ("sklearn", "numpy", "scipy", "pandas", "joblib", "xgboost", "lightgbm", "catboost",
                      "statsmodels", "imblearn")
@@ -96,7 +98,7 @@ def library(module: str) -> str:
     top = module.split(".")[0]
     if top in FRAMEWORKS:
         return FRAMEWORKS[top]
-    if top in sys.stdlib_module_names or top in ("_codecs", "__builtin__", "copy_reg"):
+    if top in STDLIB_MODULES or top in ("_codecs", "__builtin__", "copy_reg"):
         return "the standard library"
     return top
 

@@ -105,7 +105,8 @@ def pinned_requirements(project: Project, pins: dict[str, str],
             out[out.index(str(req))] = f"{package}=={saved}"
             notes.append(f"pinned {package}=={saved} (within your {req.specifier})")
     names = {wheelhouse.canonical(requirement_name(r)) for r in out}
-    out += [r for r in wheelhouse.server_requirements() if wheelhouse.canonical(requirement_name(r)) not in names]
+    server = wheelhouse.server_requirements(project.contract.dependencies.python)  # resolved for the image's Python
+    out += [r for r in server if wheelhouse.canonical(requirement_name(r)) not in names]
     tensor = project.contract.input.tensor
     if tensor is not None and tensor.image is not None and "pillow" not in names:
         out.append(_pin("pillow"))  # decodes the base64 PNGs that input.tensor.image accepts
@@ -259,7 +260,8 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     env.filters["dockerstr"] = docker_string
     template = env.from_string(files("mlship").joinpath("templates/Dockerfile.j2").read_text(encoding="utf-8"))
     dockerfile = template.render(mlship_version=__version__, name=c.name, base_image=image, python="python3",
-                                 labels=labels, prune=prune, strip=strip)
+                                 labels=labels, prune=prune, strip=strip,
+                                 **wheelhouse.dockerfile_values(c.dependencies.python, image))  # pip, 3.9 check
     return BuildPlan(tag=f"{c.name}:{project.version}", base_image=image, python=c.dependencies.python,
                      requirements=requirements, labels=labels, files=model + contract + tools,
                      dockerfile=dockerfile, notes=notes + more, index_urls=index_urls)
@@ -288,7 +290,7 @@ def plan_project(project: Project, base: str | None = None, dry_run: bool = Fals
     c = project.contract
     proven: dict[str, str] = {}
     notes: list[str] = []
-    reason = host_cannot_load(project)
+    reason = host_cannot_load(project) or wheelhouse.other_python(project)  # 3.9: loaded in the image only
     if reason is not None:
         pins, proven, notes = provenance_pins(project)
         compiled: Compiled | None = Compiled(files=[], onnxruntime=None, note=f"compiled path not built: {reason}; "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlship.errors import BuildError, EngineError
+from mlship.image.wheelhouse import MISMATCH
 
 Progress = Callable[[str], None]
 
@@ -136,6 +137,9 @@ def _build_error(tag: str, reason: str, stream: _Stream, log_path: Path | None) 
     """The error of a failed build: the failing step and the last lines of its output, with a fix where the
     output says what went wrong; a FROM image the engine could not get says how to choose another one."""
     full_log = f"Full log: {log_path}" if log_path else None
+    mismatch = next((m for line in [*stream.output, reason] if (m := _MISMATCH.search(line))), None)
+    if mismatch is not None:
+        return python_mismatch(*mismatch.groups())
     base = stream.pulling
     if base is None:
         lines = stream.output[-_QUOTED:]
@@ -153,6 +157,23 @@ def _build_error(tag: str, reason: str, stream: _Stream, log_path: Path | None) 
         why=f"The build starts FROM {base}, and the Docker engine has no copy of it and could not pull it.",
         fix=base_image_fix(base) + (f" {full_log}" if full_log else ""),
     )
+
+
+#: what the first step of an old Python's image prints when the base image runs another Python (Dockerfile.j2)
+_MISMATCH = re.compile(re.escape(MISMATCH) + r" base image (\S+) runs Python (\d+\.\d+), not dependencies\.python "
+                       r"(\d+\.\d+)")
+
+
+def python_mismatch(image: str, found: str, wanted: str) -> BuildError:
+    """The error of a base image whose Python is not dependencies.python."""
+    variable = "MLSHIP_BASE_IMAGE_" + wanted.replace(".", "_")
+    return BuildError(
+        f"The base image {image} runs Python {found}, but dependencies.python is {wanted}.",
+        why=f"The image installs wheels downloaded for Python {wanted} (the versions in mlship.yaml were chosen for "
+        f"it), so it must run that Python; on {found} they would not install, or not run.",
+        fix=f"Build on a Python {wanted} image: python:{wanted}-slim is the default when none is named, or name one "
+        f"with ${variable} (that Python only), --base-image, $MLSHIP_BASE_IMAGE or build.base_image. Or set "
+        f"dependencies.python to {found} if every requirement has wheels for it.")
 
 
 def base_image_fix(image: str) -> str:

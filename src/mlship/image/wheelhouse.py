@@ -13,18 +13,29 @@ import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 import mlship
 from mlship.errors import BuildError
+
+if TYPE_CHECKING:
+    from mlship.contract_io import Project
 from mlship.image import nodeps
 
 # What `python -m mlship.serving` imports (not the CLI's typer/rich/jinja2/docker).
 SERVER_PACKAGES = ("pydantic", "pyyaml", "numpy", "orjson", "uvicorn", "httptools", "uvloop", "packaging")
+#: the oldest CPython the serving image runs on (docs/python-versions.md); the CLI itself needs 3.10+
+OLDEST_PYTHON = (3, 9)
+#: added to an image's server requirements below Python 3.10: pydantic evaluates the contract models' `X | None`
+#: annotations with it there
+BACKPORTS = ("eval_type_backport>=0.2",)
+#: the line a legacy image's build prints when its base image runs another Python (templates/Dockerfile.j2)
+MISMATCH = "mlship: python mismatch:"
 # glibc 2.36 (Debian bookworm, python:3.11-slim) runs every manylinux wheel up to 2_36.
 PLATFORMS = (
     *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)),
@@ -60,15 +71,88 @@ def parse_requirements(lines: list[str]) -> list[Requirement]:
     return reqs
 
 
-def server_requirements() -> list[str]:
-    """The server's own dependencies, pinned to the versions this mlship runs with."""
-    pins = []
-    for name in SERVER_PACKAGES:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
+def python_version(python: str) -> tuple[int, int]:
+    """``"3.9"`` -> ``(3, 9)``."""
+    major, _, minor = python.partition(".")
+    return int(major), int(minor)
+
+
+def is_host_python(python: str) -> bool:
+    """Whether ``python`` (dependencies.python) is the Python this mlship runs in."""
+    return python_version(python) == sys.version_info[:2]
+
+
+def server_requirements(python: str | None = None) -> list[str]:
+    """The server's own dependencies for an image running CPython ``python`` (default: this one).
+
+    For this machine's Python: pinned to the versions this mlship runs with, so the image serves with what was
+    tested here. For another one (an old model's image runs the Python of its time): the ranges mlship declares,
+    resolved by pip for that Python (the lock then pins what it chose), since this machine's versions may have no
+    wheels for it (numpy 2.x has none for 3.9); below 3.10 also the backport pydantic needs to read ``X | None``.
+    """
+    if python is None or is_host_python(python):
+        pins = []
+        for name in SERVER_PACKAGES:
+            try:
+                pins.append(f"{name}=={version(name)}")
+            except PackageNotFoundError:
+                pins.append(name)
+        return pins
+    check_serving_python(python)
+    declared = _declared_ranges()
+    ranges = [declared.get(canonical(name), name) for name in SERVER_PACKAGES]
+    return ranges + (list(BACKPORTS) if python_version(python) < (3, 10) else [])
+
+
+def other_python(project: Project) -> str | None:
+    """Why `mlship build` does not load a scikit-learn pickle on this machine: the image runs another Python (an
+    old model's image runs the Python of its time), so the versions are read from the file, and loading it here
+    would prove nothing about the image (the test gate loads it there); None when the image runs this Python."""
+    c = project.contract
+    if is_host_python(c.dependencies.python) or c.runtime != "sklearn" or c.load:
+        return None
+    here = "{}.{}".format(*sys.version_info[:2])
+    return f"the image runs Python {c.dependencies.python} and this machine {here}; `mlship test` loads it in the image"
+
+
+def check_serving_python(python: str) -> None:
+    """BuildError when the serving image cannot run CPython ``python``."""
+    if python_version(python) >= OLDEST_PYTHON:
+        return
+    oldest = ".".join(map(str, OLDEST_PYTHON))
+    raise BuildError(
+        f"dependencies.python is {python}, but mlship's server runs on Python {oldest} and newer.",
+        why=f"The image runs `python -m mlship.serving` in dependencies.python; its own dependencies (pydantic 2, "
+        f"uvicorn, orjson) have no releases for Python {python}.",
+        fix=f"Set dependencies.python to {oldest} or newer, with versions of your requirements that have wheels "
+        f"for it (e.g. scikit-learn 0.24 has wheels for 3.9; a model saved with an older release may load in "
+        f"0.24: load it there, check its predictions and save it again).",
+    )
+
+
+def dockerfile_values(python: str, base_image: str) -> dict[str, str]:
+    """What templates/Dockerfile.j2 needs to know of the image's Python: ``pip`` (how the build runs pip) and,
+    below Python 3.10, ``legacy`` (that version) and ``python_check`` (a shell word: a program that stops the
+    build with a line engine.py turns into a clear error when the base image runs another Python)."""
+    if python_version(python) >= (3, 10):
+        return {"pip": "python3 -m pip --python /opt/venv/bin/python", "legacy": "", "python_check": ""}
+    program = (f'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(None if v == "{python}" else '
+               f'"{MISMATCH} base image {base_image} runs Python " + v + ", not dependencies.python {python}")')
+    return {"pip": "/opt/venv/bin/python -m pip", "legacy": python, "python_check": f"'{program}'"}
+
+
+def _declared_ranges() -> dict[str, str]:
+    """mlship's own requirement ranges (its package metadata), by canonical name; no extras, no markers."""
+    try:
+        lines = requires("mlship") or []
+    except PackageNotFoundError:
+        return {}
+    ranges = {}
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is None or "extra" not in str(req.marker):
+            ranges[canonical(req.name)] = f"{req.name}{req.specifier}"
+    return ranges
 
 
 def wheel_key(requirements: list[str], python: str) -> str:

@@ -18,7 +18,7 @@ def text_step(model: Any) -> Any:
     from sklearn.pipeline import Pipeline
 
     for _ in range(8):
-        if isinstance(model, CountVectorizer | HashingVectorizer):
+        if isinstance(model, (CountVectorizer, HashingVectorizer)):
             return model
         if not isinstance(model, Pipeline) or not model.steps:
             return None

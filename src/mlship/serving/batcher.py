@@ -25,11 +25,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-Outcome = list[Any] | BaseException  # one request's predictions, or what its model call raised
+if TYPE_CHECKING:  # annotations only: `X | Y` between types needs Python 3.10 at run time (images run 3.9+)
+    Outcome = list[Any] | BaseException  # one request's predictions, or what its model call raised
 MIN_STALL_S = 0.010
 MAX_STALL_S = 1.0
 
@@ -242,7 +243,7 @@ class Batcher:
             self._stall_timer.cancel()
             self._stall_timer = None
         self.release(len(call.jobs))
-        for job, outcome in zip(call.jobs, outcomes, strict=True):
+        for job, outcome in zip(call.jobs, outcomes):  # noqa: B905 - _run gives one per job; 3.9: no strict=
             future = job.future
             if future.done():  # timed out while its call ran
                 continue

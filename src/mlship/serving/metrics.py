@@ -35,7 +35,7 @@ class Histogram:
     def render(self, name: str, labels: str = "") -> list[str]:
         sep = "," if labels else ""
         lines, running = [], 0
-        for bound, count in zip(self.buckets, self.counts, strict=False):
+        for bound, count in zip(self.buckets, self.counts):  # noqa: B905 - counts has one more (+Inf); 3.9: no strict=
             running += count
             lines.append(f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {running}')
         lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.n}')

@@ -196,7 +196,7 @@ class Predictor:
                 f"({', '.join(map(str, classes))}).",
                 fix="List one label per class, in the order of the model's classes_.",
             )
-        return {c: label for c, label in zip(classes, labels, strict=True)}
+        return dict(zip(classes, labels))  # noqa: B905 - lengths checked above; 3.9: no strict=
 
     def warm_up(self) -> list[dict[str, Any]]:
         """One prediction on the first example (or a schema-made instance); proves the model works."""
@@ -236,7 +236,7 @@ class Predictor:
         if self.project.contract.input.tensor is not None:
             instances: Any = rows  # one array (N, *shape), in the contract's dtype
         else:
-            instances = [dict(zip(self.features, row, strict=True)) for row in rows]
+            instances = [dict(zip(self.features, row)) for row in rows]  # noqa: B905 - validated rows; 3.9: no strict=
         try:
             result = list(self._user_predict(self.model, instances))
         except Exception as exc:
@@ -289,7 +289,7 @@ class Predictor:
 def _column(result: list[Any]) -> list[Any]:
     """One output per instance from a column: items that are all one-item arrays or lists (``predict`` of an
     ``(n, 1)`` array, or its ``tolist()``) become their item; anything else is returned as it is."""
-    if result and all((isinstance(r, list | tuple) or (isinstance(r, np.ndarray) and r.ndim == 1))
+    if result and all((isinstance(r, (list, tuple)) or (isinstance(r, np.ndarray) and r.ndim == 1))
                       and len(r) == 1 and not isinstance(r[0], dict) for r in result):
         return [r[0] for r in result]
     return result
@@ -305,6 +305,6 @@ def _jsonable(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value

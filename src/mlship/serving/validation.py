@@ -61,7 +61,7 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -231,7 +231,7 @@ class Validator:
                                f"{len(inst)} values"))
             return []
         row = []
-        for j, (name, value) in enumerate(zip(self.names, inst, strict=True)):
+        for j, (name, value) in enumerate(zip(self.names, inst)):  # noqa: B905 - length checked above; 3.9
             value, problem = _check(self.features[name], value)
             if problem:
                 errors.append(_err([*loc, j], problem, "value_error",
@@ -262,7 +262,7 @@ def _check(feature: Feature, value: Any) -> tuple[Any, str | None]:
     """(the value to pass to the model, a problem or None)."""
     kind = feature.type
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value, "expected a number"
         value = float(value)
         if not math.isfinite(value):
@@ -330,7 +330,7 @@ def _probe_value(f: Feature, known: list[Any], rng: random.Random, wide: bool) -
         return rng.random() < 0.5
     if f.type == "str":
         return rng.choice([k for k in known if isinstance(k, str)] or ["", "a", "b"])
-    numbers = [float(k) for k in known if isinstance(k, int | float) and not isinstance(k, bool)]
+    numbers = [float(k) for k in known if isinstance(k, (int, float)) and not isinstance(k, bool)]
     if numbers and not wide:
         value = rng.choice(numbers) * rng.uniform(0.8, 1.2) + rng.gauss(0.0, 0.1)
     elif f.minimum is not None and f.maximum is not None:
