@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,21 +157,44 @@ def test_api_key_contract_without_keys_fails_in_the_preflight(iris_image: tuple[
 
 
 # --- 4. local target convergence: kill a deploy at each step, run it again -------------------------
-def deploy_killed_at(folder: Path, marker: str) -> list[str]:
-    """`python -m mlship deploy` in a subprocess, SIGKILLed once a stderr line contains ``marker``."""
+@dataclass
+class Interrupted:
+    lines: list[str]  # stderr, line by line
+    returncode: int
+    stdout: str
+
+
+def deploy_signalled_at(folder: Path, marker: str, sig: int = signal.SIGKILL, *args: str) -> Interrupted:
+    """`python -m mlship deploy` in a subprocess, sent ``sig`` once a stderr line contains ``marker``; then read to
+    its end (what it prints while it exits)."""
     env = {**os.environ, "MLSHIP_BASE_IMAGE": TEST_BASE_IMAGE}
     lines: list[str] = []
-    with subprocess.Popen([sys.executable, "-m", "mlship", "deploy", "--target", "local", "-f", str(folder)],
-                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as proc:
-        assert proc.stderr is not None
+    sent = False
+    with subprocess.Popen([sys.executable, "-m", "mlship", "deploy", "--target", "local", "-f", str(folder), *args],
+                          stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
         for line in proc.stderr:
             lines.append(line.rstrip("\n"))
-            if marker in line:
-                proc.send_signal(signal.SIGKILL)
-                break
+            if marker in line and not sent:
+                proc.send_signal(sig)
+                sent = True
+        stdout = proc.stdout.read()
         proc.wait(timeout=300)
-    assert proc.returncode == -signal.SIGKILL, f"never saw {marker!r}:\n" + "\n".join(lines)
-    return lines
+    assert sent, f"never saw {marker!r}:\n" + "\n".join(lines)
+    return Interrupted(lines, proc.returncode, stdout)
+
+
+def deploy_killed_at(folder: Path, marker: str) -> list[str]:
+    """`python -m mlship deploy` in a subprocess, SIGKILLed once a stderr line contains ``marker``."""
+    run = deploy_signalled_at(folder, marker)
+    assert run.returncode == -signal.SIGKILL, "\n".join(run.lines)
+    return run.lines
+
+
+def orphans(engine: Any, name: str) -> list[str]:
+    """The service's containers besides one running `mlship-<name>` (gate, candidate, -previous, stopped ones)."""
+    return [c.name for c in service_containers(engine, name)
+            if (c.name, c.status, c.labels.get("dev.mlship.role")) != (f"mlship-{name}", "running", "service")]
 
 
 def assert_converged(engine: Any, name: str, history: list[str]) -> None:

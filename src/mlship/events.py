@@ -74,7 +74,8 @@ class Events:
         except BaseException as exc:
             seconds = round(time.perf_counter() - started, 3)
             self.timings[name] = seconds
-            what = getattr(exc, "message", None) or type(exc).__name__
+            what = getattr(exc, "message", None) or ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
+                                                     else type(exc).__name__)
             self.emit(Event(name, "fail", str(what).splitlines()[0], seconds=seconds))
             raise
         seconds = round(time.perf_counter() - started, 3)

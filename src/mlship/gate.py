@@ -10,10 +10,12 @@ report or the output. The container is labelled ``dev.mlship.role=test`` plus wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -78,8 +80,13 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None, *, en
     key = api_key(project, environment)
     cli = engine.client()
     started = time.monotonic()
-    container = cli.containers.run(image, detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
-                                   environment=environment, labels={**(labels or {}), "dev.mlship.role": "test"})
+    name = f"mlship-test-{uuid.uuid4().hex[:12]}"  # found by name if an interrupt lands before run() returns
+    try:
+        container = cli.containers.run(image, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", None)},
+                                       environment=environment, labels={**(labels or {}), "dev.mlship.role": "test"})
+    except BaseException:
+        _remove_named(cli, name)
+        raise
     try:
         container.reload()
         # no binding when the container exited before the engine published the port
@@ -100,10 +107,20 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None, *, en
         if budgets.max_image_mb is not None and report.size_mb > budgets.max_image_mb:
             report.problems.append(f"image is {report.size_mb:g} MB, over test.max_image_mb={budgets.max_image_mb:g}")
     finally:
-        container.stop(timeout=10)
-        report.logs = _redact(container.logs().decode(errors="replace")[-4000:], environment, project)
-        container.remove(force=True)
+        try:
+            container.stop(timeout=10)
+            report.logs = _redact(container.logs().decode(errors="replace")[-4000:], environment, project)
+        finally:  # also when Ctrl-C lands in the stop: nothing is left running
+            container.remove(force=True)
     return report
+
+
+def _remove_named(cli: Any, name: str) -> None:
+    """Remove the container ``name`` if the engine made it (an interrupted ``run`` may have created it)."""
+    from docker.errors import NotFound
+
+    with contextlib.suppress(NotFound):
+        cli.containers.get(name).remove(force=True)
 
 
 def _wait_ready(url: str, started: float, deadline: float, container: Any) -> float:

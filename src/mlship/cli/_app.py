@@ -28,6 +28,10 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+INTERRUPTED = ("stopped by Ctrl-C (SIGINT); what this run had started was cleaned up. "
+               "Run the command again to finish: a re-run picks up where this one stopped.")
+
 FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="mlship.yaml, or its folder (default: .).")]
 
 
@@ -43,6 +47,9 @@ def _errors() -> Iterator[None]:
         if exc.fix:
             err.print(f"[green]fix:[/] {escape(exc.fix)}", markup=True)
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C (SIGINT): the core cleaned up on the way out; say so, no traceback
+        err.print(f"[bold red]interrupted:[/] {INTERRUPTED}", markup=True, highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _version(value: bool) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from mlship.cli._app import err
+from mlship.cli._app import EXIT_INTERRUPTED, INTERRUPTED, err
 from mlship.errors import GateError, MlshipError, PreflightError
 from mlship.events import Event, Events
 from mlship.reports import ErrorDetail, ErrorReport, PreflightReport, Report
@@ -83,6 +83,11 @@ def json_errors(command: str, as_json: bool) -> Iterator[None]:
             emit_json(ErrorReport(command=command, exit_code=exc.exit_code, error=detail,
                                   preflight=exc.report if isinstance(exc, PreflightError) else None,
                                   gate=exc.report if isinstance(exc, GateError) else None))
+        raise
+    except KeyboardInterrupt:
+        if as_json:
+            detail = ErrorDetail(type="Interrupted", message=f"{command} was interrupted: {INTERRUPTED}")
+            emit_json(ErrorReport(command=command, exit_code=EXIT_INTERRUPTED, error=detail))
         raise
 
 

@@ -39,7 +39,10 @@ one is ready: it is stopped and renamed ``mlship-<service>-previous``, and remov
 a kill in the switch, in ``mlship-<service>-previous``, so the history survives; it removes gate and
 candidate containers left by a deploy whose owner process is gone (``os.kill(pid, 0)`` on the same host;
 from another host, one that runs and is younger than ``test.ready_timeout_s + 60`` s counts as a deploy in
-progress). ``destroy`` removes all of them.
+progress). ``destroy`` removes all of them. A deploy interrupted by Ctrl-C (SIGINT) cleans up before it exits:
+its gate and candidate containers go, and during the switch either the new container already answers
+``/readyz`` (it stays) or it goes and the old one serves again (``LocalContainers._settle_interrupted``). The
+containers themselves are handled in :mod:`mlship.targets.local_containers`.
 
 There is a short switch-over gap in step 3, from the old container's SIGTERM until the new one has
 loaded its model: Docker cannot move a published port from one container to another, so the old
@@ -54,18 +57,11 @@ import hashlib
 import json
 import math
 import os
-import socket
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from mlship import client as http
 from mlship.contract_io import Project
 from mlship.errors import ClientError, TargetError
-from mlship.image import engine
 from mlship.reports import Check
 from mlship.targets.base import (
     CONTAINER_PORT,
@@ -77,31 +73,24 @@ from mlship.targets.base import (
     Progress,
     Target,
     TargetStatus,
-    owner_alive,
-    owner_label,
     parse_options,
 )
-from mlship.targets.local_options import (
-    LocalOptions,
-    connect_host,
-    created,
-    host_port,
-    logs_tail,
-    short,
-    url_of,
+from mlship.targets.local_containers import (
+    LABEL_CONFIG,
+    LABEL_IMAGE,
+    LABEL_PREVIOUS,
+    LABEL_TARGET,
+    LocalContainers,
 )
+from mlship.targets.local_options import LocalOptions, host_port, logs_tail, short, url_of
 
 __all__ = ["CONTAINER_PORT", "LABEL_CONFIG", "LABEL_IMAGE", "LABEL_PREVIOUS", "LABEL_ROLE", "LABEL_SERVICE",
            "LABEL_TARGET", "LocalOptions", "LocalTarget"]
 
-LABEL_TARGET = "dev.mlship.target"
-LABEL_IMAGE = "dev.mlship.image"
-LABEL_PREVIOUS = "dev.mlship.previous"
-LABEL_CONFIG = "dev.mlship.config"
 VERSION_LABEL = "org.opencontainers.image.version"
 
 
-class LocalTarget(Target):
+class LocalTarget(LocalContainers, Target):
     """The service as a container on the local Docker engine (see the module docstring)."""
 
     name: ClassVar[str] = "local"
@@ -118,20 +107,10 @@ class LocalTarget(Target):
         self._client: Any = None
 
     # --- connection -------------------------------------------------------------------------------
-    @property
-    def docker(self) -> Any:
-        if self._client is None:
-            self._client = engine.client()
-        return self._client
-
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-
-    @property
-    def url(self) -> str:
-        return url_of(connect_host(self.opts.host), self.opts.port)
 
     # --- preflight (read-only) ---------------------------------------------------------------------
     def preflight(self) -> list[Check]:
@@ -254,85 +233,84 @@ class LocalTarget(Target):
                                       previous=labels.get(LABEL_PREVIOUS) or None, changed=False, digest=info.id)
             else:
                 self._check_port_free()
-
-            # 1. candidate on an ephemeral loopback port
-            progress(f"starting candidate {self.candidate_name} from {image}")
-            candidate = self._run(image, self.candidate_name, "127.0.0.1", None, "no", env,
-                                  role="candidate", previous="", config=config)
+            switching_from = None
             try:
-                cand_url = url_of("127.0.0.1", host_port(candidate))
-                problem = self._wait_ready(cand_url, candidate)
-                if problem:
-                    raise TargetError(
-                        f"{image} did not become ready: {problem}. Nothing changed"
-                        + (f"; {self.container_name} still serves "
-                           f"{current.labels.get(LABEL_IMAGE)}." if current is not None else "."),
-                        why="Candidate log tail:\n" + logs_tail(candidate),
-                        fix=f"Fix the model or its dependencies, rebuild and deploy again; `mlship test` "
-                        f"reproduces this (raise test.ready_timeout_s={self.ready_timeout:g} if it is "
-                        "only slow).",
-                    )
-                progress(f"candidate ready at {cand_url}")
-                if smoke and self.project.contract.examples:
-                    try:
-                        http.post_json(f"{cand_url}/predict", self.project.contract.examples[0].input,
-                                       api_key, timeout=30)
-                    except ClientError as exc:
-                        raise TargetError(
-                            f"Smoke test of {image} failed: POST examples[0] to /predict: {exc.message}. "
-                            "Nothing changed"
-                            + (f"; {self.container_name} still serves "
-                               f"{current.labels.get(LABEL_IMAGE)}." if current is not None else "."),
-                            why="Candidate log tail:\n" + logs_tail(candidate),
-                            fix="Run `mlship test` on the image to see every example's result.",
-                        ) from None
-                    progress("smoke test passed (examples[0] -> 200)")
-            finally:
-                candidate.remove(force=True)
-
-            # 2. switch over: stop the old container and keep it as -previous (the history stays findable), start
-            #    the final one on the stable port, then remove the old one (or bring it back if the new one fails)
-            old_image = old_previous = None
-            if current is not None:
-                old_image = current.labels.get(LABEL_IMAGE) or None
-                old_previous = current.labels.get(LABEL_PREVIOUS, "")
-                if current.name == self.container_name:
-                    progress(f"stopping {self.container_name} ({old_image}; SIGTERM, up to {self.stop_timeout}s)")
-                    current.stop(timeout=self.stop_timeout)
-                    current.rename(self.retired_name)
-            previous = old_previous if old_image == image else old_image
-            progress(f"starting {self.container_name} from {image} on {self.opts.host}:{self.opts.port}")
-            problem, final_logs = self._start_final(image, env, previous or "", config)
-            if problem:
-                restored = ""
-                if current is not None:
-                    restore_problem = self._restore(current)
-                    restored = (f" Restarted the previous image {old_image} on port {self.opts.port}."
-                                if not restore_problem else
-                                f" Restarting the previous image {old_image} failed too: {restore_problem}.")
-                raise TargetError(
-                    f"{self.container_name} from {image} failed to start on {self.opts.host}:{self.opts.port}: "
-                    f"{problem}.{restored}",
-                    why="Container log tail:\n" + final_logs if final_logs else None,
-                    fix=f"Check that port {self.opts.port} is free (`targets.local.port` in mlship.yaml) and "
-                    "deploy again.",
-                )
-            if current is not None:
-                progress(f"removing {self.retired_name} ({old_image})")
-                current.remove(force=True)
+                self._try_candidate(image, env, config, api_key, smoke, current, progress)
+                switching_from = current
+                previous = self._switch(image, env, config, current, progress)
+            except KeyboardInterrupt:  # Ctrl-C: leave one container serving, then stop
+                self._settle_interrupted(switching_from, progress)
+                raise
         progress(f"{self.container_name} ready at {self.url}")
         return Deployment(url=self.url, image=image, version=version, previous=previous or None, digest=info.id)
 
-    def _restore(self, old: Any) -> str:
-        """Bring the stopped old container back as the service (same config); "" when it is ready again."""
-        from docker.errors import APIError
-
+    def _try_candidate(self, image: str, env: dict[str, str], config: str, api_key: str | None, smoke: bool,
+                       current: Any, progress: Progress) -> None:
+        """Step 1: the candidate on an ephemeral loopback port must become ready (and, with ``smoke``, answer
+        examples[0]); TargetError otherwise. It is removed either way."""
+        unchanged = "Nothing changed" + (f"; {self.container_name} still serves {current.labels.get(LABEL_IMAGE)}."
+                                         if current is not None else ".")
+        progress(f"starting candidate {self.candidate_name} from {image}")
+        candidate = self._run(image, self.candidate_name, "127.0.0.1", None, "no", env,
+                              role="candidate", previous="", config=config)
         try:
-            old.rename(self.container_name)
-            old.start()
-        except APIError as exc:
-            return short(exc)
-        return self._wait_ready(self.url, old)
+            cand_url = url_of("127.0.0.1", host_port(candidate))
+            problem = self._wait_ready(cand_url, candidate)
+            if problem:
+                raise TargetError(
+                    f"{image} did not become ready: {problem}. {unchanged}",
+                    why="Candidate log tail:\n" + logs_tail(candidate),
+                    fix=f"Fix the model or its dependencies, rebuild and deploy again; `mlship test` "
+                    f"reproduces this (raise test.ready_timeout_s={self.ready_timeout:g} if it is only slow).",
+                )
+            progress(f"candidate ready at {cand_url}")
+            if smoke and self.project.contract.examples:
+                try:
+                    http.post_json(f"{cand_url}/predict", self.project.contract.examples[0].input, api_key,
+                                   timeout=30)
+                except ClientError as exc:
+                    raise TargetError(
+                        f"Smoke test of {image} failed: POST examples[0] to /predict: {exc.message}. {unchanged}",
+                        why="Candidate log tail:\n" + logs_tail(candidate),
+                        fix="Run `mlship test` on the image to see every example's result.",
+                    ) from None
+                progress("smoke test passed (examples[0] -> 200)")
+        finally:
+            candidate.remove(force=True)
+
+    def _switch(self, image: str, env: dict[str, str], config: str, current: Any, progress: Progress) -> str:
+        """Step 2: stop the old container and keep it as -previous (the history stays findable), start the final
+        one on the stable port, then remove the old one (or bring it back if the new one fails). Returns the
+        image the new container replaced ("" for a first deploy)."""
+        old_image = old_previous = None
+        if current is not None:
+            old_image = current.labels.get(LABEL_IMAGE) or None
+            old_previous = current.labels.get(LABEL_PREVIOUS, "")
+            if current.name == self.container_name:
+                progress(f"stopping {self.container_name} ({old_image}; SIGTERM, up to {self.stop_timeout}s)")
+                current.stop(timeout=self.stop_timeout)
+                current.rename(self.retired_name)
+        previous = (old_previous if old_image == image else old_image) or ""
+        progress(f"starting {self.container_name} from {image} on {self.opts.host}:{self.opts.port}")
+        problem, final_logs = self._start_final(image, env, previous, config)
+        if problem:
+            restored = ""
+            if current is not None:
+                restore_problem = self._restore(current)
+                restored = (f" Restarted the previous image {old_image} on port {self.opts.port}."
+                            if not restore_problem else
+                            f" Restarting the previous image {old_image} failed too: {restore_problem}.")
+            raise TargetError(
+                f"{self.container_name} from {image} failed to start on {self.opts.host}:{self.opts.port}: "
+                f"{problem}.{restored}",
+                why="Container log tail:\n" + final_logs if final_logs else None,
+                fix=f"Check that port {self.opts.port} is free (`targets.local.port` in mlship.yaml) and "
+                "deploy again.",
+            )
+        if current is not None:
+            progress(f"removing {self.retired_name} ({old_image})")
+            current.remove(force=True)
+        return previous
 
     def _start_final(self, image: str, env: dict[str, str], previous: str, config: str) -> tuple[str, str]:
         """Start the service container on the stable port; ("", "") when ready, else (problem, log tail)."""
@@ -342,7 +320,7 @@ class LocalTarget(Target):
             container = self._run(image, self.container_name, self.opts.host, self.opts.port,
                                   self.opts.restart, env, role="service", previous=previous, config=config)
         except APIError as exc:
-            self._remove_named(self.container_name)
+            self._remove_mine(self.container_name)
             return short(exc), ""
         problem = self._wait_ready(self.url, container)
         if not problem:
@@ -388,107 +366,7 @@ class LocalTarget(Target):
                 removed.append(f"container {container.name} ({image})")
         return removed
 
-    # --- helpers ----------------------------------------------------------------------------------
-    @contextmanager
-    def _engine_errors(self, action: str) -> Iterator[None]:
-        from docker.errors import APIError
-
-        try:
-            yield
-        except APIError as exc:
-            raise TargetError(
-                f"The Docker engine refused a request during `{action}` of `{self.service}`: {short(exc)}",
-                why="A failed deploy removes its candidate; the previous container is left as it was.",
-                fix=f"Check `docker ps -a --filter label={LABEL_SERVICE}={self.service}`, then try again.",
-            ) from None
-
-    def _containers(self) -> list[Any]:
-        """Every container of this service on this target, and the test gate's (candidates and gates first)."""
-        found = self.docker.containers.list(all=True, filters={"label": [f"{LABEL_SERVICE}={self.service}"]})
-        mine = [c for c in found if c.labels.get(LABEL_TARGET) == "local" or c.labels.get(LABEL_ROLE) == "test"]
-        return sorted(mine, key=lambda c: c.labels.get(LABEL_ROLE) == "service")
-
-    def _get(self, name: str) -> Any:
-        from docker.errors import NotFound
-
-        try:
-            return self.docker.containers.get(name)
-        except NotFound:
-            return None
-
-    def _service_container(self) -> Any:
-        return self._own(self.container_name)
-
-    def _current(self) -> Any:
-        """The container that holds the service's state: ``mlship-<service>``, or, after a deploy killed in
-        the switch, the stopped ``mlship-<service>-previous``."""
-        return self._service_container() or self._own(self.retired_name)
-
-    def _own(self, name: str) -> Any:
-        """The container ``name`` if it exists; TargetError if it exists but mlship did not create it."""
-        container = self._get(name)
-        if container is None:
-            return None
-        labels = container.labels
-        if labels.get(LABEL_SERVICE) != self.service or labels.get(LABEL_TARGET) != "local":
-            raise TargetError(
-                f"A container named {name} exists, but mlship did not create it.",
-                why=f"It has no {LABEL_SERVICE}={self.service} / {LABEL_TARGET}=local labels, so it is not "
-                "touched.",
-                fix=f"Remove or rename it (`docker rm -f {name}`), or rename the service (`name` in "
-                "mlship.yaml).",
-            )
-        return container
-
-    def _remove_named(self, name: str) -> None:
-        container = self._get(name)
-        if container is not None and container.labels.get(LABEL_SERVICE) == self.service:
-            container.remove(force=True)
-
-    def _busy(self) -> list[Any]:
-        """Gate and candidate containers of another deploy of this service that is still running: its owner
-        process lives (same host), or, where that cannot be told, it runs and is young."""
-        busy = []
-        for container in self._containers():
-            labels = container.labels
-            if labels.get(LABEL_ROLE) not in ("candidate", "test") or labels.get(LABEL_DEPLOY) == self.deploy_id:
-                continue
-            alive = owner_alive(labels.get(LABEL_OWNER, ""))
-            if alive is None:
-                alive = container.status == "running" and time.time() - created(container) < self.ready_timeout + 60
-            if alive:
-                busy.append(container)
-        return busy
-
-    def _clear_stale(self, progress: Progress) -> None:
-        """Remove what an interrupted deploy left (gate and candidate containers whose owner is gone, and an
-        old -previous container next to a service container); refuse while another deploy runs."""
-        busy = self._busy()
-        if busy:
-            raise TargetError(
-                f"Another deploy of `{self.service}` seems to be in progress ({busy[0].name}, started by "
-                f"{busy[0].labels.get(LABEL_OWNER) or 'an unknown process'}).",
-                fix=f"Wait for it to finish, or remove it: `docker rm -f {busy[0].name}`.",
-            )
-        for container in self._containers():
-            if container.labels.get(LABEL_ROLE) in ("candidate", "test") \
-                    and container.labels.get(LABEL_DEPLOY) != self.deploy_id:
-                progress(f"removing {container.name} left by an interrupted deploy")
-                container.remove(force=True)
-        if self._service_container() is not None:
-            retired = self._own(self.retired_name)
-            if retired is not None:
-                progress(f"removing {self.retired_name} left by an interrupted switch")
-                retired.remove(force=True)
-
-    def _image(self, ref: str) -> Any:
-        from docker.errors import ImageNotFound
-
-        try:
-            return self.docker.images.get(ref)
-        except ImageNotFound:
-            return None
-
+    # --- environment ---------------------------------------------------------------------------------
     def _environment(self) -> tuple[dict[str, str], str | None]:
         """The container's environment, and an API key for the smoke test when auth is on."""
         serve = self.project.contract.serve
@@ -510,62 +388,3 @@ class LocalTarget(Target):
         config = {"env": env, "host": self.opts.host, "port": self.opts.port, "restart": self.opts.restart,
                   "stop_timeout": self.stop_timeout}
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-    def _check_port_free(self) -> None:
-        """Fail before starting anything when the host port is taken (only for a local engine)."""
-        docker_host = os.environ.get("DOCKER_HOST", "")
-        if docker_host and not docker_host.startswith("unix://"):
-            return
-        family = socket.AF_INET6 if ":" in self.opts.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no conflict; a listener is
-            try:
-                sock.bind((self.opts.host, self.opts.port))
-            except OSError as exc:
-                raise TargetError(
-                    f"Port {self.opts.port} on {self.opts.host} is already in use: {exc.strerror}.",
-                    why="The local target publishes the service on targets.local.port.",
-                    fix="Stop whatever uses it, or set another port: `targets: {local: {port: 8081}}` "
-                    "in mlship.yaml.",
-                ) from None
-
-    def _run(self, image: str, name: str, host: str, port: int | None, restart: str, env: dict[str, str], *,
-             role: str, previous: str, config: str) -> Any:
-        api = self.docker.api
-        labels = {LABEL_SERVICE: self.service, LABEL_TARGET: "local", LABEL_IMAGE: image,
-                  LABEL_PREVIOUS: previous, LABEL_ROLE: role, LABEL_CONFIG: config,
-                  LABEL_DEPLOY: self.deploy_id, LABEL_OWNER: owner_label()}
-        host_config = api.create_host_config(
-            port_bindings={CONTAINER_PORT: (host, port)},
-            restart_policy={"Name": restart, **({"MaximumRetryCount": 5} if restart == "on-failure" else {})},
-        )
-        created = api.create_container(image, name=name, environment=env, labels=labels,
-                                       ports=[CONTAINER_PORT], stop_signal="SIGTERM",
-                                       stop_timeout=self.stop_timeout, host_config=host_config, detach=True)
-        try:
-            api.start(created["Id"])
-        except BaseException:
-            api.remove_container(created["Id"], force=True)
-            raise
-        return self.docker.containers.get(created["Id"])
-
-    def _ready(self, url: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:  # noqa: S310 - http to the engine
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def _wait_ready(self, url: str, container: Any) -> str:
-        """"" once /readyz is 200; else why not (container exited, restarted, or timed out)."""
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            if self._ready(url):
-                return ""
-            container.reload()
-            state = container.attrs.get("State", {})
-            if container.status in ("exited", "dead") or container.attrs.get("RestartCount", 0) > 0:
-                return f"the container exited with code {state.get('ExitCode')}"
-            if time.monotonic() > deadline:
-                return f"/readyz was not 200 within test.ready_timeout_s={self.ready_timeout:g}s"
-            time.sleep(0.1)
