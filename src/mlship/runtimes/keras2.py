@@ -12,7 +12,9 @@ Everything else keeps its loader (Keras 3 for ``.keras`` and Keras 3 HDF5 files,
 plain SavedModels). Keras 3 cannot read a Keras 2 SavedModel at all, and reads Keras 2 HDF5 files only
 approximately, so there is no silent fallback: without tf-keras the load fails with the ``pip install``.
 
-This module also keeps one TensorFlow package in a requirements list (``one_tensorflow``).
+This module also keeps one TensorFlow package in a requirements list (``one_tensorflow``); tf-keras itself
+declares a dependency on ``tensorflow``, which the image leaves out because tensorflow-cpu provides it
+(image/nodeps.py).
 """
 
 from __future__ import annotations
