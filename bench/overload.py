@@ -3,6 +3,7 @@
 
     python bench/overload.py                       # iris example, 256 clients, 5 s (about 15 s in all)
     python bench/overload.py --model spin          # a model that holds the GIL 20 ms per call
+    python bench/overload.py --model sleep         # the same time with the GIL free (the control)
     python bench/overload.py --connect new         # a new connection per request (a connection storm)
     python bench/overload.py --json overload.json
 
@@ -65,6 +66,17 @@ def predict(model, instances):
     return [i["x"] * model for i in instances]
 """
 
+SLEEP_PREDICT = """
+import time
+
+def load(path):
+    return 2.0
+
+def predict(model, instances):
+    time.sleep({seconds!r})  # the GIL is free meanwhile, like a model in C code that releases it
+    return [i["x"] * model for i in instances]
+"""
+
 SPIN_CONTRACT = """\
 name: spin
 runtime: sklearn
@@ -79,10 +91,11 @@ examples:
 """
 
 
-def make_spin_project(directory: Path, spin_ms: float) -> None:
+def make_spin_project(directory: Path, spin_ms: float, hold_gil: bool = True) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.pkl").write_bytes(b"not used: predict.py:load makes the model")
-    (directory / "predict.py").write_text(textwrap.dedent(SPIN_PREDICT.format(seconds=spin_ms / 1000)))
+    snippet = SPIN_PREDICT if hold_gil else SLEEP_PREDICT
+    (directory / "predict.py").write_text(textwrap.dedent(snippet.format(seconds=spin_ms / 1000)))
     (directory / "mlship.yaml").write_text(SPIN_CONTRACT)
 
 
@@ -188,8 +201,10 @@ def somaxconn() -> int | None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("iris", "spin"), default="iris")
-    p.add_argument("--spin-ms", type=float, default=20.0, help="--model spin: milliseconds per model call")
+    p.add_argument("--model", choices=("iris", "spin", "sleep"), default="iris",
+                   help="iris: the example; spin: a model call of --spin-ms holding the GIL; sleep: the same time "
+                        "with the GIL free")
+    p.add_argument("--spin-ms", type=float, default=20.0, help="--model spin/sleep: milliseconds per model call")
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load (a hard bound)")
     p.add_argument("--requests", type=int, default=100_000, help="stop after this many responses")
@@ -219,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = iris_rows()
             bodies = [request_body([row]) for row in rows]
         else:
-            make_spin_project(tmp, args.spin_ms)
+            make_spin_project(tmp, args.spin_ms, hold_gil=args.model == "spin")
             bodies = [json.dumps({"x": float(i)}).encode() for i in range(64)]
         add_serve_options(tmp / "mlship.yaml", args.serve)
         server = ServerProcess(tmp, server_cpu)
@@ -232,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu1 = server.cpu_seconds()
         within = args.within / 1000
         result = {
-            "model": args.model if args.model == "iris" else f"spin {args.spin_ms:g} ms/call (GIL held)",
+            "model": {"iris": "iris", "spin": f"spin {args.spin_ms:g} ms/call (GIL held)",
+                      "sleep": f"sleep {args.spin_ms:g} ms/call (GIL free)"}[args.model],
             "concurrency": args.concurrency, "connect_mode": args.connect, "serve": args.serve,
             "seconds": wall, "responses": tally.responses,
             "by_status": {str(k): summarize(v, within) for k, v in sorted(tally.latencies.items())},

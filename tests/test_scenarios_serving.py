@@ -201,6 +201,18 @@ def test_after_sigterm_responses_say_connection_close_and_idle_connections_get_a
         assert server.proc.wait(10) == 0
 
 
+def test_idle_keepalive_connection_is_closed_with_a_fin_after_5_s(tmp_path: Path,
+                                                                  sockets: list[socket.socket]) -> None:
+    project = write_custom_project(tmp_path / "p", GATED_PREDICT)
+    with running(project) as server:
+        sock = connect(server, sockets)
+        sock.sendall(request("POST", "/predict", b'{"x": 1.0}'))
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        assert closed_cleanly(sock, timeout=15)  # FIN (a reset would raise ConnectionResetError)
+        assert 4 < time.monotonic() - started < 10
+
+
 # -- read timeouts ------------------------------------------------------------------------------------------
 def test_slow_header_client_is_cut_off_and_others_are_served(tmp_path: Path, sockets: list[socket.socket]) -> None:
     project = write_custom_project(tmp_path / "p", GATED_PREDICT)

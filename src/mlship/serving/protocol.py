@@ -239,6 +239,8 @@ class MlshipHttpProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """The server stops: close after the response in progress, or once idle for DRAIN_IDLE_S."""
         self.draining = True
+        if self.lingering:
+            return  # already closing
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
         elif not self._reading_headers:

@@ -40,6 +40,7 @@ from mlship.serving.protocol import protocol_class, read_timeouts
 log = logging.getLogger("mlship.server")
 
 
+
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
@@ -141,7 +142,7 @@ class _Server(uvicorn.Server):
         for connection in list(state.connections):  # idle ones that already got our FIN, or after the grace
             connection.transport.close()
         for server in self.servers:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # (not TimeoutError before Python 3.11)
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if not self.force_exit:
             await self.lifespan.shutdown()
