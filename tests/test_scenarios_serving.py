@@ -8,6 +8,7 @@ Timing bounds here are deliberately loose (the machine is shared): speed targets
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import select
 import socket
 import threading
@@ -15,9 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from conftest import GATED_PREDICT, Server, metric, running, wait_metric, write_custom_project
 
@@ -315,3 +318,59 @@ def test_overload_still_asks_for_the_api_key_first(tmp_path: Path) -> None:
         finally:
             (project / "gate-150").touch()
         assert slow.result().json() == {"value": 300.0}
+
+
+# -- in the image: `docker stop` under load -----------------------------------------------------------------
+def test_docker_stop_under_load_answers_or_refuses_every_request(docker_engine: Any,
+                                                                 iris_image: tuple[Path, str]) -> None:
+    # reviewers saw `docker stop` under load accept 377 connections and close them unanswered. Clients connect to
+    # the container's own address: the published port goes through docker-proxy, which accepts every connection
+    # itself, whatever the server does (the local target's clients see that; this test is about the server)
+    project, image = iris_image
+    example = yaml.safe_load((project / "mlship.yaml").read_text())["examples"][0]["input"]
+    container = docker_engine.containers.run(image, detach=True, labels={"dev.mlship.role": "scenario-test"},
+                                             environment={"MLSHIP_API_KEYS": ""})
+    try:
+        container.reload()
+        address = container.attrs["NetworkSettings"]["IPAddress"]
+        url = f"http://{address}:8080"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, container.logs().decode()[-2000:]
+            time.sleep(0.1)
+        outcomes: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        def post_until_gone() -> None:
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                try:  # a new connection per request: what a load balancer's health-checked pool does under churn
+                    r = httpx.post(url + "/predict", json=example, timeout=15)
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    with lock:
+                        outcomes["refused"] += 1  # refused, or the container's address is gone: never sent
+                    return
+                except httpx.TransportError as exc:
+                    with lock:
+                        outcomes[type(exc).__name__] += 1
+                    continue
+                with lock:
+                    outcomes[str(r.status_code)] += 1
+
+        with concurrent.futures.ThreadPoolExecutor(17) as pool:
+            clients = [pool.submit(post_until_gone) for _ in range(16)]
+            time.sleep(1.0)
+            stopping = pool.submit(container.stop, timeout=10)
+            for f in clients:
+                f.result()
+            stopping.result()
+        container.reload()
+        logs = container.logs().decode()
+        assert set(outcomes) <= {"200", "refused"}, (outcomes, logs[-2000:])
+        assert outcomes["refused"] == 16 and outcomes["200"] > 16, outcomes
+        assert container.attrs["State"]["ExitCode"] == 0, logs[-2000:]
+    finally:
+        container.remove(force=True)
