@@ -166,6 +166,29 @@ def test_an_old_scikit_learn_model_is_built_tested_and_deployed_on_python_39(
           f"first request through the URL {first_s * 1000:.1f} ms")
 
 
+def test_the_contract_init_writes_with_keep_versions_builds_and_passes_the_gate(
+        old_tree: tuple[Path, dict[str, Any]], bullseye: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlship init --keep-versions` (dependencies.python 3.9, the recorded versions, provenance without a proof)
+    -> `mlship build` -> `mlship test`: its examples, computed by 0.24.2 at init, are replayed in the image."""
+    (tmp_path / "old").mkdir()
+    shutil.copy(old_tree[0], tmp_path / "old" / "model.sav")
+    monkeypatch.chdir(tmp_path / "old")
+    monkeypatch.setenv("MLSHIP_BASE_IMAGE_3_9", bullseye)
+    monkeypatch.delenv("MLSHIP_BASE_IMAGE", raising=False)
+    result = invoke("init", "model.sav", "--keep-versions")
+    assert result.exit_code == 0, result.output
+    contract = load_project(tmp_path / "old").contract
+    assert contract.dependencies.python == "3.9" and contract.provenance is not None
+    assert set(SKLEARN_024) <= set(contract.dependencies.requirements)
+    path = tmp_path / "old" / "mlship.yaml"
+    assert "name: model\n" in path.read_text()
+    path.write_text(path.read_text().replace("name: model\n", f"name: legacy-init-{uuid.uuid4().hex[:8]}\n"))
+    built = report(invoke("build", "--json"))
+    assert built["base_image"] == bullseye and set(SKLEARN_024) <= set(built["requirements"])
+    gate = report(invoke("test", "--json"))
+    assert gate["ok"] is True and gate["examples"] and all(e["ok"] for e in gate["examples"])
+
+
 def test_a_base_image_with_another_python_is_a_clear_error(old_tree: tuple[Path, dict[str, Any]], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_project(tmp_path / "old", old_tree)
