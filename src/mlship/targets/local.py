@@ -203,8 +203,10 @@ class LocalTarget(LocalContainers, Target):
             if self._image(previous) is None:
                 raise TargetError(
                     f"Cannot roll back to {previous}: the image is no longer in the local Docker engine.",
-                    fix="Rebuild it (check out that version and run `mlship build`), then "
-                    "`mlship rollback --target local` again.",
+                    why="Nothing changed: the current version keeps serving.",
+                    fix="Check out that version and deploy it: `mlship deploy --target local`. (`mlship build` of "
+                    "the same files with the same mlship makes the same tag again; then `mlship rollback --target "
+                    "local` works too.)",
                 )
         progress(f"rolling back {labels.get(LABEL_IMAGE)} -> {previous}")
         # /readyz includes the image's own warm-up prediction; the current contract's example may not
