@@ -31,6 +31,7 @@ from mlship.contract_io import load_project
 from mlship.errors import BuildError
 from mlship.image import wheelhouse
 from mlship.image.context import plan_build, plan_project
+from mlship.legacy.check import host_cannot_load
 
 LABELS = ["setosa", "versicolor", "virginica"]
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -228,6 +229,7 @@ def test_the_server_requirements_follow_the_images_python(old_tree: tuple[Path, 
     assert "python mismatch: base image python:3.9-slim" in plan.dockerfile  # the build's first step checks it
     assert "--python /opt/venv/bin/python" not in plan.dockerfile  # the venv's own pip (a base's may be older)
     assert not (project.root / ".mlship").exists()  # a dry run writes nothing
+    assert host_cannot_load(project) == f"the image runs Python 3.9 and this machine {host}"  # validate: elsewhere
     path = write_project(tmp_path / "current", old_tree) / "mlship.yaml"
     path.write_text(path.read_text().replace("python: '3.9'", f"python: '{host}'"))
     current = plan_build(load_project(path), pins={})  # this Python: the Dockerfile and server pins as before

@@ -105,14 +105,16 @@ def server_requirements(python: str | None = None) -> list[str]:
 
 
 def other_python(project: Project) -> str | None:
-    """Why `mlship build` does not load a scikit-learn pickle on this machine: the image runs another Python (an
-    old model's image runs the Python of its time), so the versions are read from the file, and loading it here
-    would prove nothing about the image (the test gate loads it there); None when the image runs this Python."""
+    """Why this machine does not load a scikit-learn pickle for a contract without ``provenance`` (written by
+    hand): the image runs another Python (an old model's image runs the Python of its time), so loading it here
+    would prove nothing about the image. `mlship build` reads the versions from the file, `mlship validate` runs
+    in a build environment, the test gate loads it in the image (legacy.check.host_cannot_load); None when the
+    image runs this Python."""
     c = project.contract
     if is_host_python(c.dependencies.python) or c.runtime != "sklearn" or c.load:
         return None
     here = "{}.{}".format(*sys.version_info[:2])
-    return f"the image runs Python {c.dependencies.python} and this machine {here}; `mlship test` loads it in the image"
+    return f"the image runs Python {c.dependencies.python} and this machine {here}"
 
 
 def check_serving_python(python: str) -> None:

@@ -25,9 +25,13 @@ def installed(package: str) -> str | None:
 
 def host_cannot_load(project: Project) -> str | None:
     """Why this machine cannot load the artifact the way the image serves it, or None when it can (or the
-    contract records no provenance: the usual path)."""
+    contract records no provenance and the image runs this machine's Python: the usual path)."""
     prov = project.contract.provenance
-    if prov is None or project.contract.runtime != "sklearn" or project.contract.load:
+    if prov is None:  # written by hand: the image runs another Python (e.g. 3.9) -> loaded there, not here
+        from mlship.image.wheelhouse import other_python
+
+        return other_python(project)
+    if project.contract.runtime != "sklearn" or project.contract.load:
         return None
     served = prov.served_with.get(_PACKAGE)
     here = installed(_PACKAGE)
