@@ -13,6 +13,7 @@ import select
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,6 +288,12 @@ def test_overload_is_answered_503_at_once_and_keeps_the_connection(
                 status, headers, _ = read_response(sock)
                 assert (status, headers["retry-after"]) == (503, "1")
                 assert "connection" not in headers
+            # two requests in one packet, the first asking to close: one answer, then a FIN (not a reset)
+            sock.sendall(request("POST", "/predict", b'{"x": 1.0}', "Connection: close\r\n")
+                         + request("POST", "/predict", b'{"x": 2.0}'))
+            status, headers, _ = read_response(sock)
+            assert (status, headers["connection"]) == (503, "close")
+            assert closed_cleanly(sock, timeout=5)
         finally:
             for i in range(2):
                 (project / f"gate-{150 + i}").touch()
@@ -296,8 +303,8 @@ def test_overload_is_answered_503_at_once_and_keeps_the_connection(
             assert r.json() == {"error": "overloaded", "message": "2 predictions in progress; retry shortly"}
             assert took < 5  # at once, not after the gated predictions (10 s): speed targets are in the bench
         assert [f.result().json() for f in slow] == [{"value": 300.0}, {"value": 302.0}]
-        assert metric(client, 'mlship_prediction_errors_total{kind="overload"}') == 67
-        assert metric(client, 'mlship_requests_total{path="/predict",code="503"}') == 67
+        assert metric(client, 'mlship_prediction_errors_total{kind="overload"}') == 68
+        assert metric(client, 'mlship_requests_total{path="/predict",code="503"}') == 68
 
 
 def test_overload_still_asks_for_the_api_key_first(tmp_path: Path) -> None:
@@ -328,11 +335,13 @@ def test_docker_stop_under_load_answers_or_refuses_every_request(docker_engine: 
     # itself, whatever the server does (the local target's clients see that; this test is about the server)
     project, image = iris_image
     example = yaml.safe_load((project / "mlship.yaml").read_text())["examples"][0]["input"]
+    # a network of its own: once the container is gone, its address cannot go to another engine user's container
+    network = docker_engine.networks.create(f"mlship-scenario-{uuid.uuid4().hex[:8]}", driver="bridge")
     container = docker_engine.containers.run(image, detach=True, labels={"dev.mlship.role": "scenario-test"},
-                                             environment={"MLSHIP_API_KEYS": ""})
+                                             environment={"MLSHIP_API_KEYS": ""}, network=network.name)
     try:
         container.reload()
-        address = container.attrs["NetworkSettings"]["IPAddress"]
+        address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
         url = f"http://{address}:8080"
         deadline = time.monotonic() + 60
         while True:
@@ -359,6 +368,7 @@ def test_docker_stop_under_load_answers_or_refuses_every_request(docker_engine: 
                     continue
                 with lock:
                     outcomes[str(r.status_code)] += 1
+                assert r.status_code != 200 or r.json()["label"] in ("setosa", "versicolor", "virginica"), r.text
 
         with concurrent.futures.ThreadPoolExecutor(17) as pool:
             clients = [pool.submit(post_until_gone) for _ in range(16)]
@@ -374,3 +384,4 @@ def test_docker_stop_under_load_answers_or_refuses_every_request(docker_engine: 
         assert container.attrs["State"]["ExitCode"] == 0, logs[-2000:]
     finally:
         container.remove(force=True)
+        network.remove()

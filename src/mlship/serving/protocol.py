@@ -109,7 +109,8 @@ class MlshipHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the read timeout, or the wait for an idle close
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._reading_headers = False
         self._idle_since = 0.0
         self.draining = False
@@ -118,7 +119,8 @@ class MlshipHttpProtocol(HttpToolsProtocol):
     # -- timers ----------------------------------------------------------------------------------------
     def _arm(self, seconds: float, callback: Any) -> None:
         self._disarm()
-        self._timer = self.loop.call_later(seconds, callback)
+        if not self.lingering:
+            self._timer = self.loop.call_later(seconds, callback)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -133,6 +135,8 @@ class MlshipHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -153,6 +157,8 @@ class MlshipHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._disarm()
+        if self.lingering:
+            return  # a request after one answered with Connection: close, in the same packet: not answered
         if self.parser.get_method() == b"POST" and self.url.partition(b"?")[0] == b"/predict" and self.idle() \
                 and not self.pipeline:
             answer = self.app_hooks.overload_answer(self.headers)
@@ -231,7 +237,7 @@ class MlshipHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.transport.write_eof()
-        self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+        self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def timeout_keep_alive_handler(self) -> None:
         self._linger_close()
