@@ -30,6 +30,7 @@ BUILTIN_RUNTIMES: dict[str, str] = {
 BUILTIN_TARGETS: dict[str, str] = {
     "local": "mlship.targets.local:LocalTarget",
     "cloudrun": "mlship.targets.cloudrun:CloudRunTarget",
+    "ecs": "mlship.targets.ecs:EcsTarget",
 }
 
 GROUPS = {"runtime": "mlship.runtimes", "target": "mlship.targets"}

@@ -1,5 +1,5 @@
 """Google Cloud access for the ``cloudrun`` target: credentials, API clients, retries, long-running
-operations, error messages, and the smoke test.
+operations and error messages (the smoke test is in mlship.targets.common).
 
 Credentials are Application Default Credentials (``google.auth.default``, scope cloud-platform), or
 anonymous ones when ``api_endpoint`` is a loopback ``http://`` URL (an emulator) or
@@ -9,21 +9,17 @@ login only; they are never printed or logged.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 
-from mlship.contract import Example
 from mlship.errors import TargetError
-from mlship.examples import check_example
 from mlship.targets.cloudrun.options import CloudRunOptions
+from mlship.targets.common import poll
 
 T = TypeVar("T")
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -211,18 +207,13 @@ class Gcp:
         Polling errors (the operation could not be read) raise TargetError; re-running the deploy picks up
         whatever the operation did.
         """
-        deadline = time.monotonic() + self.op_timeout_s
-        delay = self.poll_s
-        while not self.call(f"{what} (waiting for the operation)", "get", operation.done):
-            if time.monotonic() > deadline:
-                raise TargetError(f"{what}: the operation did not finish within {self.op_timeout_s:g}s.",
-                                  fix="Check it with `gcloud run services describe`, then deploy again.")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 5.0)
+        poll(what, lambda: True if self.call(f"{what} (waiting for the operation)", "get", operation.done) else None,
+             timeout_s=self.op_timeout_s, first_delay_s=self.poll_s,
+             fix="Check it with `gcloud run services describe`, then deploy again.")
         error: BaseException | None = operation.exception()
         return error
 
-    # --- smoke test ---------------------------------------------------------------------------------
+    # --- ID token for the smoke test ---------------------------------------------------------------
     def id_token(self, audience: str) -> str | None:
         """An ID token for calling a private service (None: anonymous, or none can be minted)."""
         if self.anonymous:
@@ -248,34 +239,3 @@ def _not_found_as_none(method: Callable[..., Any]) -> Callable[..., Any]:
         except gexc.NotFound:
             raise _Missing() from None
     return wrapped
-
-
-def smoke_test(url: str, examples: list[Example], *, version: str | None, id_token: str | None,
-               api_key: str | None, timeout_s: float = 30.0) -> list[str]:
-    """POST every example to ``url``/predict and compare; problems (empty when all passed).
-
-    ``version``: the X-Model-Version the URL must answer with (proves it reaches the new revision).
-    The ID token goes in X-Serverless-Authorization, so ``Authorization`` stays free for an API key.
-    """
-    headers = {"Content-Type": "application/json"}
-    if id_token:
-        headers["X-Serverless-Authorization"] = f"Bearer {id_token}"
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    problems: list[str] = []
-    for i, example in enumerate(examples or []):
-        req = urllib.request.Request(f"{url}/predict", data=json.dumps(example.input).encode(),  # noqa: S310
-                                     method="POST", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) service URL
-                got, answered = json.loads(resp.read()), resp.headers.get("X-Model-Version")
-        except urllib.error.HTTPError as exc:
-            problems.append(f"examples[{i}]: {url}/predict answered HTTP {exc.code}: {exc.read()[:300]!r}")
-            continue
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            problems.append(f"examples[{i}]: POST {url}/predict failed: {getattr(exc, 'reason', exc)}")
-            continue
-        if version is not None and answered != version:
-            problems.append(f"examples[{i}]: answered by model version {answered}, expected {version}")
-        problems += [f"examples[{i}]: {p}" for p in check_example(i, example, got).problems]
-    return problems

@@ -9,29 +9,21 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from mlship.targets.common import env_name, env_strings, plain_env_name
+
 OWN_LABELS = ("managed-by", "dev-mlship-version", "model-version", "model-sha")
 RESERVED_ENV = ("PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
-_SECRET_WORDS = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 
 
 def _env_name(key: str) -> str:
-    if not _ENV_NAME.match(key):
-        raise ValueError(f"{key!r} is not a valid environment variable name")
-    if key in RESERVED_ENV:
-        raise ValueError(f"{key} is set by Cloud Run; remove it")
-    return key
+    return env_name(key, RESERVED_ENV, "Cloud Run")
 
 
 def _plain_env_name(key: str) -> str:
-    """An env name for a plain value: one that looks secret is refused (only the name is ever shown)."""
-    if _SECRET_WORDS.search(_env_name(key)):
-        raise ValueError(
-            f"{key!r} looks like a secret, and plain env values are readable by anyone who can view the "
-            f"service; store it in Secret Manager and reference it instead: `secrets: {{{key}: SECRET_NAME:latest}}`")
-    return key
+    return plain_env_name(_env_name(key), readers="view the service", store="Secret Manager",
+                          example="SECRET_NAME:latest")
 
 
 EnvName = Annotated[str, AfterValidator(_env_name)]
@@ -163,4 +155,4 @@ class CloudRunOptions(BaseModel):
         return f"{self.registry_host}/{self.project.replace(':', '/')}/{self.repository}"
 
     def environment(self) -> dict[str, str]:
-        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in self.env.items()}
+        return env_strings(self.env)

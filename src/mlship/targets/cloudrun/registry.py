@@ -17,6 +17,7 @@ from mlship.errors import EngineError, TargetError
 from mlship.image import engine
 from mlship.targets.base import Progress
 from mlship.targets.cloudrun.api import TRANSIENT_HTTP, Gcp, api_error, short_error
+from mlship.targets.common import poll, push_progress, push_with_credentials
 
 ARTIFACT_REGISTRY = "https://artifactregistry.googleapis.com"
 ALREADY_EXISTS = 6  # google.rpc.Code
@@ -64,15 +65,15 @@ def ensure_repository(gcp: Gcp, progress: Progress) -> None:
         return
     if status != 200:
         raise _error(gcp, f"create {what}", status, op)
-    deadline, delay = time.monotonic() + gcp.op_timeout_s, gcp.poll_s
-    while not op.get("done"):
-        if time.monotonic() > deadline:
-            raise TargetError(f"create {what}: the operation did not finish within {gcp.op_timeout_s:g}s.")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-        status, op = rest(gcp, f"create {what}", "GET", f"{root}/v1/{op['name']}")
-        if status != 200:
-            raise _error(gcp, f"create {what}", status, op)
+    def done() -> dict[str, Any] | None:
+        nonlocal op
+        if not op.get("done"):
+            status, op = rest(gcp, f"create {what}", "GET", f"{root}/v1/{op['name']}")
+            if status != 200:
+                raise _error(gcp, f"create {what}", status, op)
+        return op if op.get("done") else None
+
+    op = poll(f"create {what}", done, timeout_s=gcp.op_timeout_s, first_delay_s=gcp.poll_s)
     if op.get("error") and op["error"].get("code") != ALREADY_EXISTS:
         raise _error(gcp, f"create {what}", 400, op)
 
@@ -80,7 +81,7 @@ def ensure_repository(gcp: Gcp, progress: Progress) -> None:
 def push(gcp: Gcp, image: str, progress: Progress) -> str:
     """Push ``image`` (NAME:VERSION) to REGISTRY/PROJECT/REPOSITORY; returns the reference by digest."""
     path = gcp.opts.registry_path
-    quiet = _push_progress(progress)
+    quiet = push_progress(progress)
     try:
         if gcp.anonymous or not gcp.opts.registry_host.endswith(".pkg.dev"):
             return engine.push(image, path, quiet)  # credentials, if any, from your Docker config
@@ -92,40 +93,6 @@ def push(gcp: Gcp, image: str, progress: Progress) -> str:
 
 
 def _push_with_token(gcp: Gcp, image: str, path: str, progress: Progress) -> str:
-    """engine.push, with the engine logged in to Artifact Registry as oauth2accesstoken (ADC token).
-
-    engine.push opens its own engine client, which a login on another client does not reach, hence
-    this variant of its loop on the logged-in client.
-    """
-    from docker.errors import APIError, ImageNotFound
-
-    cli = engine.client()
-    repo, _, tag = f"{path}/{image}".rpartition(":")
-    digest = None
-    try:
-        cli.login(username="oauth2accesstoken", password=gcp.access_token(),
-                  registry=f"https://{gcp.opts.registry_host}", reauth=True)
-        cli.images.get(image).tag(repo, tag)
-        for chunk in cli.api.push(repo, tag=tag, stream=True, decode=True):
-            if "error" in chunk:
-                raise EngineError(f"Push of {repo}:{tag} failed: {chunk['error'].strip()}")
-            if chunk.get("status") and chunk.get("id"):
-                progress(f"{chunk['id']}: {chunk['status']}")
-            digest = (chunk.get("aux") or {}).get("Digest", digest)
-    except ImageNotFound:
-        raise EngineError(f"No image {image} in the local engine.", fix="Run `mlship build` first.") from None
-    except APIError as exc:
-        raise EngineError(f"Push of {repo}:{tag} failed: {short_error(exc)}") from None
-    finally:
-        cli.close()
-    if digest is None:
-        raise EngineError(f"Push of {repo}:{tag} reported no digest.")
-    return f"{repo}@{digest}"
-
-
-def _push_progress(progress: Progress) -> Progress:
-    """Only the lines worth reading from a push (one per layer, not every byte-count update)."""
-    def forward(line: str) -> None:
-        if line.endswith((": Pushed", ": Layer already exists")) or ": Mounted from " in line:
-            progress(line)
-    return forward
+    """Push with the engine logged in to Artifact Registry as oauth2accesstoken (ADC access token)."""
+    return push_with_credentials(image, f"{path}/{image.rpartition(':')[0]}", username="oauth2accesstoken",
+                                 password=gcp.access_token(), registry=gcp.opts.registry_host, progress=progress)

@@ -39,7 +39,7 @@ from mlship.image import engine
 from mlship.reports import Check
 from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
 from mlship.targets.cloudrun import registry
-from mlship.targets.cloudrun.api import Gcp, api_error, smoke_test
+from mlship.targets.cloudrun.api import Gcp, api_error
 from mlship.targets.cloudrun.options import CloudRunOptions
 from mlship.targets.cloudrun.service import ServiceApi
 from mlship.targets.cloudrun.spec import (
@@ -59,6 +59,7 @@ from mlship.targets.cloudrun.spec import (
     traffic_spec,
     traffic_split,
 )
+from mlship.targets.common import smoke_test
 
 VERSION_LABEL = "org.opencontainers.image.version"
 SIGKILL_AFTER_S = 10  # Cloud Run: SIGTERM, then SIGKILL 10 s later
@@ -265,7 +266,10 @@ class CloudRunTarget(Target):
             progress("smoke test skipped: your credentials cannot mint an ID token for the private service "
                      "(the startup probe checked /readyz)")
             return
-        problems = smoke_test(url, examples, version=version, id_token=id_token, api_key=api_key)
+        # The ID token goes in X-Serverless-Authorization, so ``Authorization`` stays free for an API key.
+        headers = {**({"X-Serverless-Authorization": f"Bearer {id_token}"} if id_token else {}),
+                   **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        problems = smoke_test(url, examples, version=version, headers=headers)
         if not problems:
             progress(f"smoke test passed: {len(examples)} example(s) via {url}")
             return

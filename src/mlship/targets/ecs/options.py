@@ -1,0 +1,181 @@
+"""``targets.ecs`` in mlship.yaml: the options of the ``ecs`` target (AWS ECS on Fargate behind an ALB),
+validated strictly: errors name the key, e.g. ``targets.ecs.memory: Fargate does not offer 512 MiB with
+cpu 1024; with cpu 1024 choose memory 2048, 3072, ..., 8192``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from mlship.targets.common import env_name, env_strings, plain_env_name
+
+RESERVED_ENV = ("PORT",)
+OWN_TAGS = ("mlship:service", "mlship:managed-by", "mlship:model-version")
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
+                         r"|ssm:[a-z0-9-]+:\d{12}:parameter/[A-Za-z0-9/_.-]+)$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+
+
+def _memory_steps(low: int, high: int, step: int) -> tuple[int, ...]:
+    return tuple(range(low, high + 1, step))
+
+
+#: Fargate's valid task sizes (Linux): CPU units -> the memory sizes (MiB) it can be paired with.
+FARGATE_SIZES: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: _memory_steps(1024, 4096, 1024),
+    1024: _memory_steps(2048, 8192, 1024),
+    2048: _memory_steps(4096, 16384, 1024),
+    4096: _memory_steps(8192, 30720, 1024),
+    8192: _memory_steps(16384, 61440, 4096),
+    16384: _memory_steps(32768, 122880, 8192),
+}
+
+
+def _sizes_text(values: tuple[int, ...]) -> str:
+    return ", ".join(map(str, values)) if len(values) <= 4 else f"{values[0]}, {values[1]}, ..., {values[-1]}"
+
+
+def _env_name(key: str) -> str:
+    return env_name(key, RESERVED_ENV, "mlship (the container listens on 8080)")
+
+
+def _plain_env_name(key: str) -> str:
+    return plain_env_name(_env_name(key), readers="describe the task definition",
+                          store="Secrets Manager (or SSM Parameter Store)",
+                          example="arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME")
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+PlainEnvName = Annotated[str, AfterValidator(_plain_env_name)]
+
+
+class EcsOptions(BaseModel):
+    """``targets.ecs`` in mlship.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str | None = Field(default=None, description="AWS region, e.g. eu-west-1 (default: AWS_REGION or your "
+                                                         "profile's region).")
+    cluster: str = Field(default="mlship", description="ECS cluster (created if missing).")
+    cpu: int = Field(default=512, description="Fargate CPU units per task: 256, 512, 1024, 2048, 4096, 8192, 16384.")
+    memory: int = Field(default=1024, description="Fargate memory per task in MiB (a valid pair with cpu).")
+    desired_count: int = Field(default=1, ge=1, le=100, description="Tasks to run.")
+    subnets: list[str] = Field(default_factory=list, description="Subnets of the tasks and the load balancer "
+                                                                 "(default: the default VPC's default subnets).")
+    security_groups: list[str] = Field(default_factory=list, description="Security groups of the tasks and the load "
+                                       "balancer (default: one mlship creates).")
+    execution_role_arn: str | None = Field(default=None, description="Task execution role (default: one mlship "
+                                           "creates, with AmazonECSTaskExecutionRolePolicy).")
+    task_role_arn: str | None = Field(default=None, description="Role the container runs as (default: none).")
+    public: bool = Field(default=False, description="Internet-facing load balancer (default: internal).")
+    repository: str | None = Field(default=None, description="ECR repository (default: the service name; created "
+                                                             "if missing).")
+    log_retention_days: int = Field(default=30, description="CloudWatch Logs retention of the service's log group.")
+    env: dict[PlainEnvName, str | int | float | bool] = Field(
+        default_factory=dict, description="Plain environment variables (never secrets: use `secrets`).")
+    secrets: dict[EnvName, str] = Field(
+        default_factory=dict, description="Environment variables from Secrets Manager or SSM: NAME: ARN.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on every resource mlship creates.")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$", value):
+            raise ValueError("expected a region such as eu-west-1 or us-east-1")
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,255}$", value):
+            raise ValueError("expected a cluster name (letters, digits, hyphens and underscores, at most 255)")
+        return value
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: int) -> int:
+        if value not in FARGATE_SIZES:
+            raise ValueError(f"Fargate offers cpu {', '.join(map(str, FARGATE_SIZES))} (1024 = one vCPU)")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: int, info: ValidationInfo) -> int:
+        cpu = info.data.get("cpu")
+        if cpu is None:  # cpu itself was invalid: its error says so
+            return value
+        valid = FARGATE_SIZES[cpu]
+        if value not in valid:
+            raise ValueError(f"Fargate does not offer {value} MiB with cpu {cpu}; with cpu {cpu} choose memory "
+                             f"{_sizes_text(valid)}")
+        return value
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not re.match(r"^subnet-[0-9a-f]{8,17}$", s)]
+        if bad:
+            raise ValueError(f"expected subnet IDs such as subnet-0abc1234, got {', '.join(map(repr, bad))}")
+        if value and len(value) < 2:
+            raise ValueError("an Application Load Balancer needs subnets in at least two Availability Zones")
+        return value
+
+    @field_validator("security_groups")
+    @classmethod
+    def _security_groups(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not re.match(r"^sg-[0-9a-f]{8,17}$", s)]
+        if bad:
+            raise ValueError(f"expected security group IDs such as sg-0abc1234, got {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("execution_role_arn", "task_role_arn")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None and not _ROLE_ARN.match(value):
+            raise ValueError("expected a role ARN such as arn:aws:iam::123456789012:role/ecsTaskExecutionRole")
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$", value):
+            raise ValueError("expected an ECR repository name (lowercase letters, digits, . _ - and /)")
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch Logs keeps logs {', '.join(map(str, LOG_RETENTION_DAYS[:8]))}, ... or "
+                             f"{LOG_RETENTION_DAYS[-1]} days")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for key, ref in value.items():
+            if key in (info.data.get("env") or {}):
+                raise ValueError(f"{key!r} is in both env and secrets; keep one")
+            if not _SECRET_ARN.match(str(ref)):
+                raise ValueError(f"{key}: expected the ARN of a Secrets Manager secret or an SSM parameter, such as "
+                                 "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-keys")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tag in value.items():
+            if key in OWN_TAGS or key.startswith("aws:"):
+                raise ValueError(f"{key!r} is set by mlship or AWS; choose another key")
+            if not (0 < len(key) <= 128 and len(str(tag)) <= 256):
+                raise ValueError(f"{key}: tag keys have 1 to 128 characters, values at most 256")
+        return value
+
+    def environment(self) -> dict[str, str]:
+        return env_strings(self.env)

@@ -1,0 +1,125 @@
+"""ECS preflight: read-only checks before anything is built. The region; the credentials (sts:GetCallerIdentity);
+the network (the given subnets exist, or the default VPC has default subnets); and the IAM actions the deploy
+needs, simulated for your identity with iam:SimulatePrincipalPolicy where it may call that (each denied action
+named with the option that avoids it). One try per call, short timeouts: the pipeline gives all checks 4.5 s.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mlship.errors import TargetError
+from mlship.reports import Check
+from mlship.targets.ecs.api import AVOIDED_BY, Aws, ClientFactory, error_code, short_error
+from mlship.targets.ecs.options import EcsOptions
+
+TIMEOUT_S = 3.0
+ALWAYS = [
+    "ecr:GetAuthorizationToken", "ecr:DescribeRepositories", "ecr:CreateRepository", "ecr:TagResource",
+    "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload",
+    "ecr:PutImage",
+    "ecs:DescribeClusters", "ecs:CreateCluster", "ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition",
+    "ecs:DescribeServices", "ecs:CreateService", "ecs:UpdateService", "ecs:TagResource", "ecs:ListTasks",
+    "ecs:DescribeTasks",
+    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:CreateLoadBalancer",
+    "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:CreateTargetGroup",
+    "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DescribeListeners",
+    "elasticloadbalancing:CreateListener", "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:DescribeTags", "elasticloadbalancing:AddTags",
+    "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
+    "logs:DescribeLogGroups", "logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagResource",
+    "iam:PassRole",
+]
+
+
+def needed_actions(opts: EcsOptions) -> list[str]:
+    """The IAM actions a deploy with these options calls."""
+    actions = list(ALWAYS)
+    if not opts.subnets:
+        actions.append("ec2:DescribeSubnets")
+    if not opts.security_groups:
+        actions += ["ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateTags"]
+    if not opts.execution_role_arn:
+        actions += ["iam:GetRole", "iam:CreateRole", "iam:AttachRolePolicy", "iam:TagRole"]
+    return actions
+
+
+def principal_arn(caller_arn: str) -> str:
+    """The IAM principal to simulate: an assumed role's session ARN becomes the role's ARN."""
+    found = re.match(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/", caller_arn)
+    return f"arn:{found[1]}:iam::{found[2]}:role/{found[3]}" if found else caller_arn
+
+
+def checks(opts: EcsOptions, client_factory: ClientFactory | None = None) -> list[Check]:
+    aws = Aws(opts, client_factory=client_factory, attempts=1, timeout_s=TIMEOUT_S)
+    try:
+        try:
+            region = aws.region
+        except TargetError as exc:
+            return [Check(name="region", ok=False, detail=exc.message, fix=exc.fix)]
+        found = [Check(name="region", ok=True, detail=region)]
+        try:
+            identity = aws.call("sts:GetCallerIdentity", "sts", "get_caller_identity")
+        except TargetError as exc:
+            return [*found, Check(name="credentials", ok=False, detail=exc.message, fix=exc.fix)]
+        arn = str(identity["Arn"])
+        found.append(Check(name="credentials", ok=True, detail=f"{arn} (account {identity['Account']})"))
+        found.append(_network(aws))
+        found.append(_permissions(aws, principal_arn(arn)))
+        return found
+    finally:
+        aws.close()
+
+
+def _network(aws: Aws) -> Check:
+    opts = aws.opts
+    try:
+        if opts.subnets:
+            subnets = aws.call("ec2:DescribeSubnets", "ec2", "describe_subnets", action="ec2:DescribeSubnets",
+                               SubnetIds=list(opts.subnets))["Subnets"]
+            zones = {s["AvailabilityZone"] for s in subnets}
+            if len(zones) < 2:
+                return Check(name="network", ok=False, detail=f"the subnets are all in {', '.join(zones)}",
+                             fix="An Application Load Balancer needs subnets in two Availability Zones: add one to "
+                             "targets.ecs.subnets.")
+            return Check(name="network", ok=True, detail=f"{len(subnets)} subnets in {len(zones)} zones")
+        vpcs = aws.call("ec2:DescribeVpcs", "ec2", "describe_vpcs", action="ec2:DescribeVpcs",
+                        Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            return Check(name="network", ok=False, detail=f"region {aws.region} has no default VPC",
+                         fix="Set targets.ecs.subnets (two or more, in different Availability Zones) in mlship.yaml.")
+        subnets = aws.call("ec2:DescribeSubnets", "ec2", "describe_subnets", action="ec2:DescribeSubnets",
+                           Filters=[{"Name": "vpc-id", "Values": [vpcs[0]["VpcId"]]},
+                                    {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    except TargetError as exc:
+        return Check(name="network", ok=False, detail=exc.message, fix=exc.fix)
+    if len(subnets) < 2:
+        return Check(name="network", ok=False, detail=f"the default VPC {vpcs[0]['VpcId']} has {len(subnets)} default "
+                     "subnet(s); an Application Load Balancer needs two", fix="Set targets.ecs.subnets in mlship.yaml.")
+    return Check(name="network", ok=True, detail=f"default VPC {vpcs[0]['VpcId']}, {len(subnets)} default subnets")
+
+
+def _permissions(aws: Aws, principal: str) -> Check:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    actions = needed_actions(aws.opts)
+    try:
+        pages = aws.client("iam").get_paginator("simulate_principal_policy").paginate(
+            PolicySourceArn=principal, ActionNames=actions)
+        results = [r for page in pages for r in page["EvaluationResults"]]
+    except ClientError as exc:
+        return Check(name="permissions", ok=True, detail=f"not checked: iam:SimulatePrincipalPolicy answered "
+                     f"{error_code(exc) or short_error(exc)} (the deploy will find out; docs/targets-ecs.md lists "
+                     "the actions)")
+    except BotoCoreError as exc:
+        return Check(name="permissions", ok=True, detail=f"not checked: {short_error(exc)}")
+    denied = sorted(r["EvalActionName"] for r in results if r.get("EvalDecision") != "allowed")
+    if not denied:
+        return Check(name="permissions", ok=True, detail=f"{len(actions)} actions the deploy needs are allowed")
+    avoidable = {a: AVOIDED_BY[a] for a in denied if a in AVOIDED_BY}
+    lines = [f"{a} (or set targets.ecs.{avoidable[a]})" if a in avoidable else a for a in denied]
+    options = sorted(set(avoidable.values()))
+    return Check(name="permissions", ok=False, detail=f"{principal} is denied: {', '.join(lines)}",
+                 fix=f"Grant {', '.join(a for a in denied if a not in avoidable) or 'them'} to {principal}"
+                 + (f", or set targets.ecs.{' and targets.ecs.'.join(options)} in mlship.yaml so mlship does not "
+                    "need the actions marked" if options else "") + ".")

@@ -1,0 +1,176 @@
+"""What the ``ecs`` target asks AWS for. Pure functions: the resource names, the tags, the Fargate task
+definition (``ecs.register_task_definition`` arguments), the comparison that decides whether a deploy changes
+anything, and the plan text (``mlship deploy --target ecs --dry-run``).
+
+Every resource mlship creates is named from the service (``mlship-<service>``, shortened with a hash where AWS
+limits names) and tagged ``mlship:service=<service>`` and ``mlship:managed-by=mlship``: status, rollback and
+destroy find them by name and check the tags before touching anything (no local state file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mlship.targets.ecs.options import EcsOptions
+
+CONTAINER_PORT = 8080
+CONTAINER_NAME = "model"
+LISTENER_PORT = 80
+STOP_TIMEOUT_S = 30  # seconds between SIGTERM and SIGKILL of a task's container
+HEALTH_START_MAX_S = 300  # ECS: a container health check's startPeriod is 0 to 300 s
+EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+SERVICE_TAG, MANAGED_TAG, VERSION_TAG = "mlship:service", "mlship:managed-by", "mlship:model-version"
+TASKS_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service":
+               "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+READYZ_COMMAND = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen("
+                  f"'http://127.0.0.1:{CONTAINER_PORT}/readyz', timeout=4)"]
+
+
+def _short_name(prefix: str, service: str, limit: int) -> str:
+    """``prefix-service``, or within ``limit`` characters: ``prefix-<start of service>-<6 hex of its hash>``."""
+    name = f"{prefix}-{service}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(service.encode()).hexdigest()[:6]
+    return f"{prefix}-{service[:limit - len(prefix) - 8].rstrip('-')}-{digest}"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names of everything the target makes for one service."""
+
+    service: str
+    cluster: str
+    repository: str
+    family: str
+    log_group: str
+    role: str
+    load_balancer: str
+    target_group: str
+    security_group: str
+
+
+def names(opts: EcsOptions, service: str) -> Names:
+    elb = _short_name("mlship", re.sub(r"[^A-Za-z0-9-]", "-", service), 32)  # ALB/target group: 32, [A-Za-z0-9-]
+    return Names(service=service, cluster=opts.cluster, repository=opts.repository or service.lower(),
+                 family=_short_name("mlship", service, 255), log_group=f"/mlship/{service}",
+                 role=_short_name("mlship", service, 64 - 5) + "-exec", load_balancer=elb, target_group=elb,
+                 security_group=_short_name("mlship", service, 255))
+
+
+def tags(opts: EcsOptions, service: str) -> dict[str, str]:
+    """The tags on every resource mlship creates for ``service``."""
+    return {SERVICE_TAG: service, MANAGED_TAG: "mlship", **opts.tags}
+
+
+def key_value(tag_map: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    """``{"k": "v"}`` -> ``[{"Key": "k", "Value": "v"}]`` (ECS spells them ``key``/``value``)."""
+    return [{key: k, value: v} for k, v in sorted(tag_map.items())]
+
+
+def owned(found: list[dict[str, str]] | dict[str, str], service: str) -> bool:
+    """Whether tags read back from AWS (a list of Key/Value or key/value pairs, or a dict) say mlship made the
+    resource for ``service``."""
+    pairs = found if isinstance(found, dict) else {t.get("Key", t.get("key", "")): t.get("Value", t.get("value", ""))
+                                                   for t in found}
+    return pairs.get(SERVICE_TAG) == service and pairs.get(MANAGED_TAG) == "mlship"
+
+
+def health_start_period(ready_timeout_s: float) -> int:
+    return max(0, min(HEALTH_START_MAX_S, math.ceil(ready_timeout_s)))
+
+
+def task_definition(opts: EcsOptions, n: Names, *, image: str, region: str, execution_role: str, version: str,
+                    ready_timeout_s: float) -> dict[str, Any]:
+    """The ``register_task_definition`` arguments for ``image`` (a reference by digest)."""
+    env = [{"name": "PORT", "value": str(CONTAINER_PORT)}]
+    env += [{"name": k, "value": v} for k, v in sorted(opts.environment().items())]
+    container = {
+        "name": CONTAINER_NAME, "image": image, "essential": True,
+        "portMappings": [{"containerPort": CONTAINER_PORT, "hostPort": CONTAINER_PORT, "protocol": "tcp"}],
+        "environment": env,
+        "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(opts.secrets.items())],
+        "stopTimeout": STOP_TIMEOUT_S,
+        "healthCheck": {"command": READYZ_COMMAND, "interval": 10, "timeout": 5, "retries": 3,
+                        "startPeriod": health_start_period(ready_timeout_s)},
+        "logConfiguration": {"logDriver": "awslogs", "options": {
+            "awslogs-group": n.log_group, "awslogs-region": region, "awslogs-stream-prefix": "mlship"}},
+    }
+    spec: dict[str, Any] = {
+        "family": n.family, "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
+        "cpu": str(opts.cpu), "memory": str(opts.memory), "executionRoleArn": execution_role,
+        "containerDefinitions": [container],
+        "tags": key_value({**tags(opts, n.service), VERSION_TAG: version}, "key", "value"),
+    }
+    if opts.task_role_arn:
+        spec["taskRoleArn"] = opts.task_role_arn
+    return spec
+
+
+def task_view(td: dict[str, Any]) -> dict[str, Any]:
+    """The fields mlship sets, from a task definition (the arguments above, or ``describe_task_definition``'s)."""
+    c = (td.get("containerDefinitions") or [{}])[0]
+    health = c.get("healthCheck") or {}
+    return {
+        "family": td.get("family"), "cpu": str(td.get("cpu")), "memory": str(td.get("memory")),
+        "execution_role": td.get("executionRoleArn"), "task_role": td.get("taskRoleArn"),
+        "image": c.get("image"),
+        "ports": [(p.get("containerPort"), p.get("protocol", "tcp")) for p in c.get("portMappings", [])],
+        "env": sorted((e["name"], e["value"]) for e in c.get("environment", [])),
+        "secrets": sorted((s["name"], s["valueFrom"]) for s in c.get("secrets", [])),
+        "stop_timeout": c.get("stopTimeout"),
+        "health": (health.get("command"), health.get("interval"), health.get("timeout"), health.get("retries"),
+                   health.get("startPeriod")),
+        "logs": (c.get("logConfiguration") or {}).get("options"),
+    }
+
+
+def task_differences(desired: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of the task definition fields mlship sets that differ (empty: nothing to register)."""
+    want, have = task_view(desired), task_view(current)
+    return [key for key in want if want[key] != have.get(key)]
+
+
+def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, ready_timeout_s: float,
+               drain_s: int) -> list[str]:
+    """Human-readable steps of a deploy: the resources, and the calls that make or change them."""
+    name, _, version = image.rpartition(":")
+    where = region or "<your AWS region: AWS_REGION or your profile's>"
+    tag_text = ", ".join(f"{k}={v}" for k, v in tags(opts, n.service).items())
+    subnets = ", ".join(opts.subnets) if opts.subnets else "the default VPC's default subnets (ec2:DescribeSubnets)"
+    groups = (", ".join(opts.security_groups) if opts.security_groups else
+              f"security group {n.security_group} (created: port {LISTENER_PORT} from "
+              f"{'anywhere' if opts.public else 'the VPC'}, {CONTAINER_PORT} from itself)")
+    role = (opts.execution_role_arn or f"role {n.role} (created: trusts ecs-tasks.amazonaws.com, "
+            "AmazonECSTaskExecutionRolePolicy attached)")
+    secrets = [f"{k}={v}" for k, v in sorted(opts.secrets.items())] or ["(none)"]
+    return [
+        f"check credentials (sts:GetCallerIdentity) and region {where}; every resource below is tagged {tag_text}",
+        f"ECR repository {n.repository} (scan on push, tagged) if missing: ecr:CreateRepository",
+        f"push {image} to <account>.dkr.ecr.{where}.amazonaws.com/{n.repository}:{version} (Docker login from "
+        "ecr:GetAuthorizationToken; the token goes to the engine only)",
+        f"CloudWatch Logs group {n.log_group} with {opts.log_retention_days} days' retention if missing",
+        f"execution role: {role}",
+        f"network: subnets {subnets}; {groups}",
+        f"ECS cluster {n.cluster} if missing (FARGATE)",
+        f"task definition family {n.family}: register a revision only if the spec differs from the serving one "
+        "(an unchanged deploy registers nothing)",
+        f"  image {name}@sha256:<digest of the push> (by digest), cpu {opts.cpu}, memory {opts.memory} MiB, port "
+        f"{CONTAINER_PORT}, stopTimeout {STOP_TIMEOUT_S}s, awslogs to {n.log_group}",
+        f"  health check GET /readyz every 10s, start period {health_start_period(ready_timeout_s)}s (from "
+        f"test.ready_timeout_s={ready_timeout_s:g}); env PORT{''.join(', ' + k for k in sorted(opts.env))}; "
+        f"secrets {', '.join(secrets)}",
+        f"{'internet-facing' if opts.public else 'internal'} Application Load Balancer {n.load_balancer}, target "
+        f"group {n.target_group} (ip, HTTP {CONTAINER_PORT}, health check /readyz, deregistration delay {drain_s}s), "
+        f"listener HTTP {LISTENER_PORT} -> the target group; each created if missing",
+        f"ECS service {n.service} in {n.cluster}: create it, or update it to the new revision (FARGATE, "
+        f"{opts.desired_count} task(s), deploymentCircuitBreaker enable + rollback: failed new tasks never take the "
+        "traffic, ECS returns to the previous revision)",
+        "wait until the new deployment is COMPLETED and the target group reports its tasks healthy; a failed "
+        "rollout names the stopped task's reason (the previous revision keeps serving)",
+        "print the load balancer's URL",
+    ]

@@ -1,0 +1,167 @@
+"""The ``ecs`` target: push to ECR, run on AWS ECS (Fargate) behind an Application Load Balancer.
+
+State lives in AWS, not in a file: every resource is named from the service and tagged
+``mlship:service=<service>``; the task definition family's revisions are the deploy history (each carries the
+``mlship:model-version`` tag).
+
+Modules of this package: ``options`` (``targets.ecs``), ``spec`` (names, tags, the task definition, the plan;
+pure), ``api`` (session, clients, errors), ``preflight``, ``resources`` (ECR, logs, role, network, load
+balancer), ``service`` (cluster, task definitions, the service, the rollout), ``lifecycle`` (status, logs,
+rollback, destroy) and ``target``: the deploy policy.
+
+How a deploy switches versions (``EcsTarget.deploy``): ensure the repository, push (the task definition names
+the image by digest), ensure the log group, the execution role, the security group and the load balancer; then
+register a task definition revision only when the spec differs from the serving one (or reuse the family's
+latest revision when it already matches: an interrupted deploy converges); create or update the service with
+the deployment circuit breaker on (enable + rollback), and wait until the new deployment is COMPLETED and the
+target group reports its tasks healthy. A failed rollout names the revision, the stopped task's reason and its
+last log lines; ECS keeps the previous revision serving. Nothing changed: no mutating call at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, ClassVar
+
+from mlship.contract_io import Project
+from mlship.errors import TargetError
+from mlship.reports import Check
+from mlship.targets.base import CONTAINER_PORT, Deployment, Progress, Target, TargetStatus, parse_options
+from mlship.targets.ecs import lifecycle, resources, service
+from mlship.targets.ecs.api import Aws, ClientFactory
+from mlship.targets.ecs.options import EcsOptions
+from mlship.targets.ecs.spec import (
+    STOP_TIMEOUT_S,
+    health_start_period,
+    names,
+    plan_lines,
+    tags,
+    task_definition,
+    task_differences,
+)
+
+VERSION_LABEL = "org.opencontainers.image.version"
+
+
+class EcsTarget(Target):
+    """The service on AWS ECS Fargate (see the module docstring)."""
+
+    name: ClassVar[str] = "ecs"
+    poll_s: ClassVar[float] = 5.0  # rollout polling (grows to 5 s)
+    rollout_timeout_s: ClassVar[float] = 1200.0
+    client_factory: ClassVar[ClientFactory | None] = None  # tests may point every client elsewhere
+
+    def __init__(self, project: Project, options: dict[str, Any]) -> None:
+        super().__init__(project, options)
+        self.opts = parse_options(EcsOptions, self.name, options)
+        self.service = project.contract.name
+        grace = project.contract.serve.shutdown_grace_s
+        if grace >= STOP_TIMEOUT_S:
+            raise TargetError(
+                f"serve.shutdown_grace_s is {grace:g}s, but ECS kills a container {STOP_TIMEOUT_S}s after SIGTERM "
+                "(the task definition's stopTimeout).", why="Requests still in flight then would be cut off.",
+                fix=f"Set serve.shutdown_grace_s below {STOP_TIMEOUT_S} in mlship.yaml (the default, 8, fits).")
+        self.drain_s = max(1, math.ceil(grace))  # the target group's deregistration delay
+        self.names = names(self.opts, self.service)
+        self.ready_timeout = project.contract.test.ready_timeout_s
+        self._aws: Aws | None = None
+
+    @property
+    def aws(self) -> Aws:
+        if self._aws is None:
+            self._aws = Aws(self.opts, client_factory=type(self).client_factory)
+        return self._aws
+
+    def close(self) -> None:
+        if self._aws is not None:
+            self._aws.close()
+            self._aws = None
+
+    # --- preflight, plan, environment --------------------------------------------------------------
+    def preflight(self) -> list[Check]:
+        from mlship.targets.ecs import preflight
+
+        return preflight.checks(self.opts, type(self).client_factory)
+
+    def plan(self, image: str) -> list[str]:
+        region = self.opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return plan_lines(self.opts, self.names, image=image, region=region, ready_timeout_s=self.ready_timeout,
+                          drain_s=self.drain_s)
+
+    def runtime_env(self) -> dict[str, str]:
+        """For the test gate: PORT and targets.ecs.env. The secrets (targets.ecs.secrets) are injected by ECS from
+        Secrets Manager or SSM and are not read here."""
+        return {"PORT": str(CONTAINER_PORT), **self.opts.environment()}
+
+    # --- deploy ------------------------------------------------------------------------------------
+    def deploy(self, image: str, progress: Progress) -> Deployment:
+        from mlship.image import engine
+
+        aws, n, tag_map = self.aws, self.names, tags(self.opts, self.service)
+        version = engine.inspect(image).labels.get(VERSION_LABEL) or image.rpartition(":")[2]
+        current = service.find_service(aws, n)
+        if current is not None:
+            service.check_owned(current, n)
+        repository = resources.ensure_repository(aws, n, tag_map, progress)
+        ref = resources.push(aws, image, repository, n, progress)
+        progress(f"pushed {ref}")
+        resources.ensure_log_group(aws, n, tag_map, self.opts.log_retention_days, progress)
+        role = self.opts.execution_role_arn or resources.ensure_role(aws, n, tag_map, progress)
+        net = resources.ensure_network(aws, n, tag_map, progress)
+        tg_arn, url = resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress)
+        service.ensure_cluster(aws, n, tag_map, progress)
+        desired = task_definition(self.opts, n, image=ref, region=aws.region, execution_role=role, version=version,
+                                  ready_timeout_s=self.ready_timeout)
+        serving = service.task_definition(aws, current["taskDefinition"]) if current is not None else None
+        diff = task_differences(desired, serving) if serving is not None else ["new service"]
+        settled = current is not None and current.get("desiredCount") == self.opts.desired_count and all(
+            d.get("rolloutState") == "COMPLETED" for d in current.get("deployments", []) if d["status"] == "PRIMARY")
+        if not diff and settled and current is not None:
+            progress(f"{self.service} already runs this spec ({current['taskDefinition'].rpartition('/')[2]}); "
+                     "nothing to update")
+            return Deployment(url=url, image=ref, version=version, previous=None, changed=False,
+                              digest=ref.partition("@")[2] or None)
+        task_arn = self._revision(desired, diff, serving, progress)
+        grace = health_start_period(self.ready_timeout)
+        if current is None:
+            progress(f"creating ECS service {self.service} ({task_arn.rpartition('/')[2]})")
+            service.create(aws, n, task_arn, net, tg_arn, tag_map, self.opts.desired_count, grace)
+        else:
+            progress(f"updating ECS service {self.service} to {task_arn.rpartition('/')[2]}"
+                     + (f" (changed: {', '.join(diff)})" if diff else ""))
+            service.update(aws, n, task_arn, self.opts.desired_count)
+        service.wait_rollout(aws, n, task_arn, tg_arn, self.opts.desired_count, timeout_s=self.rollout_timeout_s,
+                             poll_s=self.poll_s, progress=progress)
+        previous = (serving["containerDefinitions"][0]["image"]
+                    if serving is not None and serving["taskDefinitionArn"] != task_arn else None)
+        progress(f"{self.service} serves {task_arn.rpartition('/')[2]} ({version}) at {url}")
+        return Deployment(url=url, image=ref, version=version, previous=previous, changed=True,
+                          digest=ref.partition("@")[2] or None)
+
+    def _revision(self, desired: dict[str, Any], diff: list[str], serving: dict[str, Any] | None,
+                  progress: Progress) -> str:
+        """The revision to run: the serving one when unchanged, the family's latest when it already matches
+        (a deploy interrupted after registering), else a new one."""
+        if not diff and serving is not None:
+            return str(serving["taskDefinitionArn"])
+        latest = service.revisions(self.aws, self.names)[:1]
+        if latest and not task_differences(desired, service.task_definition(self.aws, latest[0])):
+            return latest[0]
+        arn = service.register(self.aws, desired)
+        progress(f"registered task definition {arn.rpartition('/')[2]}")
+        return arn
+
+    # --- status / logs / rollback / destroy ----------------------------------------------------------
+    def status(self) -> TargetStatus:
+        return lifecycle.status(self.aws, self.names)
+
+    def logs(self, tail: int = 100) -> str:
+        return lifecycle.logs(self.aws, self.names, tail)
+
+    def rollback(self, progress: Progress) -> Deployment:
+        return lifecycle.rollback(self.aws, self.names, self.opts.desired_count, timeout_s=self.rollout_timeout_s,
+                                  poll_s=self.poll_s, progress=progress)
+
+    def destroy(self) -> list[str]:
+        return lifecycle.destroy(self.aws, self.names, keep_role=self.opts.execution_role_arn)

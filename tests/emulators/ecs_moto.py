@@ -1,0 +1,165 @@
+"""moto in server mode on a loopback port, for the ecs target's tests, with two things moto lacks:
+
+* a record of every API call (``calls``: [(service, action, params)]) so tests can count mutating calls and see
+  what the client sent (moto keeps no ``deploymentConfiguration``: the agent reads it from here);
+* ``iam:SimulatePrincipalPolicy`` (moto does not implement it): every action is allowed except those in
+  ``denied``; ``simulate_refused = True`` answers AccessDenied, as for an identity that may not call it.
+
+    with MotoServer() as moto:   # sets nothing globally; the test's fixture exports AWS_ENDPOINT_URL=moto.endpoint
+        ...
+
+moto runs in this process, so the agent (``ecs_agent.py``) can act on moto's ECS and ELBv2 models directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+#: The read-only actions (everything else changes something), by prefix.
+READ_PREFIXES = ("Describe", "Get", "List", "Simulate", "BatchGet", "BatchCheck", "Filter")
+
+
+def is_mutating(action: str) -> bool:
+    return not action.startswith(READ_PREFIXES)
+
+
+class MotoServer:
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.denied: set[str] = set()
+        self.simulate_refused = False
+        self.after: list[Callable[[str, dict[str, Any]], None]] = []  # run after moto answered an action
+        self._lock = threading.Lock()
+        self._app = DomainDispatcherApplication(create_backend_app)
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.endpoint = ""
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> MotoServer:
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+        # AWS managed policies (AmazonECSTaskExecutionRolePolicy) exist, as in a real account; moto reads this
+        # when it makes its IAM backend
+        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
+
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=MotoRequestHandler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="moto-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+        from moto.moto_api._internal.models import moto_api_backend
+
+        moto_api_backend.reset()  # the next server in this process starts empty
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def use(self, monkeypatch: Any, region: str, tmp: str) -> MotoServer:
+        """Point boto3 at this server for one test (``monkeypatch``: pytest's); every action allowed again."""
+        for key, value in aws_environment(self.endpoint, region, tmp).items():
+            monkeypatch.setenv(key, value)
+        self.denied, self.simulate_refused = set(), False
+        return self
+
+    # --- what the tests read -----------------------------------------------------------------------
+    def mark(self) -> int:
+        return len(self.calls)
+
+    def since(self, mark: int, *, mutating: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+        found = self.calls[mark:]
+        return [c for c in found if is_mutating(c[1])] if mutating else found
+
+    def last(self, action: str) -> dict[str, Any] | None:
+        return next((params for _, name, params in reversed(self.calls) if name == action), None)
+
+    # --- the WSGI layer ----------------------------------------------------------------------------
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        service, action, params = _parse(environ, body)
+        if action:
+            with self._lock:
+                self.calls.append((service, action, params))
+        if service == "iam" and action == "SimulatePrincipalPolicy":
+            return self._simulate(params, start_response)
+        result: Iterable[bytes] = self._app(environ, start_response)
+        for hook in self.after:
+            hook(action, params)
+        return result
+
+    def _simulate(self, params: dict[str, Any], start_response: Any) -> list[bytes]:
+        request = uuid.uuid4()
+        if self.simulate_refused:
+            start_response("403 Forbidden", [("Content-Type", "text/xml")])
+            return [(f'<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error><Type>Sender</Type>'
+                     "<Code>AccessDenied</Code><Message>User is not authorized to perform: "
+                     "iam:SimulatePrincipalPolicy</Message></Error>"
+                     f"<RequestId>{request}</RequestId></ErrorResponse>").encode()]
+        actions = [v for k, v in sorted(params.items(), key=lambda kv: _member_index(kv[0]))
+                   if k.startswith("ActionNames.member.")]
+        members = "".join(
+            f"<member><EvalActionName>{a}</EvalActionName><EvalResourceName>*</EvalResourceName><EvalDecision>"
+            f"{'explicitDeny' if a in self.denied else 'allowed'}</EvalDecision><MatchedStatements/>"
+            "<MissingContextValues/></member>" for a in actions)
+        start_response("200 OK", [("Content-Type", "text/xml")])
+        return [('<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+                 f"<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{members}"
+                 "</EvaluationResults></SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>"
+                 f"{request}</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>").encode()]
+
+
+def _member_index(key: str) -> int:
+    found = re.search(r"\.(\d+)$", key)
+    return int(found[1]) if found else 0
+
+
+def _parse(environ: dict[str, Any], body: bytes) -> tuple[str, str, dict[str, Any]]:
+    """(service, action, params) of an AWS request: JSON protocols name the action in X-Amz-Target, query
+    protocols in the form body; the service is the SigV4 credential scope's."""
+    scope = re.search(r"Credential=[^/]+/\d+/[^/]+/([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+    service = scope[1] if scope else ""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+        return service, target.rpartition(".")[2], params
+    form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+    action = form.pop("Action", "")
+    if not action:  # REST protocols (ECR's registry API is not used here): the path is the action
+        return service, "", {}
+    return service, action, form
+
+
+def aws_environment(endpoint: str, region: str, tmp: str) -> dict[str, str]:
+    """The environment that points boto3 (the standard chain, as for any user) at ``endpoint`` with test keys;
+    no config or credentials file of the machine is read."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": region, "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": f"{tmp}/aws-config", "AWS_SHARED_CREDENTIALS_FILE": f"{tmp}/aws-credentials"}
