@@ -42,14 +42,23 @@ def predict(model, instances):
     return [i["x"] * model for i in instances]
 """
 
-SLOW_PREDICT = """
+# requests with x >= 1000 wait in the model until the test creates `open` (at most 10 s): they stay in flight
+# for as long as the test needs, however slowly they arrive on a busy machine
+GATED_ALL = """
 import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
 
 def load(path):
     return 2.0
 
 def predict(model, instances):
-    time.sleep(0.3)
+    if any(i["x"] >= 1000 for i in instances):
+        deadline = time.monotonic() + 10
+        while not (HERE / "open").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
     return [i["x"] * model for i in instances]
 """
 
@@ -145,7 +154,7 @@ def test_predict_py_that_does_not_import_exits_1(tmp_path: Path) -> None:
 # -- shutdown ---------------------------------------------------------------------------------------
 def test_sigterm_drains_32_in_flight_requests(tmp_path: Path) -> None:
     # 8 model threads: 8 requests run and 24 wait in the queue when SIGTERM arrives; none may be lost
-    project = write_custom_project(tmp_path / "p", SLOW_PREDICT,
+    project = write_custom_project(tmp_path / "p", GATED_ALL,
                                    serve="serve:\n  threads: 8\n  shutdown_grace_s: 10\n")
     server = Server(project)
     try:
@@ -153,8 +162,8 @@ def test_sigterm_drains_32_in_flight_requests(tmp_path: Path) -> None:
         with httpx.Client(base_url=server.url, timeout=15) as client, \
                 httpx.Client(base_url=server.url, timeout=5) as probe, \
                 concurrent.futures.ThreadPoolExecutor(32) as pool:
-            futures = [pool.submit(client.post, "/predict", json={"x": float(i)}) for i in range(32)]
-            deadline = time.monotonic() + 5
+            futures = [pool.submit(client.post, "/predict", json={"x": 1000.0 + i}) for i in range(32)]
+            deadline = time.monotonic() + 8
             while metric(probe, "mlship_predictions_in_progress") < 32:
                 assert time.monotonic() < deadline, "the 32 requests never were all in flight"
                 time.sleep(0.01)
@@ -167,13 +176,14 @@ def test_sigterm_drains_32_in_flight_requests(tmp_path: Path) -> None:
                 assert r.json()["status"] == "stopping"
             except httpx.ConnectError:
                 pass
+            (project / "open").touch()
             responses = [f.result() for f in futures]
             code = wait_exit(server, 10)
             took = time.monotonic() - sent
     finally:
         log = server.stop()
     assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses]
-    assert [r.json() for r in responses] == [{"value": 2.0 * i} for i in range(32)]
+    assert [r.json() for r in responses] == [{"value": 2.0 * (1000 + i)} for i in range(32)]
     assert code == 0, log
     assert took < 10  # within shutdown_grace_s
     assert "Traceback" not in log
