@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from importlib.metadata import entry_points
 from typing import Any
 
 from mlship.errors import PluginError
@@ -45,7 +46,7 @@ def available(kind: str) -> dict[str, str]:
     """Every registered plugin of a kind as ``name -> "module:Class"``; duplicates are errors."""
     builtin = BUILTIN_RUNTIMES if kind == "runtime" else BUILTIN_TARGETS
     found = dict(builtin)
-    for ep in entry_points_of(GROUPS[kind]):
+    for ep in entry_points_of(GROUPS[kind], entry_points):  # 3.9 too
         if ep.name in found and found[ep.name] != ep.value:
             raise PluginError(
                 f"Two {kind} plugins are named `{ep.name}`: {found[ep.name]} and {ep.value}.",

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import Any
 
 
 def _stdlib_modules() -> frozenset[str]:
@@ -31,10 +32,12 @@ def _stdlib_modules() -> frozenset[str]:
 STDLIB_MODULES = _stdlib_modules()
 
 
-def entry_points_of(group: str) -> Iterable[EntryPoint]:
-    """The installed entry points of ``group`` (3.9's ``entry_points()`` takes no ``group=``: a dict of groups)."""
+def entry_points_of(group: str, find: Callable[..., Any] = entry_points) -> Iterable[EntryPoint]:
+    """The installed entry points of ``group``: ``find(group=group)`` (importlib.metadata.entry_points, or what a
+    caller looks them up with); on Python 3.9 ``entry_points()`` takes no ``group=`` and returns a dict of groups."""
     try:
-        return entry_points(group=group)
+        found: Iterable[EntryPoint] = find(group=group)
     except TypeError:  # Python 3.9
-        groups: dict[str, Iterable[EntryPoint]] = entry_points()  # type: ignore[assignment]
+        groups: dict[str, Iterable[EntryPoint]] = find()
         return groups.get(group, ())
+    return found
