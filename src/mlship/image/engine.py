@@ -345,10 +345,12 @@ def remove_unused(ref: str) -> bool:
         img = cli.images.get(ref)
     except ImageNotFound:
         return False
-    for container in cli.containers.list(all=True):
-        labels = container.labels or {}
-        if container.attrs.get("Image") == img.id or ref in (labels.get("dev.mlship.image"),
-                                                             labels.get("dev.mlship.previous")):
+    # sparse: one list call, no per-container inspect that a container removed meanwhile (another deploy on a
+    # shared engine) turns into NotFound
+    for container in cli.containers.list(all=True, sparse=True):
+        labels = container.attrs.get("Labels") or {}
+        if container.attrs.get("ImageID") == img.id or ref in (labels.get("dev.mlship.image"),
+                                                               labels.get("dev.mlship.previous")):
             return False
     try:
         cli.images.remove(ref, noprune=False)
