@@ -100,8 +100,10 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def _ort_version() -> str:
+def ort_version() -> str:
+    """The onnxruntime version installed here (the one that checks a compiled model)."""
     return str(_onnxruntime().__version__)
+
 
 
 def _session(onnx_bytes: bytes) -> Any:
@@ -236,7 +238,7 @@ def compile_model(runtime: Runtime, model: Any, rows: Any, features: list[str], 
                   framework: str) -> tuple[bytes, Record, CompiledModel]:
     """Convert ``model`` with ``runtime.to_onnx`` and check it on ``rows`` (validated probe rows)."""
     x = numeric_rows(rows)
-    ort_version = _ort_version()
+    ort = ort_version()
     onnx_bytes, columns, converter = runtime.to_onnx(model, features)
     native = runtime.predict(model, rows, features)
     classes = None if native.classes is None and runtime.task == "regression" else runtime.classes(model)
@@ -246,7 +248,7 @@ def compile_model(runtime: Runtime, model: Any, rows: Any, features: list[str], 
     values = [_plain(v) for v in native.values]
     record = Record(
         format=FORMAT, source_sha256=source_sha256, features=list(features), columns=columns,
-        probe_sha256=probe_sha256(x), probe_count=len(x), onnxruntime=ort_version, converter=converter,
+        probe_sha256=probe_sha256(x), probe_count=len(x), onnxruntime=ort, converter=converter,
         framework=framework, classes=classes, probabilities=probabilities, expected_values=values,
         expected_probabilities=np.asarray(native.probabilities, dtype=np.float64).tolist() if probabilities else None,
         max_abs_diff=0.0,
@@ -313,13 +315,13 @@ def load(root: Path, rows: Any, features: list[str], source_sha256: str) -> Comp
     except (OSError, ValueError, TypeError) as exc:
         raise NotCompiled(f"{target / RECORD_FILE} is unreadable ({exc})") from None
     x = numeric_rows(rows)
-    ort_version = _ort_version()
+    ort = ort_version()
     stale = [what for what, ok in (
         ("its format", record.format == FORMAT),
         ("the artifact", record.source_sha256 == source_sha256),
         ("input.features", record.features == list(features)),
         ("the probe rows (examples or input schema)", record.probe_sha256 == probe_sha256(x)),
-        (f"onnxruntime (checked with {record.onnxruntime}, {ort_version} here)", record.onnxruntime == ort_version),
+        (f"onnxruntime (checked with {record.onnxruntime}, {ort} here)", record.onnxruntime == ort),
     ) if not ok]
     if stale:
         raise NotCompiled("the compiled model is stale: " + ", ".join(stale) + " changed")

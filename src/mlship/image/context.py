@@ -284,17 +284,19 @@ def plan_project(project: Project, base: str | None = None, dry_run: bool = Fals
     """The plan `mlship build` uses: the artifact's pinned versions and the compiled path decided by loading it
     once (a dry run writes nothing, not even .mlship/compiled/). A model this machine cannot load as the image
     serves it (``provenance`` names other versions) is not loaded: its versions are read from the file and the
-    contract, and the compiled path is not built."""
+    contract, and it is converted and checked for the compiled path in a build environment."""
     from mlship.legacy.check import host_cannot_load, provenance_pins
 
     c = project.contract
     proven: dict[str, str] = {}
     notes: list[str] = []
+    compiled: Compiled | None
     reason = host_cannot_load(project) or wheelhouse.other_python(project)  # 3.9: loaded in the image only
     if reason is not None:
+        from mlship.legacy.compile import compile_elsewhere
+
         pins, proven, notes = provenance_pins(project)
-        compiled: Compiled | None = Compiled(files=[], onnxruntime=None, note=f"compiled path not built: {reason}; "
-                                             "the image serves the original model")
+        compiled = compile_elsewhere(project, reason, keep=not dry_run)
     else:
         from mlship.serving.predictor import Predictor
 

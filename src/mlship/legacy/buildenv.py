@@ -20,7 +20,8 @@ from typing import Any
 
 from mlship.errors import ArtifactError, BuildError, EngineError
 
-LABEL = "dev.mlship.buildenv"  #: on every build-environment container (value: the artifact's file name)
+LABEL = "dev.mlship.buildenv"  #: on every build-environment container (value: the artifact's file name), with
+#: dev.mlship.owner (PID@HOST of the process that made it, as on every container mlship starts)
 _SCRIPT = Path(__file__).with_name("probe_script.py")
 _TIMEOUT_S = 900
 
@@ -40,6 +41,9 @@ class ProbeResult:
     probabilities: list[list[float]] | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    onnx: dict[str, bytes] = field(default_factory=dict)  #: "double"/"float" -> the converted model (convert=True)
+    onnx_errors: list[str] = field(default_factory=list)
+    converter: str | None = None
 
     def describe(self) -> str:
         libs = ", ".join(f"{k} {v}" for k, v in self.versions.items() if k in ("scikit-learn", "numpy", "scipy"))
@@ -47,9 +51,10 @@ class ProbeResult:
 
 
 def run_probe(model: Path, rows: list[list[float]], python: str, requirements: list[str],
-              progress: Callable[[str], None] | None = None) -> ProbeResult:
+              progress: Callable[[str], None] | None = None, convert: bool = False) -> ProbeResult:
     """Load ``model`` in a container of Python ``python`` with ``requirements`` (installed from wheels the host
-    downloads once, cached) and predict ``rows`` there."""
+    downloads once, cached) and predict ``rows`` there; ``convert``: also convert it to ONNX (skl2onnx must be in
+    ``requirements``)."""
     from mlship.image import engine, wheelhouse
     from mlship.image.context import base_image_for
 
@@ -75,7 +80,7 @@ def run_probe(model: Path, rows: list[list[float]], python: str, requirements: l
         script = ("python3 -m venv /tmp/env && /tmp/env/bin/python -m pip install --quiet --no-index "
                   "--no-cache-dir --find-links /wheels --only-binary :all: --require-hashes "
                   "-r /probe/requirements.lock && /tmp/env/bin/python /probe/probe_script.py "
-                  f"/model/{_safe(name)} /probe/rows.json /out/result.json")
+                  f"/model/{_safe(name)} /probe/rows.json /out/result.json" + (" /out" if convert else ""))
         logs = _run(cli, image, script, {
             str(work / "wheels"): {"bind": "/wheels", "mode": "ro"},
             str(probe): {"bind": "/probe", "mode": "ro"},
@@ -91,6 +96,7 @@ def run_probe(model: Path, rows: list[list[float]], python: str, requirements: l
                 fix=engine.failure_hint(logs) or "Read the lines above; `docker run --rm -it " + image
                 + " python3 -V` checks the base image.")
         data = json.loads(result_file.read_text(encoding="utf-8"))
+        onnx = {kind: (out / f"model-{kind}.onnx").read_bytes() for kind in data.get("onnx", [])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not data.get("ok"):
@@ -106,7 +112,8 @@ def run_probe(model: Path, rows: list[list[float]], python: str, requirements: l
                        n_features_in=data.get("n_features_in"), feature_names_in=data.get("feature_names_in"),
                        classes=data.get("classes"), predictions=list(data["predictions"]),
                        probabilities=data.get("probabilities"), warnings=list(data.get("warnings", [])),
-                       seconds=round(time.monotonic() - start, 3))
+                       seconds=round(time.monotonic() - start, 3), onnx=onnx,
+                       onnx_errors=list(data.get("onnx_errors", [])), converter=data.get("converter"))
 
 
 def _safe(name: str) -> str:
@@ -140,12 +147,15 @@ def _run(cli: Any, image: str, script: str, volumes: dict[str, dict[str, str]], 
     """Run ``script`` in a new container (no network, removed afterwards); its output."""
     from docker.errors import DockerException
 
+    from mlship.targets.base import LABEL_OWNER, owner_label
+
     env = {"HOME": "/tmp", "PIP_NO_INDEX": "1",  # noqa: S108 (the container's /tmp)
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
     try:
         container = cli.containers.run(image, ["sh", "-c", script], detach=True, network_mode="none",
-                                       volumes=volumes, environment=env, user=user, labels={LABEL: name})
+                                       volumes=volumes, environment=env, user=user,
+                                       labels={LABEL: name, LABEL_OWNER: owner_label()})
     except DockerException as exc:
         raise EngineError(f"Cannot start the build environment ({image}): {str(exc).strip()[:300]}",
                           fix="Check that the Docker engine runs (`docker info`).") from None

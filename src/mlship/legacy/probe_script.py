@@ -4,7 +4,11 @@ write what the model is and what it predicts on the given rows, as JSON.
 Standalone: runs on Python 3.6 and later, imports nothing from mlship (the build environment has only the
 model's own libraries). It runs only files mlship has read and trusted first (mlship.runtimes.sklearn_load).
 
-    python probe_script.py MODEL ROWS.json OUT.json
+    python probe_script.py MODEL ROWS.json OUT.json [ONNX_DIR]
+
+With ONNX_DIR (skl2onnx installed), the model is also converted for mlship's compiled path: model-double.onnx
+(float64 input) and model-float.onnx (float32, for converters and onnxruntime kernels that support only that),
+probabilities as one array (no ZipMap); mlship checks them on its side.
 """
 
 from __future__ import annotations
@@ -61,6 +65,34 @@ def probe(model_path: str, rows: list[list[float]]) -> dict[str, Any]:
     return out
 
 
+def convert(model_path: str, n_features: int, folder: str) -> dict[str, Any]:
+    """Write the ONNX conversions that work into ``folder``; their names, the converter and the failures."""
+    import joblib
+    import skl2onnx
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = joblib.load(model_path)
+        made, errors = [], []
+        for name, kind in (("double", DoubleTensorType), ("float", FloatTensorType)):
+            types = [("input", kind([None, n_features]))]
+            try:
+                try:
+                    onx = skl2onnx.to_onnx(model, initial_types=types, options={"zipmap": False})
+                except NameError as exc:  # a converter without the option (regressors)
+                    if "zipmap" not in str(exc):
+                        raise
+                    onx = skl2onnx.to_onnx(model, initial_types=types)
+            except Exception as exc:
+                errors.append(name + ": " + exc.__class__.__name__ + ": " + (str(exc).strip().splitlines() or [""])[0])
+                continue
+            with open(folder + "/model-" + name + ".onnx", "wb") as fh:
+                fh.write(onx.SerializeToString())
+            made.append(name)
+    return {"onnx": made, "onnx_errors": errors, "converter": "skl2onnx " + str(skl2onnx.__version__)}
+
+
 def main(argv: list[str]) -> int:
     model_path, rows_path, out_path = argv[1:4]
     result: dict[str, Any] = {"python": platform.python_version()}
@@ -70,6 +102,11 @@ def main(argv: list[str]) -> int:
         result["versions"] = _versions()
         result.update(probe(model_path, rows))
         result["ok"] = True
+        if len(argv) > 4:
+            try:
+                result.update(convert(model_path, len(rows[0]), argv[4]))
+            except Exception as exc:  # the model still ran: mlship serves it without the compiled path
+                result["onnx_errors"] = [exc.__class__.__name__ + ": " + (str(exc).strip().splitlines() or [""])[0]]
     except Exception as exc:  # reported to mlship, which names the cause
         result["ok"] = False
         result["error"] = exc.__class__.__name__ + ": " + (str(exc).strip().splitlines() or [""])[0][:500]
