@@ -7,9 +7,11 @@ ENV PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv --without-pip /opt/venv
 COPY requirements.lock /build/requirements.lock
 COPY wheels/ /build/wheels/
+# The lock is the whole resolved set, checked on the host (image/nodeps.py), so pip installs it with --no-deps:
+# tf-keras then comes without `tensorflow`, which tensorflow-cpu provides (one TensorFlow package).
 # compileall byte-compiles the venv once; a file written for another Python (torch ships 3.12-only helpers) is
 # reported and left uncompiled instead of failing the build.
-RUN python3 -m pip --python /opt/venv/bin/python install --no-index --no-cache-dir --no-compile \
+RUN python3 -m pip --python /opt/venv/bin/python install --no-index --no-cache-dir --no-compile --no-deps \
         --find-links /build/wheels --require-hashes --only-binary :all: -r /build/requirements.lock \
  && find /opt/venv -depth \( -name tests -o -name __pycache__ \) -type d -path '*/site-packages/*' -prune \
         -exec rm -rf {} + \
