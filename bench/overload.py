@@ -192,6 +192,14 @@ def summarize(values: list[float], within_s: float) -> dict[str, Any]:
             "max_ms": (s[-1] * 1e3) if s else math.nan}
 
 
+def switch_interval_in_server(directory: Path, ms: float) -> None:
+    """An experiment: the server process (it inherits this environment) sets sys.setswitchinterval(ms / 1000)
+    at start, from a sitecustomize.py put first on its PYTHONPATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(f"import sys\nsys.setswitchinterval({ms / 1000!r})\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH")) if p)
+
+
 def somaxconn() -> int | None:
     """net.core.somaxconn: the kernel caps every listen backlog at it (the server's own is 2048)."""
     with contextlib.suppress(OSError, ValueError):
@@ -213,6 +221,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve", action="append", default=[], metavar="KEY=VALUE",
                    help="a serve: setting for the contract, e.g. max_concurrency=32 (repeatable)")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    p.add_argument("--switch-interval", type=float, default=None, metavar="MS",
+                   help="an experiment: the server's sys.setswitchinterval, in ms (Python's default: 5)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -237,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             make_spin_project(tmp, args.spin_ms, hold_gil=args.model == "spin")
             bodies = [json.dumps({"x": float(i)}).encode() for i in range(64)]
         add_serve_options(tmp / "mlship.yaml", args.serve)
+        if args.switch_interval is not None:
+            switch_interval_in_server(tmp / "site", args.switch_interval)
         server = ServerProcess(tmp, server_cpu)
         server.cold_start(bodies[0])
         if gen_cpu is not None:
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_cpu": ((cpu1 - cpu0) / wall) if cpu0 is not None and cpu1 is not None else None,
             "load_average_1m_at_start": load_at_start, "cpus": os.cpu_count(),
             "pinned": server_cpu is not None, "within_ms": args.within, "somaxconn": somaxconn(),
+            "switch_interval_ms": args.switch_interval,
         }
         measured = cpu0 is not None and cpu1 is not None and tally.responses
         result["server_cpu_ms_per_response"] = (cpu1 - cpu0) * 1e3 / tally.responses if measured else None
@@ -278,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_report(r: dict[str, Any]) -> None:
     print(f"overload: {r['model']}, {r['concurrency']} clients ({r['connect_mode']}), {r['seconds']:.1f} s, "
-          f"{r['responses']} responses; serve: {' '.join(r['serve']) or 'defaults'}")
+          f"{r['responses']} responses; serve: {' '.join(r['serve']) or 'defaults'}"
+          + (f"; server switch interval {r['switch_interval_ms']:g} ms" if r["switch_interval_ms"] else ""))
     print(f"machine: {r['cpus']} CPUs, load average {r['load_average_1m_at_start']} at start, "
           f"{'server and generator pinned to separate CPUs' if r['pinned'] else 'not pinned'}, "
           f"net.core.somaxconn {r['somaxconn']}")

@@ -79,6 +79,7 @@ class App:
         self._version_header = [(b"x-model-version", self.version.encode())]
         self.state = "loading"
         self.model_ready = False  # loaded and warmed up: predictions are answered, also while stopping
+        self.starting = 0  # POST /predict requests handed to a task that has not run yet (serving/protocol.py)
         self.error: str | None = None
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(self.opts.threads, thread_name_prefix="mlship-model")
@@ -164,7 +165,7 @@ class App:
         """The 503 for a POST /predict that arrives while max_concurrency predictions are in progress, answered
         without starting a task; None when the request must go the usual way (not overloaded, not authorized,
         model not ready)."""
-        if not self.model_ready or self.metrics.in_progress < self.opts.max_concurrency:
+        if not self.model_ready or self.metrics.in_progress + self.starting < self.opts.max_concurrency:
             return None
         if not self._authorized({"headers": headers}):
             return None
@@ -172,9 +173,18 @@ class App:
         self.metrics.request("/predict", 503, 0.0)
         return 503, [(b"content-type", JSON), (b"retry-after", b"1")], self._overload_body()
 
+    def admit(self) -> None:
+        """A POST /predict goes on to its task: it counts against max_concurrency from now, so that the requests
+        of a burst, parsed before any of their tasks runs, are not all let through."""
+        self.starting += 1
+
+    def admitted(self) -> None:
+        """Its task has taken its first step: the request is now in progress (or answered) on its own."""
+        self.starting -= 1
+
     def _overload_body(self) -> bytes:
-        return orjson.dumps({"error": "overloaded",
-                             "message": f"{self.metrics.in_progress} predictions in progress; retry shortly"})
+        busy = self.metrics.in_progress + self.starting
+        return orjson.dumps({"error": "overloaded", "message": f"{busy} predictions in progress; retry shortly"})
 
     def timeout_answer(self, what: str) -> Answer:
         """The 408 for a request whose headers or body did not arrive in time."""

@@ -6,7 +6,9 @@
   closed: a client sending one byte a second no longer holds a connection for ever.
 - **Overload fast path.** A ``POST /predict`` that arrives while ``serve.max_concurrency`` predictions are
   in progress is answered ``503`` + ``Retry-After`` in the callback that parsed its headers: no ASGI task,
-  no wait behind the other callbacks and tasks queued on the event loop.
+  no wait behind the other callbacks and tasks queued on the event loop. Requests let through count as
+  in progress from that moment (``App.admit``), so in a burst parsed before any task has run, the excess
+  is answered here too.
 - **Closing without resets.** The server closes a connection by sending FIN first and reading (and
   dropping) whatever the client still sends until it closes too, so a request that raced the close is
   not answered by a TCP reset. On shutdown (:meth:`shutdown`), a connection with a request in progress
@@ -74,6 +76,10 @@ class EarlyAnswers(Protocol):
     def stopping(self) -> bool: ...
 
     def overload_answer(self, headers: Headers) -> Answer | None: ...
+
+    def admit(self) -> None: ...
+
+    def admitted(self) -> None: ...
 
     def timeout_answer(self, what: str) -> Answer: ...
 
@@ -160,13 +166,22 @@ class MlshipHttpProtocol(HttpToolsProtocol):
         if self.lingering:
             return  # a request after one answered with Connection: close, in the same packet: not answered
         if self.parser.get_method() == b"POST" and self.url.partition(b"?")[0] == b"/predict" and self.idle() \
-                and not self.pipeline:
+                and not self.pipeline and not self.parser.should_upgrade():
             answer = self.app_hooks.overload_answer(self.headers)
             if answer is not None:
                 self._answer(*answer)
                 self._arm(self.timeouts.body_s, self._body_timeout)  # the rest of its body is read and dropped
                 return
-        super().on_headers_complete()
+            # its task starts now (an idle connection): until the task's first step (scheduled first, so run
+            # before this callback) has counted it in progress, it counts as starting
+            hooks = self.app_hooks
+            hooks.admit()
+            try:
+                super().on_headers_complete()
+            finally:
+                self.loop.call_soon(hooks.admitted)
+        else:
+            super().on_headers_complete()
         self._arm(self.timeouts.body_s, self._body_timeout)
 
     def on_message_complete(self) -> None:
