@@ -153,14 +153,17 @@ def tagged_left(service: str) -> list[str]:
             left.append(repo["repositoryArn"])
     logs = s.client("logs")
     for group in logs.describe_log_groups()["logGroups"]:
-        if logs.list_tags_log_group(logGroupName=group["logGroupName"])["tags"].get("mlship:service") == service:
-            left.append(group["logGroupName"])
+        name = group["logGroupName"]
+        if logs.list_tags_log_group(logGroupName=name)["tags"].get("mlship:service") == service and not any(
+                a.endswith(f":log-group:{name}") for a in left):  # the tagging API may list it already
+            left.append(name)
     iam = s.client("iam")
     for role in iam.list_roles()["Roles"]:
         if {"Key": "mlship:service", "Value": service} in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]:
             left.append(role["Arn"])
     for arn in ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]:
-        if {"key": "mlship:service", "value": service} in ecs.list_tags_for_resource(resourceArn=arn)["tags"]:
+        if {"key": "mlship:service", "value": service} in ecs.list_tags_for_resource(resourceArn=arn)["tags"] \
+                and arn not in left:
             left.append(arn)
     return left
 
@@ -281,3 +284,103 @@ def test_deploy_predict_redeploy_upgrade_broken_rollback_destroy(
     assert target.destroy() == []
     print(f"\necs on moto: cold deploy {cold_s:.2f}s, unchanged re-deploy {unchanged_s:.2f}s ({noop_calls} calls, "
           "0 mutating)")
+
+
+# --- interrupted deploys converge ----------------------------------------------------------------------------
+STEPS = ["CreateRepository", "CreateLogGroup", "PutRetentionPolicy", "CreateRole", "AttachRolePolicy",
+         "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateLoadBalancer", "CreateTargetGroup",
+         "ModifyTargetGroupAttributes", "CreateListener", "CreateCluster", "RegisterTaskDefinition", "CreateService"]
+KINDS = {":service/": "ecs service", ":task-definition/": "task definition", ":loadbalancer/": "load balancer",
+         ":targetgroup/": "target group", ":security-group/": "security group",
+         ":repository/": "repository", ":role/": "role", "/mlship/": "log group"}
+
+
+ONE_OF_EACH = sorted(["ecs service", "task definition", "load balancer", "target group", "security group",
+                      "repository", "role", "log group"])
+
+
+def inventory(service: str) -> list[str]:
+    """The kinds of what is tagged for ``service`` (a listener goes with its load balancer; moto's tagging API
+    does not list listeners)."""
+    return sorted(next(kind for mark, kind in KINDS.items() if mark in arn) for arn in tagged_left(service))
+
+
+class Interrupt:
+    """A client factory whose clients raise KeyboardInterrupt right after ``action`` succeeded (a Ctrl-C, or a
+    kill, at that step)."""
+
+    def __init__(self, action: str) -> None:
+        self.action, self.fired = action, False
+
+    def client(self, name: str) -> Any:
+        import boto3
+
+        client = boto3.Session(region_name=REGION).client(name)
+        client.meta.events.register("after-call.*.*", self._after)
+        return client
+
+    def _after(self, model: Any, **_kwargs: Any) -> None:
+        if model.name == self.action and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt(f"interrupted right after {model.name}")
+
+
+@pytest.fixture
+def fresh_target(iris_image: tuple[Path, str], aws: MotoServer, agent: EcsAgent, docker_engine: Any,
+                 tmp_path: Path) -> Iterator[EcsTarget]:
+    """A target for a service of its own; destroyed afterwards, its pushed images removed."""
+    name = f"ecs-{uuid.uuid4().hex[:8]}"
+    project = copy_project(iris_image[0], tmp_path / "p", name=name, targets={"ecs": {}})
+    target = get_target("ecs", project)
+    assert isinstance(target, EcsTarget)
+    yield target
+    target.destroy()
+    target.close()
+    for image in docker_engine.images.list(name=f"{REGISTRY}/{name}"):
+        for ref in image.tags + image.attrs.get("RepoDigests", []):
+            if ref.startswith(f"{REGISTRY}/{name}"):
+                with contextlib.suppress(ImageNotFound):
+                    docker_engine.images.remove(ref)
+
+
+def test_a_clean_first_deploy_makes_each_step_once(fresh_target: EcsTarget, v1_image: str, agent: EcsAgent,
+                                                  aws: MotoServer) -> None:
+    """The steps the interrupt matrix below cuts after are exactly the mutating calls of a first deploy."""
+    mark = aws.mark()
+    steps: list[tuple[float, str]] = []
+    started = time.monotonic()
+    deployed = fresh_target.deploy(v1_image, lambda line: steps.append((time.monotonic() - started, line)))
+    total = time.monotonic() - started
+    assert [c[1] for c in aws.since(mark, mutating=True) if c[1] != "CreateCluster"] == \
+        [s for s in STEPS if s != "CreateCluster"]  # the cluster is shared: made by the first deploy of a run
+    assert inventory(fresh_target.service) == ONE_OF_EACH, "\n".join(tagged_left(fresh_target.service))
+    assert predict(agent.url(deployed.url or "")).status_code == 200
+    pushed = next(t for t, line in steps if line.startswith("pushed "))
+    asked = next(t for t, line in steps if line.startswith("creating ECS service"))
+    print(f"\necs first deploy on moto: push {pushed:.2f}s, resources {asked - pushed:.2f}s, rollout "
+          f"{total - asked:.2f}s, total {total:.2f}s")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_an_interrupted_deploy_converges_with_no_orphans(step: str, fresh_target: EcsTarget, v1_image: str,
+                                                         agent: EcsAgent, monkeypatch: pytest.MonkeyPatch,
+                                                         aws: MotoServer) -> None:
+    if step == "CreateCluster":  # the cluster only goes with the last service in it: start without one
+        fresh_target.aws.call("x", "ecs", "describe_clusters", clusters=["mlship"])
+        for arn in fresh_target.aws.call("x", "ecs", "list_services", cluster="mlship")["serviceArns"]:
+            assert fresh_target.aws.call("x", "ecs", "describe_services", cluster="mlship",
+                                         services=[arn])["services"][0]["status"] == "INACTIVE"
+        fresh_target.aws.call("x", "ecs", "delete_cluster", missing=("ClusterNotFoundException",), cluster="mlship")
+    interrupt = Interrupt(step)
+    with monkeypatch.context() as patched:
+        patched.setattr(EcsTarget, "client_factory", interrupt.client)
+        fresh_target.close()  # the next calls make their clients with the factory
+        with pytest.raises(KeyboardInterrupt):
+            fresh_target.deploy(v1_image, lambda _line: None)
+    assert interrupt.fired
+    fresh_target.close()
+    again = fresh_target.deploy(v1_image, lambda _line: None)  # run again: converges
+    assert predict(agent.url(again.url or "")).headers["x-model-version"] == again.version
+    assert inventory(fresh_target.service) == ONE_OF_EACH  # one of each: no orphans
+    fresh_target.destroy()
+    assert tagged_left(fresh_target.service) == []

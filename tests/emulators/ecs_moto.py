@@ -25,6 +25,8 @@ from urllib.parse import parse_qs
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from mlship.targets.ecs.spec import EXECUTION_POLICY
+
 #: The read-only actions (everything else changes something), by prefix.
 READ_PREFIXES = ("Describe", "Get", "List", "Simulate", "BatchGet", "BatchCheck", "Filter")
 
@@ -82,6 +84,14 @@ class MotoServer:
         """Point boto3 at this server for one test (``monkeypatch``: pytest's); every action allowed again."""
         for key, value in aws_environment(self.endpoint, region, tmp).items():
             monkeypatch.setenv(key, value)
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+        from moto.iam.models import iam_backends
+
+        # moto makes a region's default VPC and the account's IAM (managed policies) on first use, which takes
+        # seconds on a busy machine: made here, so a test's timings are the client's, not the emulator's start
+        assert ec2_backends[DEFAULT_ACCOUNT_ID][region].describe_vpcs()
+        assert iam_backends[DEFAULT_ACCOUNT_ID]["global"].get_policy(EXECUTION_POLICY)
         self.denied, self.simulate_refused = set(), False
         return self
 

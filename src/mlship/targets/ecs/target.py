@@ -127,10 +127,12 @@ class EcsTarget(Target):
         if current is None:
             progress(f"creating ECS service {self.service} ({task_arn.rpartition('/')[2]})")
             service.create(aws, n, task_arn, net, tg_arn, tag_map, self.opts.desired_count, grace)
-        else:
+        elif diff or current.get("desiredCount") != self.opts.desired_count:
             progress(f"updating ECS service {self.service} to {task_arn.rpartition('/')[2]}"
-                     + (f" (changed: {', '.join(diff)})" if diff else ""))
+                     + (f" (changed: {', '.join(diff)})" if diff else f" ({self.opts.desired_count} task(s))"))
             service.update(aws, n, task_arn, self.opts.desired_count)
+        else:  # an earlier deploy (interrupted, or still rolling out) asked for this already: only wait
+            progress(f"{self.service} is already rolling out {task_arn.rpartition('/')[2]}; waiting for it")
         service.wait_rollout(aws, n, task_arn, tg_arn, self.opts.desired_count, timeout_s=self.rollout_timeout_s,
                              poll_s=self.poll_s, progress=progress)
         previous = (serving["containerDefinitions"][0]["image"]
