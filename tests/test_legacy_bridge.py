@@ -310,3 +310,18 @@ def test_era_caps_and_the_bridge_table() -> None:
     assert pyversions.bridge_for("scikit-learn", "0.24.2") == ("scikit-learn==1.2.2", "numpy<2", "scipy<1.12")
     assert pyversions.bridge_for("scikit-learn", "1.3.0") is None  # read by current releases: served as it is
     assert pyversions.bridge_for("scikit-learn", "1.2.2") is None and pyversions.bridge_for("xgboost", "0.9") is None
+
+
+def test_without_a_docker_engine_init_says_why_it_needs_one(docker_engine: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    old_tree_copy(docker_engine, tmp_path, WHEEL_CACHE)
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # nothing listens there
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["init", "model.sav"])
+    assert result.exit_code == 1, result.output
+    err = " ".join(result.stderr.split())
+    assert ("error: model.sav was saved with scikit-learn 0.24.2, which has no wheel for Python 3.11: mlship runs it "
+            "in a build environment (a Docker container), and cannot reach the Docker engine at tcp://127.0.0.1:9")\
+        in err
+    assert "Start Docker" in err and "'scikit-learn==1.2.2' 'numpy<2'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.sav"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlship.contract_io import artifact_sha256
-from mlship.errors import ArtifactError, BuildError
+from mlship.errors import ArtifactError, BuildError, EngineError
 from mlship.legacy import pyversions
 from mlship.legacy.buildenv import ProbeResult, run_probe
 from mlship.runtimes.base import ArtifactInfo
@@ -103,6 +103,7 @@ def run(artifact: Path, found: Any, first: list[list[float]], *, python: str | N
     newest the release has wheels for), then the bridge release on this Python; ``first`` are the example rows."""
     recorded = found.version(_PACKAGE)
     assert recorded is not None
+    _require_engine(artifact, recorded)
     old_python, how = pyversions.choose_python(_PACKAGE, recorded, python)
     features = features_of(found, artifact)
     rows = probe_rows(len(features), first)
@@ -143,6 +144,24 @@ def run(artifact: Path, found: Any, first: list[list[float]], *, python: str | N
     return Outcome(info=_info(old, features, requirements, recorded, notes), python=serve_python,
                    requirements=requirements, provenance=provenance,
                    outputs=[_output(old, i) for i in range(len(first))], timings=timings)
+
+
+def _require_engine(artifact: Path, recorded: str) -> None:
+    """The Docker engine, or an error that says why init needs it here and what else can be done."""
+    from mlship.image import engine
+
+    try:
+        engine.client().close()
+    except EngineError as exc:
+        raise EngineError(
+            f"{artifact.name} was saved with scikit-learn {recorded}, which has no wheel for Python {host_python()}: "
+            f"mlship runs it in a build environment (a Docker container), and {exc.message[0].lower()}"
+            f"{exc.message[1:]}",
+            why="The file is read without loading it here; loading it needs the versions it records, in the "
+            "Python of their time.",
+            fix=(exc.fix or "Start Docker.") + " Or by hand: `python3.11 -m venv sk && sk/bin/pip install "
+            f"'mlship[sklearn]' 'scikit-learn=={pyversions.BRIDGE_RELEASE}' 'numpy<2'`, then "
+            f"`sk/bin/mlship init {artifact.name}`.") from None
 
 
 def _info(old: ProbeResult, features: dict[str, str], requirements: list[str], recorded: str,
