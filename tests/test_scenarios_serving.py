@@ -372,7 +372,9 @@ def test_docker_stop_under_load_answers_or_refuses_every_request(docker_engine: 
 
         with concurrent.futures.ThreadPoolExecutor(17) as pool:
             clients = [pool.submit(post_until_gone) for _ in range(16)]
-            time.sleep(1.0)
+            until = time.monotonic() + 15
+            while outcomes["200"] < 32 and time.monotonic() < until:  # load going on: answers are coming
+                time.sleep(0.05)
             stopping = pool.submit(container.stop, timeout=10)
             for f in clients:
                 f.result()
@@ -380,7 +382,7 @@ def test_docker_stop_under_load_answers_or_refuses_every_request(docker_engine: 
         container.reload()
         logs = container.logs().decode()
         assert set(outcomes) <= {"200", "refused"}, (outcomes, logs[-2000:])
-        assert outcomes["refused"] == 16 and outcomes["200"] > 16, outcomes
+        assert outcomes["refused"] == 16 and outcomes["200"] >= 16, outcomes
         assert container.attrs["State"]["ExitCode"] == 0, logs[-2000:]
     finally:
         container.remove(force=True)
