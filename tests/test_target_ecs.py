@@ -7,7 +7,6 @@ The deploy life cycle (images run by the test-side agent) is in test_target_ecs_
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import copy_project
+from emulators import ecs_fixtures
+from emulators.ecs_fixtures import REGION
 from emulators.ecs_moto import MotoServer
 from mlship import plugins
 from mlship.cli import app
@@ -27,23 +28,16 @@ from mlship.targets.ecs.options import FARGATE_SIZES
 from mlship.targets.ecs.preflight import needed_actions, principal_arn
 from mlship.targets.ecs.spec import names, task_definition, task_differences
 
-REGION = "eu-west-1"
+# the shared fixtures (tests/emulators/ecs_fixtures.py), by name
+aws = ecs_fixtures.aws
+moto = ecs_fixtures.moto
+
+
 ROLE = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
 
 
 def make_project(source: Path, dest: Path, ecs: dict[str, Any] | None = None, **changes: Any) -> Project:
     return copy_project(source, dest, targets=None if ecs is None else {"ecs": ecs}, **changes)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    return moto.use(monkeypatch, REGION, str(tmp_path))
 
 
 # --- options (pure) ----------------------------------------------------------------------------------------

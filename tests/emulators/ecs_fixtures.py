@@ -1,0 +1,160 @@
+"""Fixtures and helpers of the ecs target's tests (import the fixtures into a test module by name):
+
+``moto`` (a MotoServer per module), ``aws`` (boto3 pointed at it for one test, every action allowed), ``registry``
+(the loopback registry that stands in for ECR), ``agent`` (the EcsAgent per module; at its end no container is
+left), ``ecs_env`` (aws + the registry + fast polling), ``v1_image`` (the session's iris image under a tag of the
+module's own), ``fresh_target`` (a target for a service of its own, destroyed afterwards, its pushed images
+removed); ``predict``, ``tagged_left`` (what still carries the service's tag, asked of each API), ``inventory``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from docker.errors import ImageNotFound
+
+from conftest import copy_project
+from emulators.ecs_agent import EcsAgent
+from emulators.ecs_moto import MotoServer
+from mlship.targets import get_target
+from mlship.targets.ecs import EcsTarget
+
+REGISTRY = os.environ.get("MLSHIP_TEST_REGISTRY", "127.0.0.1:5555")
+REGION = "eu-west-1"
+IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+ONE_OF_EACH = sorted(["ecs service", "task definition", "load balancer", "target group", "security group",
+                      "repository", "role", "log group"])
+KINDS = {":service/": "ecs service", ":task-definition/": "task definition", ":loadbalancer/": "load balancer",
+         ":targetgroup/": "target group", ":security-group/": "security group",
+         ":repository/": "repository", ":role/": "role", "/mlship/": "log group"}
+
+
+@pytest.fixture(scope="module")
+def registry() -> str:
+    try:
+        urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=5).close()
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.fail(f"no registry answers on http://{REGISTRY}/v2/ ({exc}): run `bash scripts/docker-up`, "
+                    "or set MLSHIP_TEST_REGISTRY to one")
+    return REGISTRY
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def agent(docker_engine: Any, moto: MotoServer) -> Iterator[EcsAgent]:
+    running = EcsAgent(docker_engine, moto, REGION).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        time.sleep(0.5)  # containers stopped in the background by the agent's drain threads
+        left = [c for c in running.containers() if c.status != "removing"]
+        for container in left:
+            container.remove(force=True)
+        assert not left, f"containers left behind: {left}"
+        assert running.errors == [], running.errors
+
+
+@pytest.fixture
+def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
+    return moto.use(monkeypatch, REGION, str(tmp_path))
+
+
+@pytest.fixture
+def ecs_env(aws: MotoServer, registry: str, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    monkeypatch.setenv("MLSHIP_ECR_REGISTRY", registry)
+    monkeypatch.setattr(EcsTarget, "poll_s", 0.1)
+    monkeypatch.setattr(EcsTarget, "rollout_timeout_s", 180.0)
+    return aws
+
+
+@pytest.fixture(scope="module")
+def v1_image(iris_image: tuple[Path, str], docker_engine: Any) -> Iterator[str]:
+    """The session's iris image under a tag of this module's own (a rebuild elsewhere cannot move it)."""
+    tag = f"iris:ecs-v1-{uuid.uuid4().hex[:6]}"
+    docker_engine.images.get(iris_image[1]).tag(*tag.split(":"))
+    yield tag
+    docker_engine.images.remove(tag)
+
+
+@pytest.fixture
+def fresh_target(iris_image: tuple[Path, str], ecs_env: MotoServer, agent: EcsAgent, docker_engine: Any,
+                 tmp_path: Path) -> Iterator[EcsTarget]:
+    """A target for a service of its own; destroyed afterwards, its pushed images removed."""
+    name = f"ecs-{uuid.uuid4().hex[:8]}"
+    project = copy_project(iris_image[0], tmp_path / "p", name=name, targets={"ecs": {}})
+    target = get_target("ecs", project)
+    assert isinstance(target, EcsTarget)
+    yield target
+    target.destroy()
+    target.close()
+    remove_pushed(docker_engine, name)
+
+
+def remove_pushed(docker_engine: Any, service: str) -> None:
+    """The local tags and digest references the pushes (and the agent's pulls) of ``service`` made."""
+    for image in docker_engine.images.list(name=f"{REGISTRY}/{service}"):
+        for ref in image.tags + image.attrs.get("RepoDigests", []):
+            if ref.startswith(f"{REGISTRY}/{service}"):
+                with contextlib.suppress(ImageNotFound):  # gone with the image's last other name
+                    docker_engine.images.remove(ref)
+
+
+def predict(url: str) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.post(f"{url}/predict", json=IRIS_ROW)
+
+
+def tagged_left(service: str) -> list[str]:
+    """Everything in the account that carries mlship:service=<service>, asked of each API."""
+    import boto3
+
+    s = boto3.Session(region_name=REGION)
+    left = [m["ResourceARN"] for m in s.client("resourcegroupstaggingapi").get_resources(
+        TagFilters=[{"Key": "mlship:service", "Values": [service]}])["ResourceTagMappingList"]]
+    ecs = s.client("ecs")
+    for arn in [a for a in left if ":service/" in a]:  # a deleted service stays visible a while, INACTIVE
+        cluster, name = arn.rpartition(":service/")[2].split("/")
+        if ecs.describe_services(cluster=cluster, services=[name])["services"][0]["status"] == "INACTIVE":
+            left.remove(arn)
+    ecr = s.client("ecr")
+    for repo in ecr.describe_repositories()["repositories"]:
+        if {"Key": "mlship:service", "Value": service} in ecr.list_tags_for_resource(
+                resourceArn=repo["repositoryArn"])["tags"]:
+            left.append(repo["repositoryArn"])
+    logs = s.client("logs")
+    for group in logs.describe_log_groups()["logGroups"]:
+        name = group["logGroupName"]
+        if logs.list_tags_log_group(logGroupName=name)["tags"].get("mlship:service") == service and not any(
+                a.endswith(f":log-group:{name}") for a in left):  # the tagging API may list it already
+            left.append(name)
+    iam = s.client("iam")
+    for role in iam.list_roles()["Roles"]:
+        if {"Key": "mlship:service", "Value": service} in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]:
+            left.append(role["Arn"])
+    for arn in ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]:
+        if {"key": "mlship:service", "value": service} in ecs.list_tags_for_resource(resourceArn=arn)["tags"] \
+                and arn not in left:
+            left.append(arn)
+    return left
+
+
+def inventory(service: str) -> list[str]:
+    """The kinds of what is tagged for ``service`` (a listener goes with its load balancer; moto's tagging API
+    does not list listeners)."""
+    return sorted(next(kind for mark, kind in KINDS.items() if mark in arn) for arn in tagged_left(service))

@@ -1,0 +1,93 @@
+"""Interrupted ecs deploys converge: a kill (KeyboardInterrupt) right after each mutating step of a first deploy,
+then a re-run: one of each resource, nothing tagged left after destroy. moto in server mode, the test-side agent,
+the real boto3 client (tests/emulators/ecs_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from emulators import ecs_fixtures
+from emulators.ecs_agent import EcsAgent
+from emulators.ecs_fixtures import ONE_OF_EACH, REGION, inventory, predict, tagged_left
+from emulators.ecs_moto import MotoServer
+from mlship.targets.ecs import EcsTarget
+
+# the shared fixtures (tests/emulators/ecs_fixtures.py), by name
+agent = ecs_fixtures.agent
+aws = ecs_fixtures.aws
+ecs_env = ecs_fixtures.ecs_env
+fresh_target = ecs_fixtures.fresh_target
+moto = ecs_fixtures.moto
+registry = ecs_fixtures.registry
+v1_image = ecs_fixtures.v1_image
+
+STEPS = ["CreateRepository", "CreateLogGroup", "PutRetentionPolicy", "CreateRole", "AttachRolePolicy",
+         "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateLoadBalancer", "CreateTargetGroup",
+         "ModifyTargetGroupAttributes", "CreateListener", "CreateCluster", "RegisterTaskDefinition", "CreateService"]
+
+
+class Interrupt:
+    """A client factory whose clients raise KeyboardInterrupt right after ``action`` succeeded (a Ctrl-C, or a
+    kill, at that step)."""
+
+    def __init__(self, action: str) -> None:
+        self.action, self.fired = action, False
+
+    def client(self, name: str) -> Any:
+        import boto3
+
+        client = boto3.Session(region_name=REGION).client(name)
+        client.meta.events.register("after-call.*.*", self._after)
+        return client
+
+    def _after(self, model: Any, **_kwargs: Any) -> None:
+        if model.name == self.action and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt(f"interrupted right after {model.name}")
+
+
+def test_a_clean_first_deploy_makes_each_step_once(fresh_target: EcsTarget, v1_image: str, agent: EcsAgent,
+                                                  ecs_env: MotoServer) -> None:
+    """The steps the interrupt matrix below cuts after are exactly the mutating calls of a first deploy."""
+    mark = ecs_env.mark()
+    steps: list[tuple[float, str]] = []
+    started = time.monotonic()
+    deployed = fresh_target.deploy(v1_image, lambda line: steps.append((time.monotonic() - started, line)))
+    total = time.monotonic() - started
+    assert [c[1] for c in ecs_env.since(mark, mutating=True) if c[1] != "CreateCluster"] == \
+        [s for s in STEPS if s != "CreateCluster"]  # the cluster is shared: made by the first deploy of a run
+    assert inventory(fresh_target.service) == ONE_OF_EACH, "\n".join(tagged_left(fresh_target.service))
+    assert predict(agent.url(deployed.url or "")).status_code == 200
+    pushed = next(t for t, line in steps if line.startswith("pushed "))
+    asked = next(t for t, line in steps if line.startswith("creating ECS service"))
+    print(f"\necs first deploy on moto: push {pushed:.2f}s, resources {asked - pushed:.2f}s, rollout "
+          f"{total - asked:.2f}s, total {total:.2f}s")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_an_interrupted_deploy_converges_with_no_orphans(step: str, fresh_target: EcsTarget, v1_image: str,
+                                                         agent: EcsAgent, monkeypatch: pytest.MonkeyPatch,
+                                                         ecs_env: MotoServer) -> None:
+    if step == "CreateCluster":  # the cluster only goes with the last service in it: start without one
+        fresh_target.aws.call("x", "ecs", "describe_clusters", clusters=["mlship"])
+        for arn in fresh_target.aws.call("x", "ecs", "list_services", cluster="mlship")["serviceArns"]:
+            assert fresh_target.aws.call("x", "ecs", "describe_services", cluster="mlship",
+                                         services=[arn])["services"][0]["status"] == "INACTIVE"
+        fresh_target.aws.call("x", "ecs", "delete_cluster", missing=("ClusterNotFoundException",), cluster="mlship")
+    interrupt = Interrupt(step)
+    with monkeypatch.context() as patched:
+        patched.setattr(EcsTarget, "client_factory", interrupt.client)
+        fresh_target.close()  # the next calls make their clients with the factory
+        with pytest.raises(KeyboardInterrupt):
+            fresh_target.deploy(v1_image, lambda _line: None)
+    assert interrupt.fired
+    fresh_target.close()
+    again = fresh_target.deploy(v1_image, lambda _line: None)  # run again: converges
+    assert predict(agent.url(again.url or "")).headers["x-model-version"] == again.version
+    assert inventory(fresh_target.service) == ONE_OF_EACH  # one of each: no orphans
+    fresh_target.destroy()
+    assert tagged_left(fresh_target.service) == []
