@@ -1,5 +1,6 @@
 """Interrupted ecs deploys converge: a kill (KeyboardInterrupt) right after each mutating step of a first deploy,
-then a re-run: one of each resource, nothing tagged left after destroy. moto in server mode, the test-side agent,
+then a re-run: one of each resource, nothing tagged left after destroy. Transient AWS errors are retried; a denied
+action fails at once and names what avoids it. moto in server mode, the test-side agent,
 the real boto3 client (tests/emulators/ecs_fixtures.py).
 """
 
@@ -14,6 +15,7 @@ from emulators import ecs_fixtures
 from emulators.ecs_agent import EcsAgent
 from emulators.ecs_fixtures import ONE_OF_EACH, REGION, inventory, predict, tagged_left
 from emulators.ecs_moto import MotoServer
+from mlship.errors import TargetError
 from mlship.targets.ecs import EcsTarget
 
 # the shared fixtures (tests/emulators/ecs_fixtures.py), by name
@@ -91,3 +93,24 @@ def test_an_interrupted_deploy_converges_with_no_orphans(step: str, fresh_target
     assert inventory(fresh_target.service) == ONE_OF_EACH  # one of each: no orphans
     fresh_target.destroy()
     assert tagged_left(fresh_target.service) == []
+
+
+def test_transient_errors_are_retried_and_a_denied_action_fails_fast(fresh_target: EcsTarget, v1_image: str,
+                                                                     agent: EcsAgent, ecs_env: MotoServer) -> None:
+    ecs_env.fail_next("CreateRole", "AccessDenied", 403)
+    mark = ecs_env.mark()
+    with pytest.raises(TargetError) as info:
+        fresh_target.deploy(v1_image, lambda _line: None)
+    assert info.value.message == f"create role mlship-{fresh_target.service}-exec: permission denied: AccessDenied: " \
+                                 "injected by the test: AccessDenied"
+    assert info.value.fix is not None and "or set targets.ecs.execution_role_arn" in info.value.fix
+    assert [c[1] for c in ecs_env.since(mark)].count("CreateRole") == 1  # no retry of a 4xx
+    fresh_target.close()
+    ecs_env.fail_next("CreateLoadBalancer", "ServiceUnavailable", 503, times=2)
+    ecs_env.fail_next("RegisterTaskDefinition", "ThrottlingException", 400)
+    mark = ecs_env.mark()
+    deployed = fresh_target.deploy(v1_image, lambda _line: None)
+    assert predict(agent.url(deployed.url or "")).status_code == 200
+    actions = [c[1] for c in ecs_env.since(mark)]
+    assert actions.count("CreateLoadBalancer") == 3 and actions.count("RegisterTaskDefinition") == 2
+    assert inventory(fresh_target.service) == ONE_OF_EACH

@@ -2,6 +2,8 @@
 
 * a record of every API call (``calls``: [(service, action, params)]) so tests can count mutating calls and see
   what the client sent (moto keeps no ``deploymentConfiguration``: the agent reads it from here);
+* ``fail_next(action, code, status, times=1)``: the next calls of an action answer an AWS error (JSON and
+  query protocols; not EC2's), before moto sees them;
 * ``iam:SimulatePrincipalPolicy`` (moto does not implement it): every action is allowed except those in
   ``denied``; ``simulate_refused = True`` answers AccessDenied, as for an identity that may not call it.
 
@@ -43,6 +45,7 @@ class MotoServer:
         self.denied: set[str] = set()
         self.simulate_refused = False
         self.after: list[Callable[[str, dict[str, Any]], None]] = []  # run after moto answered an action
+        self.failures: dict[str, list[tuple[str, int]]] = {}  # action -> [(error code, HTTP status)]
         self._lock = threading.Lock()
         self._app = DomainDispatcherApplication(create_backend_app)
         self._server: BaseWSGIServer | None = None
@@ -95,6 +98,9 @@ class MotoServer:
         self.denied, self.simulate_refused = set(), False
         return self
 
+    def fail_next(self, action: str, code: str, status: int, times: int = 1) -> None:
+        self.failures.setdefault(action, []).extend([(code, status)] * times)
+
     # --- what the tests read -----------------------------------------------------------------------
     def mark(self) -> int:
         return len(self.calls)
@@ -115,6 +121,10 @@ class MotoServer:
         if action:
             with self._lock:
                 self.calls.append((service, action, params))
+        if self.failures.get(action):
+            code, status = self.failures[action].pop(0)
+            return _error(code, status, json_protocol=bool(environ.get("HTTP_X_AMZ_TARGET")),
+                          start_response=start_response)
         if service == "iam" and action == "SimulatePrincipalPolicy":
             return self._simulate(params, start_response)
         result: Iterable[bytes] = self._app(environ, start_response)
@@ -141,6 +151,17 @@ class MotoServer:
                  f"<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{members}"
                  "</EvaluationResults></SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>"
                  f"{request}</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>").encode()]
+
+
+def _error(code: str, status: int, *, json_protocol: bool, start_response: Any) -> list[bytes]:
+    message = f"injected by the test: {code}"
+    if json_protocol:
+        start_response(f"{status} Error", [("Content-Type", "application/x-amz-json-1.1"),
+                                           ("x-amzn-ErrorType", code)])
+        return [json.dumps({"__type": code, "message": message}).encode()]
+    start_response(f"{status} Error", [("Content-Type", "text/xml")])
+    return [(f"<ErrorResponse><Error><Type>{'Receiver' if status >= 500 else 'Sender'}</Type><Code>{code}</Code>"
+             f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>").encode()]
 
 
 def _member_index(key: str) -> int:
