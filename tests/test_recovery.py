@@ -13,8 +13,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,29 +166,58 @@ class Interrupted:
     stdout: str
 
 
-def deploy_signalled_at(folder: Path, marker: str, sig: int = signal.SIGKILL, *args: str) -> Interrupted:
-    """`python -m mlship deploy` in a subprocess, sent ``sig`` once a stderr line contains ``marker``; then read to
-    its end (what it prints while it exits)."""
+When = str | Callable[[], bool]  # a stderr line containing this, or a condition polled every 50 ms
+
+
+def deploy_signalled_at(folder: Path, when: When, sig: int = signal.SIGKILL, *args: str) -> Interrupted:
+    """`python -m mlship deploy` in a subprocess, sent ``sig`` once ``when`` holds; then read to its end (what it
+    prints while it exits). At most 300 s."""
     env = {**os.environ, "MLSHIP_BASE_IMAGE": TEST_BASE_IMAGE}
     lines: list[str] = []
-    sent = False
+    sent = threading.Event()
     with subprocess.Popen([sys.executable, "-m", "mlship", "deploy", "--target", "local", "-f", str(folder), *args],
                           stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if marker in line and not sent:
+        stderr = proc.stderr
+
+        def read() -> None:
+            for line in stderr:
+                lines.append(line.rstrip("\n"))
+                if isinstance(when, str) and when in line and not sent.is_set():
+                    sent.set()
+                    proc.send_signal(sig)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 300
+        while not isinstance(when, str) and not sent.is_set() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            if when():
+                sent.set()
                 proc.send_signal(sig)
-                sent = True
+            time.sleep(0.05)
         stdout = proc.stdout.read()
         proc.wait(timeout=300)
-    assert sent, f"never saw {marker!r}:\n" + "\n".join(lines)
+        reader.join(timeout=30)
+    assert sent.is_set(), f"never saw {when!r}:\n" + "\n".join(lines)
     return Interrupted(lines, proc.returncode, stdout)
 
 
-def deploy_killed_at(folder: Path, marker: str) -> list[str]:
-    """`python -m mlship deploy` in a subprocess, SIGKILLed once a stderr line contains ``marker``."""
-    run = deploy_signalled_at(folder, marker)
+def interrupt_points(engine: Any, name: str) -> list[tuple[str, When]]:
+    """Where the interrupt matrix stops a deploy: after the build, as the gate starts and while it runs, as the
+    candidate starts and while it runs, at the stop of the old container, at the final start."""
+    def running(role: str) -> Callable[[], bool]:
+        return lambda: any(c.labels.get("dev.mlship.role") == role and c.status == "running"
+                           for c in service_containers(engine, name))
+
+    return [("build done", "[build] done"), ("gate starts", "[test] "), ("gate runs", running("test")),
+            ("candidate starts", "starting candidate"), ("candidate runs", running("candidate")),
+            ("stop", f"stopping mlship-{name} "), ("final start", f"starting mlship-{name} from")]
+
+
+def deploy_killed_at(folder: Path, when: When) -> list[str]:
+    """`python -m mlship deploy` in a subprocess, SIGKILLed once ``when`` holds."""
+    run = deploy_signalled_at(folder, when)
     assert run.returncode == -signal.SIGKILL, "\n".join(run.lines)
     return run.lines
 
@@ -204,6 +235,7 @@ def assert_converged(engine: Any, name: str, history: list[str]) -> None:
     assert found[0].labels.get("dev.mlship.image") == history[0]
 
 
+@pytest.mark.timeout(900)  # seven deploys killed and seven re-runs
 def test_deploy_killed_at_each_step_converges_on_rerun(iris_image: tuple[Path, str], tmp_path: Path,
                                                        base_image_env: str, names: list[str],
                                                        docker_engine: Any) -> None:
@@ -213,21 +245,24 @@ def test_deploy_killed_at_each_step_converges_on_rerun(iris_image: tuple[Path, s
     edit(folder, version="rc-v2")
     v2 = mlship.build(folder).image  # build v2 once (cached after)
     assert v1 is not None and v2 != v1
-    steps = ["[build] done", "[test] ", "starting candidate", f"stopping mlship-{name} ",
-             f"starting mlship-{name} from"]
-    for marker in steps:
-        lines = deploy_killed_at(folder, marker)
+    debris: dict[str, list[str]] = {}
+    for step, when in interrupt_points(docker_engine, name):
+        lines = deploy_killed_at(folder, when)
+        debris[step] = orphans(docker_engine, name)  # what the kill left for the re-run to clear
         report = mlship.deploy(folder, target="local")  # the re-run
+        assert orphans(docker_engine, name) == [], (step, lines[-2:])
         # the same content tag, unless mlship's own source changed meanwhile (its wheel is a build input)
-        assert report.image is not None and content_tag(name, "rc-v2").match(report.image), (marker, lines[-2:])
+        assert report.image is not None and content_tag(name, "rc-v2").match(report.image), (step, lines[-2:])
         v2 = report.image
         assert_converged(docker_engine, name, [v2, v1])
         status = mlship.status(folder, target="local")
-        assert status.history == [v2, v1] and status.ready, (marker, status)
+        assert status.history == [v2, v1] and status.ready, (step, status)
         with httpx.Client(timeout=10) as client:
             assert client.post(f"{report.url}/predict", json=IRIS_ROW).status_code == 200
         back = mlship.rollback(folder, target="local")  # v1 serves again, for the next step
         assert back.image == v1 and mlship.status(folder, target="local").history == [v1, v2]
+    print(f"SIGKILL matrix: left by the kills {debris}; orphans after the re-runs 0")
+    assert debris["gate runs"] and debris["candidate runs"], debris  # the matrix did catch them running
     removed = mlship.destroy(folder, target="local").removed
     assert len(removed) == 1 and service_containers(docker_engine, name) == []
 

@@ -6,11 +6,7 @@ clause of the deploy contract to its test.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +14,11 @@ import httpx
 from typer.testing import CliRunner
 
 import mlship
-from conftest import TEST_BASE_IMAGE
 from mlship.cli import app
 from test_recovery import (
     IRIS_ROW,
     content_tag,
+    deploy_killed_at,
     edit,
     names,  # noqa: F401 - the fixture
     project,
@@ -116,24 +112,6 @@ def test_rollback_to_an_image_that_was_removed_says_how_to_get_it_back(
     assert mlship_cli("destroy", "-f", str(folder)).exit_code == 0
 
 
-def deploy_killed_when(folder: Path, engine: Any, name: str, role: str) -> None:
-    """`python -m mlship deploy` in a subprocess, SIGKILLed once a container of the service with ``role`` runs
-    (-previous: once the old container was renamed); at most 300 s."""
-    env = {**os.environ, "MLSHIP_BASE_IMAGE": TEST_BASE_IMAGE}
-    with subprocess.Popen([sys.executable, "-m", "mlship", "deploy", "-f", str(folder)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            found = service_containers(engine, name)
-            if any(c.name == f"mlship-{name}-previous" if role == "previous" else
-                   c.labels.get("dev.mlship.role") == role and c.status == "running" for c in found):
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"no {role} container of {name} appeared"
-
-
 def test_destroy_after_interrupted_deploys_leaves_no_container(
         iris_image: tuple[Path, str], tmp_path: Path, base_image_env: str, names: list[str],  # noqa: F811
         docker_engine: Any) -> None:
@@ -144,8 +122,14 @@ def test_destroy_after_interrupted_deploys_leaves_no_container(
     assert mlship_cli("deploy", "-f", str(folder)).exit_code == 0
     v1 = mlship.status(folder, target="local").image
     edit(folder, version="sc-v2")
-    deploy_killed_when(folder, docker_engine, name, "previous")
-    deploy_killed_when(folder, docker_engine, name, "test")  # (it does not reach the step that clears -previous)
+
+    def exists(role: str) -> Callable[[], bool]:
+        return lambda: any((c.labels.get("dev.mlship.role") == role and c.status == "running")
+                           or (role == "previous" and c.name == f"mlship-{name}-previous")
+                           for c in service_containers(docker_engine, name))
+
+    deploy_killed_at(folder, exists("previous"))  # once the old container was renamed
+    deploy_killed_at(folder, exists("test"))  # once the gate runs (before the step that clears -previous)
     left = {c.name: c.labels.get("dev.mlship.role") for c in service_containers(docker_engine, name)}
     assert f"mlship-{name}-previous" in left and "test" in left.values(), left  # debris for destroy to find
 
