@@ -285,28 +285,20 @@ def plan_project(project: Project, base: str | None = None, dry_run: bool = Fals
     once (a dry run writes nothing, not even .mlship/compiled/). A model this machine cannot load as the image
     serves it (``provenance`` names other versions) is not loaded: its versions are read from the file and the
     contract, and it is converted and checked for the compiled path in a build environment."""
-    from mlship.legacy.check import host_cannot_load, provenance_pins
+    from mlship.legacy.check import host_cannot_load, provenance_applies, provenance_pins
+    from mlship.legacy.compile import compile_elsewhere
+    from mlship.serving.predictor import Predictor
 
-    c = project.contract
-    proven: dict[str, str] = {}
-    notes: list[str] = []
     compiled: Compiled | None
     reason = host_cannot_load(project) or wheelhouse.other_python(project)  # 3.9: loaded in the image only
-    if reason is not None:
-        from mlship.legacy.compile import compile_elsewhere
-
-        pins, proven, notes = provenance_pins(project)
-        compiled = compile_elsewhere(project, reason, keep=not dry_run)
-    else:
-        from mlship.serving.predictor import Predictor
-
+    if reason is None:
         predictor = Predictor(project, keep_compiled=not dry_run)
         predictor.load()
-        if c.provenance is not None and c.runtime == "sklearn" and not c.load:
-            pins, proven, notes = provenance_pins(project)
-        else:
-            pins = _loaded_pins(project, predictor)
         compiled = _compiled_of(project, predictor)
+    else:
+        compiled = compile_elsewhere(project, reason, keep=not dry_run)
+    pins, proven, notes = (provenance_pins(project) if reason is not None or provenance_applies(project)
+                           else (_loaded_pins(project, predictor), {}, []))
     plan = plan_build(project, base=base, pins=pins, compiled=compiled, proven=proven)
     plan.notes[:0] = notes
     return plan
@@ -327,10 +319,10 @@ def _loaded_pins(project: Project, predictor: Any) -> dict[str, str]:
 def build_pins(project: Project) -> dict[str, str]:
     """Framework versions the artifact was saved with, read by its runtime (loads the artifact), or from the
     file and the contract's provenance (without loading it) when mlship.yaml records one."""
-    c = project.contract
-    if c.provenance is not None and c.runtime == "sklearn" and not c.load:
-        from mlship.legacy.check import provenance_pins
+    from mlship.legacy.check import provenance_applies, provenance_pins
 
+    c = project.contract
+    if provenance_applies(project):
         return provenance_pins(project)[0]
     runtime = plugins.get_runtime(c.runtime)()
     runtime.configure(c)

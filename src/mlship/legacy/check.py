@@ -23,6 +23,12 @@ def installed(package: str) -> str | None:
         return None
 
 
+def provenance_applies(project: Project) -> bool:
+    """Whether the contract's provenance decides the versions to pin (a scikit-learn pickle mlship loads)."""
+    c = project.contract
+    return c.provenance is not None and c.runtime == "sklearn" and not c.load
+
+
 def host_cannot_load(project: Project) -> str | None:
     """Why this machine cannot load the artifact the way the image serves it, or None when it can (or the
     contract records no provenance and the image runs this machine's Python: the usual path)."""
