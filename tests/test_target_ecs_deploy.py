@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import build_broken_image, build_image, copy_project
+from conftest import build_image, copy_project
 from emulators import ecs_fixtures
 from emulators.ecs_agent import EcsAgent
 from emulators.ecs_fixtures import IRIS_ROW, REGISTRY, predict, remove_pushed, tagged_left
@@ -36,6 +36,7 @@ ecs_env = ecs_fixtures.ecs_env
 moto = ecs_fixtures.moto
 registry = ecs_fixtures.registry
 v1_image = ecs_fixtures.v1_image
+broken_image = ecs_fixtures.broken_image
 
 
 
@@ -48,13 +49,6 @@ def service_name() -> str:
 def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     project = copy_project(iris_image[0], tmp_path_factory.mktemp("ecs") / "v2", version="ecs-v2")
     return build_image(project)
-
-
-@pytest.fixture(scope="module")
-def broken_image(v1_image: str, docker_engine: Any) -> Iterator[str]:
-    tag = build_broken_image(docker_engine, v1_image, "ecs")
-    yield tag
-    docker_engine.images.remove(tag, force=True)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ fresh_target = ecs_fixtures.fresh_target
 moto = ecs_fixtures.moto
 registry = ecs_fixtures.registry
 v1_image = ecs_fixtures.v1_image
+broken_image = ecs_fixtures.broken_image
 
 STEPS = ["CreateRepository", "CreateLogGroup", "PutRetentionPolicy", "CreateRole", "AttachRolePolicy",
          "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateLoadBalancer", "CreateTargetGroup",
@@ -114,3 +115,18 @@ def test_transient_errors_are_retried_and_a_denied_action_fails_fast(fresh_targe
     actions = [c[1] for c in ecs_env.since(mark)]
     assert actions.count("CreateLoadBalancer") == 3 and actions.count("RegisterTaskDefinition") == 2
     assert inventory(fresh_target.service) == ONE_OF_EACH
+
+
+def test_a_first_deploy_that_fails_removes_its_service(fresh_target: EcsTarget, broken_image: str,
+                                                       agent: EcsAgent, ecs_env: MotoServer) -> None:
+    """Nothing to fall back to: the service goes (no task keeps failing); a later deploy starts again."""
+    with pytest.raises(TargetError) as info:
+        fresh_target.deploy(broken_image, lambda _line: None)
+    message = info.value.message
+    assert message.startswith(f"Revision mlship-{fresh_target.service}:1 of {fresh_target.service} failed: ")
+    assert "Essential container in task exited (exit code 1)" in message
+    assert message.endswith("Removed the ECS service: it had no working revision to fall back to (the load "
+                            "balancer, role and repository stay for the next deploy; `mlship destroy --target ecs` "
+                            "removes them).")
+    assert fresh_target.status().state == "not deployed"
+    assert not [t for t in agent.tasks.values() if t.service == fresh_target.service]

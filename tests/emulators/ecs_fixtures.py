@@ -1,10 +1,12 @@
-"""Fixtures and helpers of the ecs target's tests (import the fixtures into a test module by name):
+"""Fixtures and helpers of the ecs target's tests (a test module names the fixtures it uses: ``moto =
+ecs_fixtures.moto``):
 
 ``moto`` (a MotoServer per module), ``aws`` (boto3 pointed at it for one test, every action allowed), ``registry``
 (the loopback registry that stands in for ECR), ``agent`` (the EcsAgent per module; at its end no container is
 left), ``ecs_env`` (aws + the registry + fast polling), ``v1_image`` (the session's iris image under a tag of the
-module's own), ``fresh_target`` (a target for a service of its own, destroyed afterwards, its pushed images
-removed); ``predict``, ``tagged_left`` (what still carries the service's tag, asked of each API), ``inventory``.
+module's own), ``broken_image`` (one whose model cannot load), ``fresh_target`` (a target for a service of its
+own, destroyed afterwards, its pushed images removed); ``predict``, ``tagged_left`` (what still carries the
+service's tag, asked of each API), ``inventory``, ``remove_pushed``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import httpx
 import pytest
 from docker.errors import ImageNotFound
 
-from conftest import copy_project
+from conftest import build_broken_image, copy_project
 from emulators.ecs_agent import EcsAgent
 from emulators.ecs_moto import MotoServer
 from mlship.targets import get_target
@@ -90,6 +92,14 @@ def v1_image(iris_image: tuple[Path, str], docker_engine: Any) -> Iterator[str]:
     docker_engine.images.get(iris_image[1]).tag(*tag.split(":"))
     yield tag
     docker_engine.images.remove(tag)
+
+
+@pytest.fixture(scope="module")
+def broken_image(v1_image: str, docker_engine: Any) -> Iterator[str]:
+    """The iris image with a model file that cannot be loaded: the server exits 1 at start-up."""
+    tag = build_broken_image(docker_engine, v1_image, "ecs")
+    yield tag
+    docker_engine.images.remove(tag, force=True)
 
 
 @pytest.fixture

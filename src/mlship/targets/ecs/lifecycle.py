@@ -94,8 +94,7 @@ def destroy(aws: Aws, n: Names, *, keep_role: str | None) -> list[str]:
     current = service.find_service(aws, n)
     if current is not None:
         service.check_owned(current, n)
-        aws.call(f"delete ECS service {n.service}", "ecs", "delete_service", action="ecs:DeleteService",
-                 cluster=n.cluster, service=n.service, force=True)
+        service.delete(aws, n)
         removed.append(f"ECS service {n.cluster}/{n.service}")
     arns = service.revisions(aws, n)
     for arn in arns:

@@ -77,6 +77,12 @@ def update(aws: Aws, n: Names, task_arn: str, count: int) -> None:
              deploymentConfiguration=CIRCUIT_BREAKER)
 
 
+def delete(aws: Aws, n: Names) -> None:
+    """Delete the service and stop its tasks (``force``: no scaling to 0 first)."""
+    aws.call(f"delete ECS service {n.service}", "ecs", "delete_service", action="ecs:DeleteService",
+             cluster=n.cluster, service=n.service, force=True)
+
+
 def _network(net: Network) -> dict[str, Any]:
     return {"awsvpcConfiguration": {"subnets": net.subnets, "securityGroups": net.security_groups,
                                     "assignPublicIp": "ENABLED" if net.public_ip else "DISABLED"}}

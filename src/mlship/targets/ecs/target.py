@@ -133,8 +133,16 @@ class EcsTarget(Target):
             service.update(aws, n, task_arn, self.opts.desired_count)
         else:  # an earlier deploy (interrupted, or still rolling out) asked for this already: only wait
             progress(f"{self.service} is already rolling out {task_arn.rpartition('/')[2]}; waiting for it")
-        service.wait_rollout(aws, n, task_arn, tg_arn, self.opts.desired_count, timeout_s=self.rollout_timeout_s,
-                             poll_s=self.poll_s, progress=progress)
+        try:
+            service.wait_rollout(aws, n, task_arn, tg_arn, self.opts.desired_count,
+                                 timeout_s=self.rollout_timeout_s, poll_s=self.poll_s, progress=progress)
+        except TargetError as exc:
+            if current is not None:
+                raise
+            service.delete(aws, n)  # a first deploy: no revision to fall back to, no task left failing
+            raise TargetError(exc.message + "\nRemoved the ECS service: it had no working revision to fall back to "
+                              "(the load balancer, role and repository stay for the next deploy; `mlship destroy "
+                              "--target ecs` removes them).", why=exc.why, fix=exc.fix) from None
         previous = (serving["containerDefinitions"][0]["image"]
                     if serving is not None and serving["taskDefinitionArn"] != task_arn else None)
         progress(f"{self.service} serves {task_arn.rpartition('/')[2]} ({version}) at {url}")
