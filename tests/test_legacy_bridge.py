@@ -104,6 +104,19 @@ def test_validate_runs_in_the_build_environment(proven: tuple[Path, dict[str, An
     assert "scikit-learn 1.2.2" in text and "ok examples[0]" in text and "Version skew" not in text
 
 
+def test_validate_in_the_build_environment_finds_a_wrong_example(
+        proven: tuple[Path, dict[str, Any], str, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, contract = _copy(proven, tmp_path)
+    right = contract["examples"][0]["output"]["label"]
+    wrong = next(label for label in ("0", "1", "2") if label != right)
+    contract["examples"][0]["output"]["label"] = wrong
+    _write(root, contract)
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 1, result.output
+    assert f"FAIL examples[0]: output.label: expected '{wrong}', got '{right}'" in " ".join(result.output.split())
+
+
 def test_deploy_serves_predictions_equal_to_the_original(proven: tuple[Path, dict[str, Any], str, float],
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          docker_engine: Any) -> None:
