@@ -69,6 +69,7 @@ def test_init_runs_the_pickle_in_its_era_and_proves_a_newer_release(proven: tupl
     root, expected, output, seconds = proven
     text = " ".join(output.split())
     assert "saved with scikit-learn 0.24.2 (Python 3.9 era)" in text
+    assert "(Python 3.9 era: its wheels are for CPython 3.6-3.9, read from the package index" in text
     assert "ran it in a build environment (Python 3.9.2, scikit-learn 0.24.2, numpy 1.19.5, scipy 1.6.3" in text
     assert "scikit-learn 1.2.2 (Python 3.11) predicts the same on 257 probe rows: labels equal" in text
     assert "Version skew" not in text and "cannot load it" not in text
@@ -300,7 +301,8 @@ def test_the_python_of_a_release_is_read_from_the_index_then_cached(tmp_path: Pa
     monkeypatch.setenv("MLSHIP_CACHE", str(tmp_path / "cache"))
     assert pyversions.pythons_for("scikit-learn", "0.24.2") == (["3.6", "3.7", "3.8", "3.9"], "index")
     assert pyversions.pythons_for("scikit-learn", "0.24.2") == (["3.6", "3.7", "3.8", "3.9"], "cache")
-    assert pyversions.choose_python("scikit-learn", "0.24.2")[0] == "3.9"
+    assert pyversions.choose_python("scikit-learn", "0.24.2") == (
+        "3.9", "its wheels are for CPython 3.6-3.9, read from the package index (cached)")
     assert pyversions.choose_python("scikit-learn", "0.24.2", "3.8") == ("3.8", "given")
 
 

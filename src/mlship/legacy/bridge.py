@@ -110,7 +110,8 @@ def run(artifact: Path, found: Any, first: list[list[float]], *, python: str | N
     timings: dict[str, float] = {}
     old = run_probe(artifact, rows, old_python, pyversions.era_requirements(_PACKAGE, recorded))
     timings["recorded_env_s"] = old.seconds
-    notes = [f"saved with scikit-learn {recorded} (Python {old_python} era: Python {old_python} {how}); "
+    notes = [f"saved with scikit-learn {recorded} (Python {old_python} era: " + (
+        f"Python {old_python} given" if how == "given" else how) + "); "
              f"ran it in a build environment ({old.describe()}, no network) in {old.seconds:.1f}s"]
     notes += [f"there: {w}" for w in old.warnings[:3]]
     bridge = None if keep_versions else pyversions.bridge_for(_PACKAGE, recorded)

@@ -144,9 +144,11 @@ def choose_python(package: str, version: str, wanted: str | None = None) -> tupl
     if wanted:
         return wanted, "given"
     pythons, source = pythons_for(package, version)
-    newest = max(pythons, key=lambda v: tuple(int(p) for p in v.split(".")))
-    return newest, {"index": "read from the package index", "cache": "read from the package index (cached)",
-                    "table": "from mlship's built-in table (the index could not be reached)"}[source]
+    ordered = sorted(pythons, key=lambda v: tuple(int(p) for p in v.split(".")))
+    span = f"CPython {ordered[0]}-{ordered[-1]}" if len(ordered) > 1 else f"CPython {ordered[0]}"
+    return ordered[-1], f"its wheels are for {span}, " + {
+        "index": "read from the package index", "cache": "read from the package index (cached)",
+        "table": "from mlship's built-in table (the index could not be reached)"}[source]
 
 
 def cache_path() -> Path:
