@@ -54,6 +54,7 @@ def test_deploy_interrupted_at_each_step_cleans_up_and_converges(iris_image: tup
         # the interrupted run itself left one container serving (v1, or v2 when the switch had finished)
         left_by_interrupt[step] = orphans(docker_engine, name)
         serving = docker_engine.containers.get(f"mlship-{name}")
+        assert serving.status == "running" and left_by_interrupt[step] == [], (left_by_interrupt, *tail)
         assert serving.labels["dev.mlship.image"] in (v1, v2), tail
         if step in ("stop", "final start"):  # Ctrl-C in the switch: the run says which version it left serving,
             # unless the signal landed after the switch (the reader runs behind a busy machine): then v2 serves

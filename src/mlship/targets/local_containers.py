@@ -79,7 +79,15 @@ class LocalContainers:
     # --- finding containers ---------------------------------------------------------------------------------
     def _containers(self) -> list[Any]:
         """Every container of this service on this target, and the test gate's (candidates and gates first)."""
-        found = self.docker.containers.list(all=True, filters={"label": [f"{LABEL_SERVICE}={self.service}"]})
+        from docker.errors import NotFound
+
+        for attempt in range(3):
+            try:
+                found = self.docker.containers.list(all=True, filters={"label": [f"{LABEL_SERVICE}={self.service}"]})
+                break
+            except NotFound:  # one was removed between the listing and its inspect (an interrupted remove)
+                if attempt == 2:
+                    raise
         mine = [c for c in found if c.labels.get(LABEL_TARGET) == "local" or c.labels.get(LABEL_ROLE) == "test"]
         return sorted(mine, key=lambda c: c.labels.get(LABEL_ROLE) == "service")
 
