@@ -60,6 +60,13 @@ def make_project(source: Path, dest: Path, ecs: dict[str, Any] | None = None, **
     ({"log_retention_days": 10}, "targets.ecs.log_retention_days: CloudWatch Logs keeps logs 1, 3, 5"),
     ({"desired_count": 0}, "targets.ecs.desired_count: Input should be greater than or equal to 1"),
     ({"tags": {"mlship:service": "x"}}, "targets.ecs.tags: 'mlship:service' is set by mlship or AWS"),
+    ({"min_count": 1}, "targets.ecs.max_count: auto scaling needs both min_count and max_count (or neither)"),
+    ({"min_count": 3, "max_count": 2}, "targets.ecs.max_count: must be at least min_count (3), got 2"),
+    ({"min_count": 2, "max_count": 4}, "targets.ecs.max_count: desired_count (1) must be between min_count and "
+                                       "max_count"),
+    ({"min_count": 1, "max_count": 2, "scale_target": 150}, "targets.ecs.scale_target: a utilisation target is a "
+                                                            "percentage (1 to 100)"),
+    ({"scale_on": "gpu"}, "targets.ecs.scale_on: Input should be 'cpu', 'memory' or 'requests'"),
 ])
 def test_invalid_options_name_the_key(iris_dir: Path, options: dict[str, Any], expected: str) -> None:
     with pytest.raises(ContractError) as info:
@@ -142,6 +149,11 @@ def test_plan_is_pure(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "internet-facing Application Load Balancer mlship-iris" in text and "deregistration delay 8s" in text
     assert "2 task(s), deploymentCircuitBreaker enable + rollback" in text
     assert "tagged mlship:service=iris, mlship:managed-by=mlship" in text
+    assert "auto scaling" not in text
+    scaled = EcsTarget(load_project(iris_dir), {"min_count": 1, "max_count": 4, "scale_on": "memory"})
+    assert "auto scaling between 1 and 4 tasks, target tracking memory at 60" in "\n".join(scaled.plan("iris:v9"))
+    assert "application-autoscaling:PutScalingPolicy" in needed_actions(scaled.opts)
+    assert "application-autoscaling:PutScalingPolicy" not in needed_actions(target.opts)
     internal = "\n".join(EcsTarget(load_project(iris_dir), {"execution_role_arn": ROLE}).plan("iris:v9"))
     assert "internal Application Load Balancer" in internal and f"execution role: {ROLE}" in internal
     assert "<your AWS region" in internal

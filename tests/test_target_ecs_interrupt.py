@@ -1,7 +1,7 @@
-"""Interrupted ecs deploys converge: a kill (KeyboardInterrupt) right after each mutating step of a first deploy,
-then a re-run: one of each resource, nothing tagged left after destroy. Transient AWS errors are retried; a denied
-action fails at once and names what avoids it. moto in server mode, the test-side agent,
-the real boto3 client (tests/emulators/ecs_fixtures.py).
+"""Auto scaling follows the options. Interrupted ecs deploys converge: a kill (KeyboardInterrupt) right after each
+mutating step of a first deploy, then a re-run: one of each resource, nothing tagged left after destroy. Transient
+AWS errors are retried; a denied action fails at once and names what avoids it; a first deploy that fails removes
+its service. moto in server mode, the test-side agent, the real boto3 client (tests/emulators/ecs_fixtures.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ agent = ecs_fixtures.agent
 aws = ecs_fixtures.aws
 ecs_env = ecs_fixtures.ecs_env
 fresh_target = ecs_fixtures.fresh_target
+new_target = ecs_fixtures.new_target
 moto = ecs_fixtures.moto
 registry = ecs_fixtures.registry
 v1_image = ecs_fixtures.v1_image
@@ -130,3 +131,37 @@ def test_a_first_deploy_that_fails_removes_its_service(fresh_target: EcsTarget, 
                             "removes them).")
     assert fresh_target.status().state == "not deployed"
     assert not [t for t in agent.tasks.values() if t.service == fresh_target.service]
+
+
+def test_auto_scaling_follows_the_options(new_target: Any, v1_image: str, agent: EcsAgent, ecs_env: MotoServer,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    scaler = boto3.client("application-autoscaling", region_name=REGION)
+    target = new_target(min_count=1, max_count=3, scale_on="requests", scale_target=500)
+    rid = f"service/mlship/{target.service}"
+    deployed = target.deploy(v1_image, lambda _line: None)
+    assert predict(agent.url(deployed.url or "")).status_code == 200
+    [scalable] = scaler.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[rid])["ScalableTargets"]
+    assert (scalable["MinCapacity"], scalable["MaxCapacity"]) == (1, 3)
+    [policy] = scaler.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=rid)["ScalingPolicies"]
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == 500 and config["PredefinedMetricSpecification"]["PredefinedMetricType"] == \
+        "ALBRequestCountPerTarget"
+    label = config["PredefinedMetricSpecification"]["ResourceLabel"]
+    assert label.startswith(f"app/mlship-{target.service}/") and f"/targetgroup/mlship-{target.service}/" in label
+
+    mark = ecs_env.mark()
+    assert not target.deploy(v1_image, lambda _line: None).changed
+    assert ecs_env.since(mark, mutating=True) == []
+
+    # Another target value: one call; no min/max any more: the scaling goes.
+    project = target.project
+    for options, calls in (({"min_count": 1, "max_count": 3, "scale_on": "cpu", "scale_target": 70},
+                            ["PutScalingPolicy"]), ({}, ["DeregisterScalableTarget"])):
+        changed = EcsTarget(project, options)
+        mark = ecs_env.mark()
+        changed.deploy(v1_image, lambda _line: None)
+        changed.close()
+        assert [c[1] for c in ecs_env.since(mark, mutating=True)] == calls
+    assert scaler.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[rid])["ScalableTargets"] == []

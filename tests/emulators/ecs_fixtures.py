@@ -4,9 +4,9 @@ ecs_fixtures.moto``):
 ``moto`` (a MotoServer per module), ``aws`` (boto3 pointed at it for one test, every action allowed), ``registry``
 (the loopback registry that stands in for ECR), ``agent`` (the EcsAgent per module; at its end no container is
 left), ``ecs_env`` (aws + the registry + fast polling), ``v1_image`` (the session's iris image under a tag of the
-module's own), ``broken_image`` (one whose model cannot load), ``fresh_target`` (a target for a service of its
-own, destroyed afterwards, its pushed images removed); ``predict``, ``tagged_left`` (what still carries the
-service's tag, asked of each API), ``inventory``, ``remove_pushed``.
+module's own), ``broken_image`` (one whose model cannot load), ``new_target(**options)`` / ``fresh_target`` (a
+target for a service of its own, destroyed afterwards, its pushed images removed); ``predict``, ``tagged_left``
+(what still carries the service's tag, asked of each API), ``inventory``, ``remove_pushed``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,17 +103,30 @@ def broken_image(v1_image: str, docker_engine: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def fresh_target(iris_image: tuple[Path, str], ecs_env: MotoServer, agent: EcsAgent, docker_engine: Any,
-                 tmp_path: Path) -> Iterator[EcsTarget]:
-    """A target for a service of its own; destroyed afterwards, its pushed images removed."""
-    name = f"ecs-{uuid.uuid4().hex[:8]}"
-    project = copy_project(iris_image[0], tmp_path / "p", name=name, targets={"ecs": {}})
-    target = get_target("ecs", project)
-    assert isinstance(target, EcsTarget)
-    yield target
-    target.destroy()
-    target.close()
-    remove_pushed(docker_engine, name)
+def new_target(iris_image: tuple[Path, str], ecs_env: MotoServer, agent: EcsAgent, docker_engine: Any,
+               tmp_path: Path) -> Iterator[Callable[..., EcsTarget]]:
+    """new_target(**options): a target for a service of its own; each destroyed afterwards, its images removed."""
+    made: list[EcsTarget] = []
+
+    def make(**options: Any) -> EcsTarget:
+        name = f"ecs-{uuid.uuid4().hex[:8]}"
+        project = copy_project(iris_image[0], tmp_path / name, name=name, targets={"ecs": options})
+        target = get_target("ecs", project)
+        assert isinstance(target, EcsTarget)
+        made.append(target)
+        return target
+
+    yield make
+    for target in made:
+        target.destroy()
+        target.close()
+        remove_pushed(docker_engine, target.service)
+
+
+@pytest.fixture
+def fresh_target(new_target: Callable[..., EcsTarget]) -> EcsTarget:
+    """A target with default options for a service of its own (see new_target)."""
+    return new_target()
 
 
 def remove_pushed(docker_engine: Any, service: str) -> None:

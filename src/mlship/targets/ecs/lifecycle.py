@@ -9,7 +9,7 @@ from typing import Any
 from mlship.errors import TargetError
 from mlship.targets.base import Deployment, Progress, TargetStatus
 from mlship.targets.common import poll
-from mlship.targets.ecs import resources, service
+from mlship.targets.ecs import resources, scaling, service
 from mlship.targets.ecs.api import Aws
 from mlship.targets.ecs.spec import EXECUTION_POLICY, VERSION_TAG, Names, owned
 
@@ -78,8 +78,9 @@ def rollback(aws: Aws, n: Names, count: int, *, timeout_s: float, poll_s: float,
         raise TargetError(f"The target group {n.target_group} of `{n.service}` is missing.",
                           fix="Run `mlship deploy --target ecs` again: it recreates what is missing.")
     progress(f"moving {n.service} from {serving.rpartition('/')[2]} to {target.rpartition('/')[2]}")
-    service.update(aws, n, target, count)
-    service.wait_rollout(aws, n, target, tg["TargetGroupArn"], count, timeout_s=timeout_s, poll_s=poll_s,
+    service.update(aws, n, target, None if aws.opts.scaling else count)
+    tasks = count if not aws.opts.scaling else int(current.get("desiredCount") or count)
+    service.wait_rollout(aws, n, target, tg["TargetGroupArn"], tasks, timeout_s=timeout_s, poll_s=poll_s,
                          progress=progress)
     td, before = service.task_definition(aws, target), service.task_definition(aws, serving)
     image = str(td["containerDefinitions"][0]["image"])
@@ -94,6 +95,8 @@ def destroy(aws: Aws, n: Names, *, keep_role: str | None) -> list[str]:
     current = service.find_service(aws, n)
     if current is not None:
         service.check_owned(current, n)
+        if scaling.remove(aws, n):
+            removed.append(f"auto scaling of {n.service}")
         service.delete(aws, n)
         removed.append(f"ECS service {n.cluster}/{n.service}")
     arns = service.revisions(aws, n)

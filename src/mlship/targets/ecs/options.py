@@ -6,7 +6,7 @@ cpu 1024; with cpu 1024 choose memory 2048, 3072, ..., 8192``.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -82,6 +82,15 @@ class EcsOptions(BaseModel):
     secrets: dict[EnvName, str] = Field(
         default_factory=dict, description="Environment variables from Secrets Manager or SSM: NAME: ARN.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on every resource mlship creates.")
+    min_count: int | None = Field(default=None, ge=1, le=1000, description="Auto scaling: fewest tasks (with "
+                                  "max_count; default: no auto scaling).")
+    max_count: int | None = Field(default=None, ge=1, le=1000, validate_default=True,
+                                  description="Auto scaling: most tasks.")
+    scale_on: Literal["cpu", "memory", "requests"] = Field(
+        default="cpu", description="Auto scaling's target tracking metric: average CPU or memory utilisation, or "
+        "load balancer requests per task.")
+    scale_target: int = Field(default=60, ge=1, le=100000, description="The metric's target: percent for cpu and "
+                              "memory, requests per task per minute for requests.")
 
     @field_validator("region")
     @classmethod
@@ -176,6 +185,30 @@ class EcsOptions(BaseModel):
             if not (0 < len(key) <= 128 and len(str(tag)) <= 256):
                 raise ValueError(f"{key}: tag keys have 1 to 128 characters, values at most 256")
         return value
+
+    @field_validator("max_count")
+    @classmethod
+    def _max_count(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low, count = info.data.get("min_count"), info.data.get("desired_count")
+        if (value is None) != (low is None):
+            raise ValueError("auto scaling needs both min_count and max_count (or neither)")
+        if value is not None and low is not None:
+            if value < low:
+                raise ValueError(f"must be at least min_count ({low})")
+            if count is not None and not low <= count <= value:
+                raise ValueError(f"desired_count ({count}) must be between min_count and max_count")
+        return value
+
+    @field_validator("scale_target")
+    @classmethod
+    def _scale_target(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("scale_on") in ("cpu", "memory") and value > 100:
+            raise ValueError("a utilisation target is a percentage (1 to 100)")
+        return value
+
+    @property
+    def scaling(self) -> bool:
+        return self.min_count is not None and self.max_count is not None
 
     def environment(self) -> dict[str, str]:
         return env_strings(self.env)

@@ -39,6 +39,10 @@ def needed_actions(opts: EcsOptions) -> list[str]:
         actions.append("ec2:DescribeSubnets")
     if not opts.security_groups:
         actions += ["ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateTags"]
+    if opts.scaling:
+        actions += [f"application-autoscaling:{a}" for a in ("RegisterScalableTarget", "PutScalingPolicy",
+                                                              "DescribeScalableTargets", "DescribeScalingPolicies")]
+        actions.append("iam:CreateServiceLinkedRole")
     if not opts.execution_role_arn:
         actions += ["iam:GetRole", "iam:CreateRole", "iam:AttachRolePolicy", "iam:TagRole"]
     return actions

@@ -210,8 +210,9 @@ def find_target_group(aws: Aws, n: Names) -> dict[str, Any] | None:
 
 
 def ensure_load_balancer(aws: Aws, n: Names, net: Network, tags: dict[str, str], drain_s: int,
-                         progress: Progress) -> tuple[str, str]:
-    """(target group ARN, the load balancer's URL): the ALB, its target group and its HTTP listener."""
+                         progress: Progress) -> tuple[str, str, str]:
+    """(target group ARN, the load balancer's URL, the pair's resource label for the requests metric): the ALB, its
+    target group and its HTTP listener."""
     lb = find_load_balancer(aws, n)
     if lb is None:
         progress(f"creating load balancer {n.load_balancer}")
@@ -246,4 +247,5 @@ def ensure_load_balancer(aws: Aws, n: Names, net: Network, tags: dict[str, str],
         aws.call("create listener", "elbv2", "create_listener", action="elasticloadbalancing:CreateListener",
                  LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=LISTENER_PORT, Tags=key_value(tags),
                  DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])
-    return tg_arn, f"http://{lb['DNSName']}"
+    label = f"{lb['LoadBalancerArn'].partition(':loadbalancer/')[2]}/{tg_arn.rpartition(':')[2]}"
+    return tg_arn, f"http://{lb['DNSName']}", label

@@ -71,10 +71,12 @@ def create(aws: Aws, n: Names, task_arn: str, net: Network, tg_arn: str, tags: d
              propagateTags="SERVICE", enableECSManagedTags=True, tags=key_value(tags, "key", "value"))
 
 
-def update(aws: Aws, n: Names, task_arn: str, count: int) -> None:
+def update(aws: Aws, n: Names, task_arn: str, count: int | None) -> None:
+    """The service to ``task_arn``; ``count`` None leaves the desired count to auto scaling."""
+    sized: dict[str, Any] = {} if count is None else {"desiredCount": count}
     aws.call(f"update ECS service {n.service}", "ecs", "update_service", action="ecs:UpdateService",
-             cluster=n.cluster, service=n.service, taskDefinition=task_arn, desiredCount=count,
-             deploymentConfiguration=CIRCUIT_BREAKER)
+             cluster=n.cluster, service=n.service, taskDefinition=task_arn, deploymentConfiguration=CIRCUIT_BREAKER,
+             **sized)
 
 
 def delete(aws: Aws, n: Names) -> None:

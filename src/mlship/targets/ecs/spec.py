@@ -170,6 +170,9 @@ def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, re
         f"ECS service {n.service} in {n.cluster}: create it, or update it to the new revision (FARGATE, "
         f"{opts.desired_count} task(s), deploymentCircuitBreaker enable + rollback: failed new tasks never take the "
         "traffic, ECS returns to the previous revision)",
+        *([f"auto scaling between {opts.min_count} and {opts.max_count} tasks, target tracking {opts.scale_on} at "
+           f"{opts.scale_target} (application-autoscaling: scalable target + policy, changed only where they "
+           "differ)"] if opts.scaling else []),
         "wait until the new deployment is COMPLETED and the target group reports its tasks healthy; a failed "
         "rollout names the stopped task's reason (the previous revision keeps serving)",
         "print the load balancer's URL",

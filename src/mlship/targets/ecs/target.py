@@ -28,7 +28,7 @@ from mlship.contract_io import Project
 from mlship.errors import TargetError
 from mlship.reports import Check
 from mlship.targets.base import CONTAINER_PORT, Deployment, Progress, Target, TargetStatus, parse_options
-from mlship.targets.ecs import lifecycle, resources, service
+from mlship.targets.ecs import lifecycle, resources, scaling, service
 from mlship.targets.ecs.api import Aws, ClientFactory
 from mlship.targets.ecs.options import EcsOptions
 from mlship.targets.ecs.spec import (
@@ -109,45 +109,60 @@ class EcsTarget(Target):
         resources.ensure_log_group(aws, n, tag_map, self.opts.log_retention_days, progress)
         role = self.opts.execution_role_arn or resources.ensure_role(aws, n, tag_map, progress)
         net = resources.ensure_network(aws, n, tag_map, progress)
-        tg_arn, url = resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress)
+        tg_arn, url, label = resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress)
         service.ensure_cluster(aws, n, tag_map, progress)
         desired = task_definition(self.opts, n, image=ref, region=aws.region, execution_role=role, version=version,
                                   ready_timeout_s=self.ready_timeout)
         serving = service.task_definition(aws, current["taskDefinition"]) if current is not None else None
         diff = task_differences(desired, serving) if serving is not None else ["new service"]
-        settled = current is not None and current.get("desiredCount") == self.opts.desired_count and all(
-            d.get("rolloutState") == "COMPLETED" for d in current.get("deployments", []) if d["status"] == "PRIMARY")
-        if not diff and settled and current is not None:
+        resize = current is not None and not self.opts.scaling and current.get("desiredCount") != \
+            self.opts.desired_count
+        if current is not None and not diff and not resize and all(d.get("rolloutState") == "COMPLETED" for d in
+                                                                   current.get("deployments", [])
+                                                                   if d["status"] == "PRIMARY"):
+            scaling.ensure(aws, n, tag_map, label, progress)
             progress(f"{self.service} already runs this spec ({current['taskDefinition'].rpartition('/')[2]}); "
                      "nothing to update")
             return Deployment(url=url, image=ref, version=version, previous=None, changed=False,
                               digest=ref.partition("@")[2] or None)
         task_arn = self._revision(desired, diff, serving, progress)
-        grace = health_start_period(self.ready_timeout)
         if current is None:
             progress(f"creating ECS service {self.service} ({task_arn.rpartition('/')[2]})")
-            service.create(aws, n, task_arn, net, tg_arn, tag_map, self.opts.desired_count, grace)
-        elif diff or current.get("desiredCount") != self.opts.desired_count:
+            service.create(aws, n, task_arn, net, tg_arn, tag_map, self.opts.desired_count,
+                           health_start_period(self.ready_timeout))
+        elif diff or resize:
             progress(f"updating ECS service {self.service} to {task_arn.rpartition('/')[2]}"
                      + (f" (changed: {', '.join(diff)})" if diff else f" ({self.opts.desired_count} task(s))"))
-            service.update(aws, n, task_arn, self.opts.desired_count)
+            service.update(aws, n, task_arn, None if self.opts.scaling else self.opts.desired_count)
         else:  # an earlier deploy (interrupted, or still rolling out) asked for this already: only wait
             progress(f"{self.service} is already rolling out {task_arn.rpartition('/')[2]}; waiting for it")
-        try:
-            service.wait_rollout(aws, n, task_arn, tg_arn, self.opts.desired_count,
-                                 timeout_s=self.rollout_timeout_s, poll_s=self.poll_s, progress=progress)
-        except TargetError as exc:
-            if current is not None:
-                raise
-            service.delete(aws, n)  # a first deploy: no revision to fall back to, no task left failing
-            raise TargetError(exc.message + "\nRemoved the ECS service: it had no working revision to fall back to "
-                              "(the load balancer, role and repository stay for the next deploy; `mlship destroy "
-                              "--target ecs` removes them).", why=exc.why, fix=exc.fix) from None
+        self._wait(task_arn, tg_arn, self._count(current), first=current is None, progress=progress)
+        scaling.ensure(aws, n, tag_map, label, progress)
         previous = (serving["containerDefinitions"][0]["image"]
                     if serving is not None and serving["taskDefinitionArn"] != task_arn else None)
         progress(f"{self.service} serves {task_arn.rpartition('/')[2]} ({version}) at {url}")
         return Deployment(url=url, image=ref, version=version, previous=previous, changed=True,
                           digest=ref.partition("@")[2] or None)
+
+    def _count(self, current: dict[str, Any] | None) -> int:
+        """The tasks a rollout waits for: desired_count, or with auto scaling the scaler's count (within
+        min_count..max_count)."""
+        o = self.opts
+        if not o.scaling or current is None or o.min_count is None or o.max_count is None:
+            return o.desired_count
+        return max(o.min_count, min(o.max_count, int(current.get("desiredCount") or o.desired_count)))
+
+    def _wait(self, task_arn: str, tg_arn: str, count: int, *, first: bool, progress: Progress) -> None:
+        try:
+            service.wait_rollout(self.aws, self.names, task_arn, tg_arn, count, timeout_s=self.rollout_timeout_s,
+                                 poll_s=self.poll_s, progress=progress)
+        except TargetError as exc:
+            if not first:
+                raise
+            service.delete(self.aws, self.names)  # a first deploy: no revision to fall back to, no task left failing
+            raise TargetError(exc.message + "\nRemoved the ECS service: it had no working revision to fall back to "
+                              "(the load balancer, role and repository stay for the next deploy; `mlship destroy "
+                              "--target ecs` removes them).", why=exc.why, fix=exc.fix) from None
 
     def _revision(self, desired: dict[str, Any], diff: list[str], serving: dict[str, Any] | None,
                   progress: Progress) -> str:
