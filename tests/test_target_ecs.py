@@ -22,7 +22,7 @@ from mlship.cli import app
 from mlship.contract_io import Project, load_project
 from mlship.errors import ContractError, PreflightError, TargetError
 from mlship.pipeline import deploy, preflight
-from mlship.targets.ecs import EcsTarget
+from mlship.targets.ecs import EcsTarget, resources
 from mlship.targets.ecs.api import Aws
 from mlship.targets.ecs.options import FARGATE_SIZES
 from mlship.targets.ecs.preflight import needed_actions, principal_arn
@@ -264,3 +264,39 @@ def test_cli_dry_run_prints_the_plan_without_credentials(tmp_path: Path, iris_di
     assert "internet-facing Application Load Balancer mlship-iris" in out
     assert "deploymentCircuitBreaker enable + rollback" in out
     assert "dry run: nothing was built or deployed" in out
+
+
+def test_nothing_deployed(iris_dir: Path, aws: MotoServer) -> None:
+    """status, logs, rollback and destroy of a service that was never deployed: read-only, clear answers."""
+    target = EcsTarget(load_project(iris_dir), {})
+    mark = aws.mark()
+    status = target.status()
+    assert (status.state, status.url, status.image, status.history) == ("not deployed", None, None, [])
+    with pytest.raises(TargetError) as info:
+        target.logs(tail=10)
+    assert info.value.message == "No log group /mlship/iris: nothing was deployed for `iris`."
+    with pytest.raises(TargetError) as info:
+        target.rollback(lambda _line: None)
+    assert info.value.message == "Nothing is deployed for `iris` on ECS."
+    assert target.destroy() == []
+    assert aws.since(mark, mutating=True) == []
+    target.close()
+
+
+def test_a_resource_mlship_did_not_make_is_never_touched(iris_dir: Path, aws: MotoServer) -> None:
+    """A role under mlship's name without mlship's tags stops the deploy, and destroy leaves it."""
+    import boto3
+
+    iam = boto3.client("iam", region_name=REGION)
+    iam.create_role(RoleName="mlship-iris-exec", AssumeRolePolicyDocument="{}", Tags=[{"Key": "team", "Value": "x"}])
+    try:
+        target = EcsTarget(load_project(iris_dir), {})
+        with pytest.raises(TargetError) as info:
+            resources.ensure_role(target.aws, target.names, {}, lambda _line: None)
+        assert info.value.message.startswith("IAM role mlship-iris-exec exists but mlship did not create it for "
+                                             "`iris`")
+        assert target.destroy() == []
+        assert iam.get_role(RoleName="mlship-iris-exec")["Role"]["RoleName"] == "mlship-iris-exec"
+        target.close()
+    finally:
+        iam.delete_role(RoleName="mlship-iris-exec")
