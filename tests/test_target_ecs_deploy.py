@@ -10,6 +10,7 @@ answers every request during and after) -> status, logs -> rollback -> destroy (
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from docker.errors import ImageNotFound
 
 from conftest import build_image, copy_project
 from emulators import ecs_fixtures
@@ -46,9 +48,14 @@ def service_name() -> str:
 
 
 @pytest.fixture(scope="module")
-def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+def v2_image(iris_image: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory,
+             docker_engine: Any) -> Iterator[str]:
+    """The iris project rebuilt as version ecs-v2 (cached layers); its tag removed afterwards."""
     project = copy_project(iris_image[0], tmp_path_factory.mktemp("ecs") / "v2", version="ecs-v2")
-    return build_image(project)
+    tag = build_image(project)
+    yield tag
+    with contextlib.suppress(ImageNotFound):
+        docker_engine.images.remove(tag)
 
 
 @pytest.fixture
