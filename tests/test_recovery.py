@@ -36,7 +36,15 @@ SERVICE = "dev.mlship.service"
 
 
 def service_containers(engine: Any, name: str) -> list[Any]:
-    return list(engine.containers.list(all=True, filters={"label": f"{SERVICE}={name}"}))
+    from docker.errors import NotFound
+
+    for attempt in range(3):  # a container the engine is still removing (for a killed deploy) may vanish
+        try:
+            return list(engine.containers.list(all=True, filters={"label": f"{SERVICE}={name}"}))
+        except NotFound:
+            if attempt == 2:
+                raise
+    return []
 
 
 @pytest.fixture
@@ -189,16 +197,21 @@ def deploy_signalled_at(folder: Path, when: When, sig: int = signal.SIGKILL, *ar
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        deadline = time.monotonic() + 300
-        while not isinstance(when, str) and not sent.is_set() and proc.poll() is None \
-                and time.monotonic() < deadline:
-            if when():
-                sent.set()
-                proc.send_signal(sig)
-            time.sleep(0.05)
-        stdout = proc.stdout.read()
-        proc.wait(timeout=300)
-        reader.join(timeout=30)
+        try:
+            deadline = time.monotonic() + 300
+            while not isinstance(when, str) and not sent.is_set() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                if when():
+                    sent.set()
+                    proc.send_signal(sig)
+                time.sleep(0.05)
+            stdout = proc.stdout.read()
+            proc.wait(timeout=300)
+        finally:  # also when the condition raised: no deploy left running, no reader on a closed pipe
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+            reader.join(timeout=30)
     assert sent.is_set(), f"never saw {when!r}:\n" + "\n".join(lines)
     return Interrupted(lines, proc.returncode, stdout)
 
@@ -207,8 +220,11 @@ def interrupt_points(engine: Any, name: str) -> list[tuple[str, When]]:
     """Where the interrupt matrix stops a deploy: after the build, as the gate starts and while it runs, as the
     candidate starts and while it runs, at the stop of the old container, at the final start."""
     def running(role: str) -> Callable[[], bool]:
-        return lambda: any(c.labels.get("dev.mlship.role") == role and c.status == "running"
-                           for c in service_containers(engine, name))
+        # sparse: one listing, no inspect of a container the deploy removes meanwhile
+        return lambda: any((c.attrs.get("Labels") or {}).get("dev.mlship.role") == role
+                           and c.attrs.get("State") == "running"
+                           for c in engine.containers.list(all=True, sparse=True,
+                                                           filters={"label": f"{SERVICE}={name}"}))
 
     return [("build done", "[build] done"), ("gate starts", "[test] "), ("gate runs", running("test")),
             ("candidate starts", "starting candidate"), ("candidate runs", running("candidate")),

@@ -124,9 +124,12 @@ def test_destroy_after_interrupted_deploys_leaves_no_container(
     edit(folder, version="sc-v2")
 
     def exists(role: str) -> Callable[[], bool]:
-        return lambda: any((c.labels.get("dev.mlship.role") == role and c.status == "running")
-                           or (role == "previous" and c.name == f"mlship-{name}-previous")
-                           for c in service_containers(docker_engine, name))
+        # sparse: one listing, no inspect of a container the deploy removes meanwhile
+        return lambda: any(((c.attrs.get("Labels") or {}).get("dev.mlship.role") == role
+                            and c.attrs.get("State") == "running")
+                           or (role == "previous" and f"/mlship-{name}-previous" in c.attrs.get("Names", []))
+                           for c in docker_engine.containers.list(all=True, sparse=True,
+                                                                  filters={"label": f"dev.mlship.service={name}"}))
 
     deploy_killed_at(folder, exists("previous"))  # once the old container was renamed
     deploy_killed_at(folder, exists("test"))  # once the gate runs (before the step that clears -previous)

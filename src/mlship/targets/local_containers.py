@@ -128,11 +128,19 @@ class LocalContainers:
         if container is not None and container.labels.get(LABEL_SERVICE) == self.service:
             _remove(container)
 
-    def _remove_mine(self, name: str) -> None:
-        """Remove the container ``name`` if this deploy started it (an interrupted start may have made it)."""
-        container = self._get(name)
-        if container is not None and container.labels.get(LABEL_DEPLOY) == self.deploy_id:
-            _remove(container)
+    def _remove_mine(self, name: str, wait_s: float = 0.0) -> None:
+        """Remove the container ``name`` if this deploy started it (an interrupted start may have made it).
+        ``wait_s``: how long to look for it (the engine finishes a create whose client was interrupted)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            container = self._get(name)
+            if container is not None:
+                if container.labels.get(LABEL_DEPLOY) == self.deploy_id:
+                    _remove(container)
+                return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
 
     def _image(self, ref: str) -> Any:
         from docker.errors import ImageNotFound
@@ -226,6 +234,7 @@ class LocalContainers:
             old.reload()
             old.stop(timeout=self.stop_timeout)
             if old.name != self.container_name:
+                self._remove_mine(self.container_name)  # a new container of this deploy must not hold the name
                 old.rename(self.container_name)
             old.start()
         except APIError as exc:
@@ -267,11 +276,11 @@ class LocalContainers:
                                         ports=[CONTAINER_PORT], stop_signal="SIGTERM",
                                         stop_timeout=self.stop_timeout, host_config=host_config, detach=True)
             api.start(made["Id"])
-        except BaseException:
+        except BaseException as exc:
             if made is not None:
                 api.remove_container(made["Id"], force=True)
-            else:  # Ctrl-C may land after the engine made it, before its id came back
-                self._remove_mine(name)
+            else:  # Ctrl-C may land while the engine makes it: it finishes the create all the same
+                self._remove_mine(name, wait_s=2.0 if isinstance(exc, KeyboardInterrupt) else 0.0)
             raise
         return self.docker.containers.get(made["Id"])
 
