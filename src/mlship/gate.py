@@ -84,8 +84,8 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None, *, en
     try:
         container = cli.containers.run(image, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", None)},
                                        environment=environment, labels={**(labels or {}), "dev.mlship.role": "test"})
-    except BaseException:
-        _remove_named(cli, name)
+    except BaseException as exc:  # Ctrl-C may land while the engine makes it: it finishes the create all the same
+        _remove_named(cli, name, wait_s=2.0 if isinstance(exc, KeyboardInterrupt) else 0.0)
         raise
     try:
         container.reload()
@@ -115,12 +115,18 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None, *, en
     return report
 
 
-def _remove_named(cli: Any, name: str) -> None:
-    """Remove the container ``name`` if the engine made it (an interrupted ``run`` may have created it)."""
+def _remove_named(cli: Any, name: str, wait_s: float = 0.0) -> None:
+    """Remove the container ``name`` once the engine made it, looking for up to ``wait_s`` seconds."""
     from docker.errors import NotFound
 
-    with contextlib.suppress(NotFound):
-        cli.containers.get(name).remove(force=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(NotFound):
+            cli.containers.get(name).remove(force=True)
+            return
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
 
 
 def _wait_ready(url: str, started: float, deadline: float, container: Any) -> float:
