@@ -257,6 +257,9 @@ class Predictor:
         if len(out.values) != n:
             raise PredictionError(f"The model returned {len(out.values)} predictions for {n} rows.")
         if self.project.contract.task == "regression":
+            values = np.asarray(out.values)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise _non_finite("values", values)
             return [{"value": _jsonable(v)} for v in out.values]
         text = self._label_text
         try:  # labels are strings (as in OpenAPI and output.labels), also for models with int classes
@@ -270,6 +273,8 @@ class Predictor:
         if proba.shape != (n, len(names)):
             raise PredictionError(f"The model returned probabilities of shape {list(proba.shape)} for {n} rows "
                                   f"and {len(names)} classes.")
+        if not np.isfinite(proba).all():
+            raise _non_finite("probabilities", proba)
         # lengths checked above: zip without strict= (a third faster on large batches)
         return [{"label": label, "probabilities": dict(zip(names, row))}  # noqa: B905
                 for label, row in zip(labels, proba.tolist())]  # noqa: B905
@@ -284,6 +289,19 @@ class Predictor:
         except TypeError:  # unhashable
             pass
         return label
+
+
+def _non_finite(what: str, array: Any) -> PredictionError:
+    """The error for a model output that is NaN or infinite (never answered as 200 with nulls)."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(array, dtype=np.float64).reshape(len(array), -1)).all(axis=1))
+    return PredictionError(
+        f"The model returned {what} that are not finite numbers (NaN or infinity) for instance {int(bad[0])}"
+        + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + ".",
+        why="An input value far outside the range the model was trained on overflowed inside the model (the "
+        "compiled path computes in float32, where values beyond about 3.4e38 are infinite).",
+        fix="Send values in the range of the training data, and bound them in mlship.yaml (a feature's minimum / "
+        "maximum) so that such values are rejected with 422 and the field's name.",
+    )
 
 
 def _column(result: list[Any]) -> list[Any]:
