@@ -64,9 +64,10 @@ def test_builtin_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     use_entry_points(monkeypatch)
     assert plugins.available("target") == {
         "cloudrun": "mlship.targets.cloudrun:CloudRunTarget",
+        "ecs": "mlship.targets.ecs:EcsTarget",
         "local": "mlship.targets.local:LocalTarget",
     }
-    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: cloudrun, local\.$"):
+    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: cloudrun, ecs, local\.$"):
         plugins.get("target", "aws")
 
 
