@@ -49,7 +49,12 @@ def native_image(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory, i
     """The iris image serving the scikit-learn model itself (serve.compile: off), so the container unpickles
     whatever model file it is given (a compiled image serves ONNX and never imports joblib)."""
     root = make_iris_project(tmp_path_factory.mktemp("native"), iris_model, "serve:\n  compile: 'off'\n")
+    # its own name: built as `iris`, it would move the session's iris:VERSION tag (same model, so same version)
+    # to this image, and removing it here would take that tag from the tests that use the session's image
+    contract = root / "mlship.yaml"
+    contract.write_text(contract.read_text().replace("name: iris\n", "name: iris-native\n", 1))
     tag = build_image(load_project(root))
+    assert tag.startswith("iris-native:"), tag
     yield tag
     docker_engine.images.remove(tag, force=True)
 
