@@ -257,10 +257,7 @@ class Predictor:
         if len(out.values) != n:
             raise PredictionError(f"The model returned {len(out.values)} predictions for {n} rows.")
         if self.project.contract.task == "regression":
-            values = np.asarray(out.values)
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                raise _non_finite("values", values)
-            return [{"value": _jsonable(v)} for v in out.values]
+            return [{"value": _jsonable(v)} for v in out.values]  # a NaN value is answered as null
         text = self._label_text
         try:  # labels are strings (as in OpenAPI and output.labels), also for models with int classes
             labels = [text[v] for v in out.values]
@@ -292,7 +289,8 @@ class Predictor:
 
 
 def _non_finite(what: str, array: Any) -> PredictionError:
-    """The error for a model output that is NaN or infinite (never answered as 200 with nulls)."""
+    """The error for class probabilities that are NaN or infinite: the label would be meaningless, so they are
+    never answered as 200 with nulls."""
     bad = np.flatnonzero(~np.isfinite(np.asarray(array, dtype=np.float64).reshape(len(array), -1)).all(axis=1))
     return PredictionError(
         f"The model returned {what} that are not finite numbers (NaN or infinity) for instance {int(bad[0])}"
