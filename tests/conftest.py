@@ -324,6 +324,21 @@ def load_example_module(path: Path, name: str) -> Any:
     return module
 
 
+@pytest.fixture(scope="module")
+def registry() -> str:
+    """The loopback registry that stands in for Artifact Registry and ECR ($MLSHIP_TEST_REGISTRY)."""
+    import urllib.error
+    import urllib.request
+
+    address = image_cleanup.TEST_REGISTRY
+    try:
+        urllib.request.urlopen(f"http://{address}/v2/", timeout=5).close()
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.fail(f"no registry answers on http://{address}/v2/ ({exc}): run `bash scripts/docker-up`, "
+                    "or set MLSHIP_TEST_REGISTRY to one")
+    return address
+
+
 @pytest.fixture(scope="session")
 def iris_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> tuple[Path, str]:
     """The iris example built once per session: (project dir, image tag)."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,16 +287,6 @@ def test_cli_deploy_dry_run_prints_the_plan(iris_dir: Path, tmp_path_factory: py
 
 
 # --- the life cycle on the emulator ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def registry() -> str:
-    try:
-        urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=5).close()
-    except (urllib.error.URLError, OSError) as exc:
-        pytest.fail(f"no registry answers on http://{REGISTRY}/v2/ ({exc}): run `bash scripts/docker-up`, "
-                    "or set MLSHIP_TEST_REGISTRY to one")
-    return REGISTRY
-
-
 @pytest.fixture(scope="module")
 def gcp_project() -> str:
     """A project id of its own per run: registry paths and services never collide with another run."""

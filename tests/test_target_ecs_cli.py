@@ -26,7 +26,6 @@ agent = ecs_fixtures.agent
 aws = ecs_fixtures.aws
 ecs_env = ecs_fixtures.ecs_env
 moto = ecs_fixtures.moto
-registry = ecs_fixtures.registry
 
 
 def invoke(*args: str) -> Any:

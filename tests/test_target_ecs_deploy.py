@@ -36,7 +36,6 @@ agent = ecs_fixtures.agent
 aws = ecs_fixtures.aws
 ecs_env = ecs_fixtures.ecs_env
 moto = ecs_fixtures.moto
-registry = ecs_fixtures.registry
 v1_image = ecs_fixtures.v1_image
 broken_image = ecs_fixtures.broken_image
 

@@ -25,7 +25,6 @@ ecs_env = ecs_fixtures.ecs_env
 fresh_target = ecs_fixtures.fresh_target
 new_target = ecs_fixtures.new_target
 moto = ecs_fixtures.moto
-registry = ecs_fixtures.registry
 v1_image = ecs_fixtures.v1_image
 broken_image = ecs_fixtures.broken_image
 

@@ -1,9 +1,9 @@
 """Fixtures and helpers of the ecs target's tests (a test module names the fixtures it uses: ``moto =
 ecs_fixtures.moto``):
 
-``moto`` (a MotoServer per module), ``aws`` (boto3 pointed at it for one test, every action allowed), ``registry``
-(the loopback registry that stands in for ECR), ``agent`` (the EcsAgent per module; at its end no container is
-left), ``ecs_env`` (aws + the registry + fast polling), ``v1_image`` (the session's iris image under a tag of the
+``moto`` (a MotoServer per module), ``aws`` (boto3 pointed at it for one test, every action allowed),
+``agent`` (the EcsAgent per module; at its end no container is left; ``registry`` is conftest.py's),
+``ecs_env`` (aws + the registry + fast polling), ``v1_image`` (the session's iris image under a tag of the
 module's own), ``broken_image`` (one whose model cannot load), ``new_target(**options)`` / ``fresh_target`` (a
 target for a service of its own, destroyed afterwards, its pushed images removed); ``predict``, ``tagged_left``
 (what still carries the service's tag, asked of each API), ``inventory``, ``remove_pushed``.
@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,16 +37,6 @@ ONE_OF_EACH = sorted(["ecs service", "task definition", "load balancer", "target
 KINDS = {":service/": "ecs service", ":task-definition/": "task definition", ":loadbalancer/": "load balancer",
          ":targetgroup/": "target group", ":security-group/": "security group",
          ":repository/": "repository", ":role/": "role", "/mlship/": "log group"}
-
-
-@pytest.fixture(scope="module")
-def registry() -> str:
-    try:
-        urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=5).close()
-    except (urllib.error.URLError, OSError) as exc:
-        pytest.fail(f"no registry answers on http://{REGISTRY}/v2/ ({exc}): run `bash scripts/docker-up`, "
-                    "or set MLSHIP_TEST_REGISTRY to one")
-    return REGISTRY
 
 
 @pytest.fixture(scope="module")
