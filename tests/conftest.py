@@ -110,11 +110,8 @@ def wait_metric(client: httpx.Client, name: str, value: float, timeout: float = 
         time.sleep(0.01)
 
 
-def build_broken_image(engine: Any, base: str, prefix: str) -> str:
-    """``base`` (an iris image) with a model file that cannot be loaded: the server exits 1 at start-up.
-    Returns the new tag ``iris:<prefix>-broken-<random>``; the caller removes it."""
-    files = {"Dockerfile": f"FROM {base}\nCOPY iris.joblib /app/model/iris.joblib\n".encode(),
-             "iris.joblib": b"this is not a pickle"}
+def build_from_files(engine: Any, files: dict[str, bytes], tag: str) -> str:
+    """Build ``tag`` from a context of in-memory ``files`` (a "Dockerfile" among them); returns the tag."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files.items():
@@ -122,9 +119,16 @@ def build_broken_image(engine: Any, base: str, prefix: str) -> str:
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
-    tag = f"iris:{prefix}-broken-{uuid.uuid4().hex[:6]}"
     engine.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
     return tag
+
+
+def build_broken_image(engine: Any, base: str, prefix: str) -> str:
+    """``base`` (an iris image) with a model file that cannot be loaded: the server exits 1 at start-up.
+    Returns the new tag ``iris:<prefix>-broken-<random>``; the caller removes it."""
+    files = {"Dockerfile": f"FROM {base}\nCOPY iris.joblib /app/model/iris.joblib\n".encode(),
+             "iris.joblib": b"this is not a pickle"}
+    return build_from_files(engine, files, f"iris:{prefix}-broken-{uuid.uuid4().hex[:6]}")
 
 
 def free_port() -> int:

@@ -6,11 +6,9 @@ with the names of its globals and the canary never runs, on the host or in the c
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import joblib
 import pytest
 
-from conftest import build_image, free_port, make_iris_project
+from conftest import build_from_files, build_image, free_port, make_iris_project
 from mlship.contract_io import load_project
 from mlship.gate import run_gate
 from test_trust import _Payload, invoke, plain
@@ -75,17 +73,9 @@ def canary_image(engine: Any, base: str, artifact: Path, unsafe: bool, made: lis
     if unsafe:
         lines += ["USER root", "RUN echo 'unsafe_deserialization: true' >> /app/mlship.yaml", "USER 10001:10001"]
     files = {"Dockerfile": "\n".join(lines).encode() + b"\n", "iris.joblib": artifact.read_bytes()}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
     tag = f"iris:canary-{uuid.uuid4().hex[:8]}"
     made.append(tag)
-    engine.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
-    return tag
+    return build_from_files(engine, files, tag)
 
 
 def test_no_command_runs_the_canary_without_a_trust_flag(tmp_path: Path, iris_model: Path, native_image: str,
