@@ -60,18 +60,18 @@ def looks_remote(uri: str) -> bool:
     return uri.startswith(REMOTE_SCHEMES)
 
 
+_SCHEMES: dict[str, tuple[str, ...]] = {"s3": ("s3://",), "gcs": ("gs://",), "https": ("https://", "http://"),
+                                       "mlflow": ("models:/",)}
+
+
 def fetcher_for(uri: str, root: Path) -> Any | None:
-    """The fetcher that claims ``uri``, or None for a plain local path."""
-    if "://" not in uri and not uri.startswith("models:/") and (root / uri).exists() \
-            and not (root / f"{uri}.dvc").exists():
-        return None  # a local file or folder, no DVC file beside it: no fetcher imported at all
+    """The fetcher that claims ``uri`` (a built-in is imported only when the URI has its scheme), or None."""
     for name, ref in available().items():
-        if name in ("dvc",) and not (root / f"{uri}.dvc").exists():
-            continue
-        scheme_only = {"s3": "s3://", "gcs": "gs://", "https": ("https://", "http://"), "mlflow": "models:/"}
-        prefix = scheme_only.get(name)
-        if prefix is not None and not uri.startswith(prefix):
+        prefixes = _SCHEMES.get(name)
+        if prefixes is not None and not uri.startswith(prefixes):
             continue  # do not import boto3 to learn that gs:// is not its
+        if name == "dvc" and not (root / f"{uri}.dvc").is_file():
+            continue
         cls = _load(name, ref)
         if cls.claims(uri, root):
             return cls()

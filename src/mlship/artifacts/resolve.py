@@ -1,0 +1,91 @@
+"""``resolve_artifact(project)``: the one way everything that reads the artifact finds it on disk.
+
+A local path is the file or folder next to mlship.yaml. A remote one (``s3://``, ``gs://``, ``https://``,
+``models:/``, a DVC-tracked path that is absent) is looked up in the cache by the contract's ``artifact_sha256``
+first (no network at all on a hit: a rebuild downloads zero bytes), else resolved by its fetcher and fetched
+into the cache, the digest checked on the way in.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlship.artifacts import cache, fetcher_for, looks_remote
+from mlship.artifacts.base import Resolved
+from mlship.contract_io import artifact_sha256
+from mlship.errors import ArtifactError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The artifact on disk and, for a remote one, where it came from."""
+
+    path: Path
+    resolved: Resolved | None  # None: a local file or folder
+    sha256: str | None  # the pin (remote) or None (local: computed when needed)
+
+    @property
+    def remote(self) -> bool:
+        return self.resolved is not None
+
+
+_memo: dict[tuple[str, str, str | None], Artifact] = {}
+_lock = threading.Lock()
+
+
+def is_remote(uri: str, root: Path) -> bool:
+    """Whether ``artifact:`` names something a fetcher reads (no network)."""
+    return looks_remote(uri) or (not (root / uri).exists() and (root / f"{uri}.dvc").is_file())
+
+
+def resolve_artifact(project: object, *, refresh: bool = False) -> Artifact:
+    """The artifact of a :class:`mlship.contract_io.Project` on disk (fetched into the cache when remote)."""
+    contract = project.contract  # type: ignore[attr-defined]
+    root: Path = project.root  # type: ignore[attr-defined]
+    uri: str = contract.artifact
+    pin: str | None = contract.artifact_sha256
+    if not is_remote(uri, root):
+        return Artifact(path=(root / uri).resolve(), resolved=None, sha256=pin)
+    key = (str(root), uri, pin)
+    with _lock:
+        if not refresh and key in _memo and _memo[key].path.exists():
+            return _memo[key]
+        found = cache.lookup(pin) if pin and not refresh else None
+        if found is not None:
+            path, resolved = found
+            resolved = resolved if resolved is not None and resolved.uri == uri else Resolved(
+                uri=uri, pinned=uri, version=None, sha256=pin, size=None, filename=path.name)
+            artifact = Artifact(path=path, resolved=resolved, sha256=pin)
+        else:
+            artifact = _fetch(uri, root, pin)
+        _memo[key] = artifact
+        return artifact
+
+
+def _fetch(uri: str, root: Path, pin: str | None) -> Artifact:
+    fetcher = fetcher_for(uri, root)
+    if fetcher is None:
+        raise ArtifactError(f"No fetcher reads artifact: {uri}.",
+                            why="artifact: is a path relative to mlship.yaml, or a URI: s3://, gs://, https://, "
+                            "models:/, or a DVC-tracked path.",
+                            fix="Fix the path or URI, or install the plugin that reads that scheme.")
+    resolved = fetcher.resolve(uri, root)
+    path = cache.fetch(fetcher, resolved, pin)
+    sha = pin or artifact_sha256(path)
+    found = cache.lookup(sha)
+    kept = found[1] if found is not None and found[1] is not None else resolved
+    return Artifact(path=path, resolved=kept, sha256=sha)
+
+
+def provenance_labels(artifact: Artifact) -> dict[str, str]:
+    """The OCI labels (and /metadata fields) that say which model a build carries."""
+    if artifact.resolved is None:
+        return {}
+    r = artifact.resolved
+    labels = {"dev.mlship.artifact.uri": r.uri, "dev.mlship.artifact.pinned": r.pinned,
+              "dev.mlship.artifact.sha256": artifact.sha256 or r.sha256 or ""}
+    if r.version:
+        labels["dev.mlship.artifact.version"] = r.version
+    return labels
