@@ -11,7 +11,10 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from mlship.contract_base import PORT_MAX, PORT_MIN, Strict, port_problem
+from mlship.contract_serve import BuildOptions, ServeOptions, TestOptions
 
 FeatureType = Literal["float", "int", "str", "bool"]
 FEATURE_TYPES: tuple[str, ...] = ("float", "int", "str", "bool")
@@ -19,22 +22,9 @@ Task = Literal["classification", "regression"]
 
 _DNS_NAME = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 _CODE_REF = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
-PORT_MIN, PORT_MAX = 1, 65535
-
-
-def port_problem(port: int) -> str | None:
-    """Why ``port`` cannot be listened on, or None. The one range check for serve.port, --port and $PORT."""
-    if PORT_MIN <= port <= PORT_MAX:
-        return None
-    return f"must be a TCP port number {PORT_MIN}-{PORT_MAX}, got {port}"
-
-
-class Strict(BaseModel):
-    """Base for every contract section: unknown keys are errors, values are not coerced loosely."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
+#: artifact: values that need artifact_sha256 (a registry or DVC states its own pin)
+PINNED_SCHEMES = ("s3://", "gs://", "https://", "http://")
+__all__ = ["PORT_MAX", "PORT_MIN", "BuildOptions", "ServeOptions", "Strict", "TestOptions", "port_problem"]
 class Feature(Strict):
     """One named input feature. In YAML a bare type (``sepal_length: float``) is shorthand."""
 
@@ -194,82 +184,6 @@ class Example(Strict):
     tolerance: float = Field(default=1e-6, ge=0, description="Absolute tolerance for numbers.")
 
 
-class ServeOptions(Strict):
-    """Limits and behaviour of the prediction server (the same in `mlship serve` and in images)."""
-
-    port: int = Field(default=8080, description="Port when $PORT is not set.",
-                      json_schema_extra={"minimum": PORT_MIN, "maximum": PORT_MAX})
-    max_body_bytes: int = Field(default=1_048_576, ge=256, description="Larger request bodies get 413.")
-    max_instances: int = Field(default=1000, ge=1, description="Most instances in one request (422 above).")
-    timeout_s: float = Field(default=30.0, gt=0, description="Per-request prediction timeout (504).")
-    max_concurrency: int = Field(
-        default=64, ge=1, description="Predictions in progress before new ones get 503 + Retry-After."
-    )
-    threads: int = Field(default=4, ge=1, le=64, description="Threads that run the model.")
-    batching: bool = Field(
-        default=True,
-        description="Coalesce concurrent /predict requests into one model call (sklearn and `predict:` "
-        "snippets; tensorflow/pytorch runtimes always run one request per call).",
-    )
-    max_batch_size: int = Field(
-        default=1024, ge=1, description="Most rows in one coalesced model call (a larger request runs alone)."
-    )
-    max_batch_wait_ms: float = Field(
-        default=0.0, ge=0, le=1000,
-        description="How long an idle model waits for more requests before a call; 0: never waits.",
-    )
-    compile: Literal["auto", "onnx", "off"] = Field(
-        default="auto",
-        description="auto: serve a model converted to ONNX (onnxruntime) when it predicts the same as the original "
-        "on the examples and generated inputs, else the original with a message; onnx: require it (an error when "
-        "it cannot be used); off: always the original. sklearn models without load:/predict: code only.",
-    )
-    shutdown_grace_s: float = Field(
-        default=8.0, gt=0, description="On SIGTERM, time to finish in-flight requests before exiting."
-    )
-    auth: Literal["none", "api_key"] = Field(
-        default="none", description="api_key: require `Authorization: Bearer <key>` on all but health."
-    )
-    api_keys_env: str = Field(
-        default="MLSHIP_API_KEYS",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable holding comma-separated API keys.",
-    )
-
-    @field_validator("port")
-    @classmethod
-    def _port_in_range(cls, value: int) -> int:
-        problem = port_problem(value)
-        if problem:
-            raise ValueError(f"{problem}; set it to a port number in that range, e.g. 8080")
-        return value
-
-
-class BuildOptions(Strict):
-    """How the image is built (`mlship build`)."""
-
-    base_image: str | None = Field(
-        default=None,
-        description="Base image; default python:<dependencies.python>-slim. $MLSHIP_BASE_IMAGE and "
-        "--base-image override it.",
-    )
-    include: list[str] = Field(
-        default_factory=list,
-        description="Extra files (globs relative to mlship.yaml) copied next to the contract, e.g. modules "
-        "that predict.py imports.",
-    )
-
-
-class TestOptions(Strict):
-    """Budgets checked by `mlship test` on the built image."""
-
-    ready_timeout_s: float = Field(default=60.0, gt=0, description="Fail if /readyz is not 200 by then.")
-    max_cold_start_s: float | None = Field(
-        default=None, gt=0, description="Budget for container start -> first successful prediction."
-    )
-    max_image_mb: float | None = Field(default=None, gt=0, description="Budget for the image size (MB).")
-
-
 class Proof(Strict):
     """That the served release predicts the same as the recorded one on probe rows (written by `mlship init`)."""
 
@@ -313,7 +227,12 @@ class Contract(Strict):
         description="Model version; defaults to the first 12 hex digits of the artifact's sha256.",
     )
     runtime: str = Field(description="Runtime plugin: sklearn (built in) or an installed plugin.")
-    artifact: str = Field(min_length=1, description="Model file or folder, relative to mlship.yaml.")
+    artifact: str = Field(min_length=1, description="Model file or folder, relative to mlship.yaml; or a URI: "
+                          "s3://, gs://, https://, models:/ (MLflow), or a DVC-tracked path (docs/artifacts.md).")
+    artifact_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the artifact; required for s3://, gs:// and https:// artifacts and checked on every "
+        "fetch (written by `mlship init URI`).")
     task: Task = Field(description="classification (labels + probabilities) or regression (values).")
     predict: str | None = Field(
         default=None, description="Optional user code `file.py:function(model, instances) -> outputs`."
@@ -364,6 +283,16 @@ class Contract(Strict):
         if value is not None and not _CODE_REF.match(value):
             raise ValueError(f"expected `file.py:function`, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _pinned(self) -> Contract:
+        if self.artifact.startswith(PINNED_SCHEMES) and self.artifact_sha256 is None:
+            raise ValueError(f"artifact {self.artifact} is remote: add `artifact_sha256: <64 hex>` (the digest every "
+                             "fetch is checked against; `mlship init URI` writes it)")
+        if self.serve.fetch_at_start and "://" not in self.artifact:
+            raise ValueError("serve.fetch_at_start applies to s3://, gs:// and https:// artifacts only; a local "
+                             "artifact is always in the image")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:

@@ -28,8 +28,20 @@ class Project:
     contract_path: Path
 
     @property
+    def remote(self) -> bool:
+        """Whether the artifact is fetched (s3://, gs://, https://, models:/, an absent DVC-tracked path)."""
+        from mlship.artifacts.resolve import is_remote
+
+        return is_remote(self.contract.artifact, self.root)
+
+    @property
     def artifact_path(self) -> Path:
-        return (self.root / self.contract.artifact).resolve()
+        """The artifact on disk: next to mlship.yaml, or (remote) in the cache, fetched on first use."""
+        if not self.remote:
+            return (self.root / self.contract.artifact).resolve()
+        from mlship.artifacts.resolve import resolve_artifact
+
+        return resolve_artifact(self).path
 
     @property
     def docs_text(self) -> str | None:
@@ -48,7 +60,7 @@ class Project:
 
     @property
     def version(self) -> str:
-        return self.contract.version or artifact_sha256(self.artifact_path)[:12]
+        return self.contract.version or (self.contract.artifact_sha256 or artifact_sha256(self.artifact_path))[:12]
 
 
 def artifact_sha256(path: Path) -> str:
@@ -204,7 +216,7 @@ def _unwrap(annotation: Any) -> Any:
 def _check_files(project: Project, text: str) -> None:
     root = compose_root(text)
     c = project.contract
-    refs: list[tuple[str, tuple[str, ...]]] = [(c.artifact, ("artifact",))]
+    refs: list[tuple[str, tuple[str, ...]]] = [] if project.remote else [(c.artifact, ("artifact",))]
     if c.docs:
         refs.append((c.docs, ("docs",)))
     if isinstance(c.dependencies.requirements, str):
