@@ -33,6 +33,8 @@ class GateReport:
     size_mb: float
     ready_s: float = 0.0  # container start -> /readyz 200
     first_prediction_s: float = 0.0  # container start -> first successful prediction
+    memory_mb: float | None = None  # peak memory of the container up to the last example (see peak_memory)
+    memory_source: str | None = None  # where that figure was read
     examples: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     logs: str = ""
@@ -101,6 +103,7 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None, *, en
             report.problems.append(_not_ready(container, timeout))
         else:
             _replay(project, url, report, started, key)
+            report.memory_mb, report.memory_source = peak_memory(cli, container)
         if budgets.max_cold_start_s is not None and report.first_prediction_s > budgets.max_cold_start_s:
             report.problems.append(f"cold start {report.first_prediction_s:.2f}s is over the budget "
                                    f"test.max_cold_start_s={budgets.max_cold_start_s:g}")
@@ -113,6 +116,35 @@ def run_gate(project: Project, image: str, timeout_s: float | None = None, *, en
         finally:  # also when Ctrl-C lands in the stop: nothing is left running
             container.remove(force=True)
     return report
+
+
+def peak_memory(cli: Any, container: Any) -> tuple[float | None, str | None]:
+    """The container's peak memory in MB (10^6 bytes) so far, and where it was read; (None, why) when it cannot be.
+
+    It is the memory cgroup's high-water mark: the model's load, its warm-up and the examples' predictions, page
+    cache included (as platforms count a container's memory against its quota). cgroup v1: the engine's stats API
+    reports it (``max_usage``, from memory.max_usage_in_bytes). cgroup v2: the stats API has no peak, so
+    ``memory.peak`` (Linux 5.19+) is read inside the container, through the engine (so a remote engine works too).
+    Failing both, the current usage is a lower bound, and the source says so.
+    """
+    from docker.errors import APIError
+
+    try:
+        stats = cli.api.stats(container.id, stream=False, one_shot=True)
+    except APIError as exc:
+        return None, f"the engine gave no stats: {exc.explanation or exc}"
+    memory = stats.get("memory_stats") or {}
+    if memory.get("max_usage"):
+        return round(memory["max_usage"] / 1e6, 1), "cgroup v1 memory.max_usage_in_bytes (engine stats API)"
+    try:
+        code, out = container.exec_run(["cat", "/sys/fs/cgroup/memory.peak"])
+    except APIError:
+        code, out = 1, b""
+    if code == 0 and out.strip().isdigit():
+        return round(int(out) / 1e6, 1), "cgroup v2 memory.peak (read in the container)"
+    if memory.get("usage"):
+        return round(memory["usage"] / 1e6, 1), "current usage, a lower bound (this engine reports no peak)"
+    return None, "the engine reported no memory figures"
 
 
 def _remove_named(cli: Any, name: str, wait_s: float = 0.0) -> None:

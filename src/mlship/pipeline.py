@@ -127,7 +127,7 @@ def test(project: ProjectLike = ".", image: str | None = None, *, events: Events
         gate = run_gate(proj, ref, env=env, labels=labels)
         require_ok(gate)
         stage.summary = (f"tested {ref}: ready in {gate.ready_s:.2f}s, {len(gate.examples)} example(s) ok, "
-                         f"{gate.size_mb:g} MB")
+                         f"{gate.size_mb:g} MB" + (f", peak memory {gate.memory_mb:g} MB" if gate.memory_mb else ""))
     return gate.result()
 
 
@@ -168,6 +168,8 @@ def deploy(project: ProjectLike = ".", target: TargetLike = "local", *, base_ima
                     engine.remove_unused(built.image)
                 raise
         engine.add_tag(built.image, f"{proj.contract.name}:{proj.version}")  # the human tag, for test/push
+        if report.gate is not None:  # the target checks what it measured against its platform's limits
+            tgt.spec = tgt.spec.measured(report.gate.memory_mb, report.gate.memory_source)
         with ev.stage("deploy", f"deploying {built.image} to {tgt.name}") as stage:
             dep = tgt.deploy(built.image, stage.step)
             stage.summary = (f"{'deployed' if dep.changed else 'unchanged'}: {dep.image} (version {dep.version})"

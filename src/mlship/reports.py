@@ -71,6 +71,9 @@ class GateResult(Report):
     size_mb: float
     ready_s: float = Field(description="container start -> /readyz 200; -1 when never ready")
     first_prediction_s: float
+    memory_mb: float | None = Field(default=None, description="peak memory of the container (MB, page cache "
+                                    "included) while it loaded and answered the examples; null when not measured")
+    memory_source: str | None = Field(default=None, description="where memory_mb was read (cgroup v1 or v2)")
     examples: list[GateExample] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
 

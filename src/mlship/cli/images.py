@@ -68,7 +68,8 @@ def test_image(
         return
     ready = f"ready in {report.ready_s:.2f}s" if report.ready_s >= 0 else "never ready"
     first = f", first prediction at {report.first_prediction_s:.2f}s" if report.first_prediction_s > 0 else ""
-    out.print(f"{report.image}: {report.size_mb:g} MB, {ready}{first}")
+    memory = f", peak memory {report.memory_mb:g} MB" if report.memory_mb else ""
+    out.print(f"{report.image}: {report.size_mb:g} MB, {ready}{first}{memory}")
     for ex in report.examples:
         out.print(f"[green]ok[/] examples[{ex.index}] " + "; ".join(ex.problems), markup=True)
 

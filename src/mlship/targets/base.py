@@ -89,11 +89,12 @@ from pydantic import BaseModel, ValidationError
 from mlship.contract_io import Project
 from mlship.errors import ContractError
 from mlship.reports import Check
+from mlship.targets.spec import CONTAINER_PORT as CONTAINER_PORT  # re-exported: targets import it from here
+from mlship.targets.spec import DeploySpec, deploy_spec
 
 Progress = Callable[[str], None]
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
-CONTAINER_PORT = 8080
 # labels on every container mlship starts (the test gate's, a local candidate, a local service)
 LABEL_SERVICE = "dev.mlship.service"
 LABEL_ROLE = "dev.mlship.role"  # test (the gate), candidate, service
@@ -156,6 +157,8 @@ class Target(ABC):
         self.project = project
         self.raw_options = dict(options)
         self.deploy_id = uuid.uuid4().hex[:12]  # names this deploy's containers (LABEL_DEPLOY)
+        # what runs and its limits, resolved once (the pipeline adds the gate's measurements before deploy)
+        self.spec: DeploySpec = deploy_spec(project)
 
     def runtime_env(self) -> dict[str, str]:
         """The environment the service's container gets on this target, as far as this machine can know it:
