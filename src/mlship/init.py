@@ -170,7 +170,7 @@ def _number(text: str) -> Any:
             return text
 
 
-def init_project(artifact: Path, *, directory: Path, runtime: str | None = None, name: str | None = None,
+def init_project(artifact: Path | str, *, directory: Path, runtime: str | None = None, name: str | None = None,
                  sample: Path | None = None, force: bool = False, unsafe_deserialization: bool = False,
                  load: str | None = None, predict: str | None = None, keep_versions: bool = False,
                  python: str | None = None) -> InitResult:
@@ -184,8 +184,10 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     load the model and compute the example. A scikit-learn pickle of another era (its release has no wheel for
     this Python) is run in build environments instead (:mod:`mlship.legacy.bridge`; ``keep_versions``: serve the
     recorded versions without trying a newer release; ``python``: dependencies.python, or for such a pickle the
-    Python its recorded versions run in).
+    Python its recorded versions run in). ``artifact`` may be a URI (s3://, gs://, https://, models:/): it is
+    fetched into the cache, inspected like a local file, and written with its sha256 (``artifact_sha256``).
     """
+    remote, artifact = _fetched(artifact, directory)
     if not artifact.exists():
         raise ArtifactError(f"Model file not found: {artifact}.", fix="Check the path, or train the model first.")
     target = directory / CONTRACT_FILE
@@ -240,10 +242,24 @@ def init_project(artifact: Path, *, directory: Path, runtime: str | None = None,
     info.notes.extend(notes)
     if code.include:
         data["build"] = {"include": code.include}
+    if remote is not None:
+        from mlship.artifacts.resolve import pin_contract
+
+        data = pin_contract(data, remote)
     contract = Contract.model_validate(data)
     return InitResult(contract_path=target, contract=contract, info=info, packages=code.local,
                       globals=grouped(found.globals) if found else {},
                       created=_write(directory, target, data, artifact.name))
+
+
+def _fetched(artifact: Path | str, directory: Path) -> tuple[Any, Path]:
+    """(the fetched artifact or None, the file to inspect): a URI is fetched into the cache (by digest)."""
+    from mlship.artifacts.resolve import fetch_uri, is_remote
+
+    if is_remote(str(artifact), directory.resolve()):
+        remote = fetch_uri(str(artifact), directory.resolve())
+        return remote, remote.path
+    return None, Path(artifact)
 
 
 def _legacy_data(artifact: Path, directory: Path, name: str | None, found: Any, sample: Path | None, unsafe: bool,

@@ -76,6 +76,8 @@ class Fetcher(ABC):
     """
 
     name: ClassVar[str]  # "s3", "gcs", "https", "mlflow", "dvc"
+    #: what an image needs installed to run this fetcher at start (serve.fetch_at_start), pinned to this machine's
+    image_packages: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

@@ -65,6 +65,7 @@ def _errors() -> tuple[type[Exception], ...]:
 
 class GcsFetcher(Fetcher):
     name = "gcs"
+    image_packages = ("google-cloud-storage",)
 
     @classmethod
     def claims(cls, uri: str, root: Path) -> bool:

@@ -69,6 +69,7 @@ def _check_scheme(uri: str) -> None:
 
 class HttpsFetcher(Fetcher):
     name = "https"
+    image_packages = ("httpx", "certifi")
 
     @classmethod
     def claims(cls, uri: str, root: Path) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlship.artifacts import cache, fetcher_for, looks_remote
 from mlship.artifacts.base import Resolved
@@ -62,6 +63,23 @@ def resolve_artifact(project: object, *, refresh: bool = False) -> Artifact:
             artifact = _fetch(uri, root, pin)
         _memo[key] = artifact
         return artifact
+
+
+def fetch_uri(uri: str, root: Path, pin: str | None = None) -> Artifact:
+    """Resolve and fetch ``uri`` into the cache (checked against ``pin`` when given): `mlship init URI`."""
+    return _fetch(uri, root, pin)
+
+
+def pin_contract(data: dict[str, Any], artifact: Artifact) -> dict[str, Any]:
+    """Contract data (as `mlship init` writes it) with ``artifact:`` the URI and ``artifact_sha256:`` its pin."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "artifact" and artifact.resolved is not None:
+            out["artifact"] = artifact.resolved.uri
+            out["artifact_sha256"] = artifact.sha256
+        else:
+            out[key] = value
+    return out
 
 
 def _fetch(uri: str, root: Path, pin: str | None) -> Artifact:

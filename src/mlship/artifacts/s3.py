@@ -77,6 +77,7 @@ def _sha256_of(head: dict[str, Any]) -> str | None:
 
 class S3Fetcher(Fetcher):
     name = "s3"
+    image_packages = ("boto3",)
 
     @classmethod
     def claims(cls, uri: str, root: Path) -> bool:

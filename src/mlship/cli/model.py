@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @app.command()
 def init(
-    artifact: Annotated[Path, typer.Argument(help="The model file, e.g. model/iris.joblib.")],
+    artifact: Annotated[str, typer.Argument(help="The model file, e.g. model/iris.joblib, or a URI: s3://..., "
+                                            "gs://..., https://..., models:/NAME/VERSION (docs/artifacts.md).")],
     runtime: Annotated[str | None, typer.Option(help="Runtime plugin (default: detected from the file).")] = None,
     name: Annotated[str | None, typer.Option(help="Service name (default: from the file name).")] = None,
     sample: Annotated[Path | None, typer.Option(help="CSV/JSON whose first row becomes the example.")] = None,

@@ -26,6 +26,7 @@ from packaging.specifiers import SpecifierSet
 
 from mlship import __version__, plugins
 from mlship import compiled as compiled_mod
+from mlship.artifacts.image import model_layer, write_generated
 from mlship.contract_io import CONTRACT_FILE, Project, artifact_sha256
 from mlship.errors import BuildError, PluginError
 from mlship.image import elfstrip, wheelhouse
@@ -48,6 +49,7 @@ class BuildPlan:
     dockerfile: str
     notes: list[str] = field(default_factory=list)
     index_urls: list[str] = field(default_factory=list)  # tried when the configured indexes lack a wheel
+    generated: dict[str, str] = field(default_factory=dict)  # context path -> text (a remote artifact's record)
 
 
 def base_image_for(python: str, override: str | None = None, configured: str | None = None) -> str:
@@ -153,7 +155,7 @@ def project_files(project: Project) -> tuple[list[tuple[Path, str]], list[tuple[
     """
     c = project.contract
     root = project.root
-    model = [(project.artifact_path, f"model/{_inside(c.artifact, 'artifact')}")]
+    model = model_layer(project, _inside).files
     names: dict[str, Path] = {}
     for rel in (c.docs, c.dependencies.requirements if isinstance(c.dependencies.requirements, str) else None,
                 c.predict.split(":")[0] if c.predict else None, c.load.split(":")[0] if c.load else None):
@@ -235,7 +237,9 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
         artifact_frameworks(project.artifact_path))
     rules = rules_for(c.runtime, frameworks)
     requirements, index_urls, more = image_requirements(rules, requirements)
-    model_sha = artifact_sha256(project.artifact_path)
+    layer = model_layer(project, _inside)  # a remote artifact: the image's cache, or fetched at start
+    requirements += layer.requirements
+    model_sha = c.artifact_sha256 or artifact_sha256(project.artifact_path)
     contract_sha = hashlib.sha256(project.contract_path.read_bytes()).hexdigest()
     labels = {
         "org.opencontainers.image.title": c.name,
@@ -245,10 +249,12 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
         "dev.mlship.contract-sha256": contract_sha,
         "dev.mlship.model-sha256": model_sha,
         "dev.mlship.compiled": "onnx" if compiled is not None and compiled.onnxruntime is not None else "no",
+        **layer.labels,
     }
     commit = git_commit(project.root)
     if commit:
         labels["org.opencontainers.image.revision"] = commit
+    late_env = layer.provenance_env(contract_sha, commit)  # /metadata shows them (remote artifacts)
     model, contract = project_files(project)
     if compiled is not None:  # the compiled folder mirrors /app/.mlship/compiled, beside the artifact
         model += [(path, f"model/{compiled_mod.FOLDER}/{path.name}") for path in compiled.files]
@@ -260,11 +266,12 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     env.filters["dockerstr"] = docker_string
     template = env.from_string(files("mlship").joinpath("templates/Dockerfile.j2").read_text(encoding="utf-8"))
     dockerfile = template.render(mlship_version=__version__, name=c.name, base_image=image, python="python3",
-                                 labels=labels, prune=prune, strip=strip,
+                                 labels=labels, prune=prune, strip=strip, env=layer.env, late_env=late_env,
                                  **wheelhouse.dockerfile_values(c.dependencies.python, image))  # pip, 3.9 check
     return BuildPlan(tag=f"{c.name}:{project.version}", base_image=image, python=c.dependencies.python,
                      requirements=requirements, labels=labels, files=model + contract + tools,
-                     dockerfile=dockerfile, notes=notes + more, index_urls=index_urls)
+                     dockerfile=dockerfile, notes=notes + more + ([layer.note] if layer.note else []),
+                     index_urls=index_urls, generated=layer.generated)
 
 
 def docker_string(value: object) -> str:
@@ -384,6 +391,7 @@ def write_context(plan: BuildPlan, directory: Path, progress: Callable[[str], No
             shutil.copytree(src, dest)
         else:
             shutil.copy2(src, dest)
+    write_generated(plan.generated, directory)  # a remote artifact's record; model/ even when fetched at start
     for layer in ("model", "contract"):
         _readable(directory / layer)
     (directory / "Dockerfile").write_text(plan.dockerfile)
