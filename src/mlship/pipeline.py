@@ -191,7 +191,8 @@ def status(project: ProjectLike = ".", target: TargetLike = "local") -> StatusRe
     with open_target(target, proj) as tgt:
         st = tgt.status()
         return StatusReport(service=proj.contract.name, target=tgt.name, deployed=st.image is not None, url=st.url,
-                            image=st.image, version=st.version, state=st.state, ready=st.ready, history=st.history)
+                            image=st.image, version=st.version, state=st.state, ready=st.ready, history=st.history,
+                            events=st.events, failed_deployment=st.failed)
 
 
 def rollback(project: ProjectLike = ".", target: TargetLike = "local", *,

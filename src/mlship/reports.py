@@ -108,6 +108,9 @@ class StatusReport(Report):
     state: str
     ready: bool | None = None
     history: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list, description="the platform's latest events, newest first")
+    failed_deployment: str | None = Field(default=None, description="the last deploy the platform rolled back, "
+                                          "with its revision and why")
 
 
 class RollbackReport(Report):

@@ -69,6 +69,10 @@ def status(file: FileOpt = None, target: TargetOpt = "local", as_json: JsonOpt =
         ready = "" if st.ready is None else (", ready" if st.ready else ", not ready")
         out.print(f"state: {st.state}{ready}\nurl: {st.url or '-'}\nimage: {st.image}\nversion: {st.version}")
         out.print("history: " + " <- ".join(st.history))
+        if st.failed_deployment:
+            out.print(f"failed deployment: {st.failed_deployment}")
+        if st.events:
+            out.print("events:\n" + "\n".join(f"  {e}" for e in st.events))
 
 
 @app.command()

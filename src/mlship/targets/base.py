@@ -144,6 +144,8 @@ class TargetStatus:
     state: str  # running, exited, restarting, ..., or "not deployed"
     history: list[str] = field(default_factory=list)
     ready: bool | None = None  # /readyz answered 200 (None when not checked)
+    events: list[str] = field(default_factory=list)  # the platform's latest events about the service, newest first
+    failed: str | None = None  # the last deploy the platform rolled back: its revision and why (None: none)
 
 
 class Target(ABC):
