@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlship.artifacts.checks import serving_of
 from mlship.contract_io import Project, load_project
 from mlship.events import Events
 from mlship.reports import (
@@ -192,7 +193,7 @@ def status(project: ProjectLike = ".", target: TargetLike = "local") -> StatusRe
         st = tgt.status()
         return StatusReport(service=proj.contract.name, target=tgt.name, deployed=st.image is not None, url=st.url,
                             image=st.image, version=st.version, state=st.state, ready=st.ready, history=st.history,
-                            events=st.events, failed_deployment=st.failed)
+                            events=st.events, failed_deployment=st.failed, serving=serving_of(st.image))
 
 
 def rollback(project: ProjectLike = ".", target: TargetLike = "local", *,
@@ -202,10 +203,11 @@ def rollback(project: ProjectLike = ".", target: TargetLike = "local", *,
     with open_target(target, proj) as tgt, ev.stage("rollback", f"rolling back {proj.contract.name} on "
                                                                   f"{tgt.name}") as stage:
         dep = tgt.rollback(stage.step)
-        stage.summary = f"rolled back to {dep.image} (version {dep.version})"
+        serving = serving_of(dep.image)  # the code+model pair it returns to
+        stage.summary = f"rolled back to {dep.image} (version {dep.version})" + (f": {serving}" if serving else "")
         return RollbackReport(service=proj.contract.name, target=tgt.name, url=dep.url, image=dep.image,
                               digest=dep.digest or _digest_of(dep.image), version=dep.version,
-                              previous=dep.previous)
+                              previous=dep.previous, serving=serving)
 
 
 def destroy(project: ProjectLike = ".", target: TargetLike = "local") -> DestroyReport:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from mlship.artifacts.checks import artifact_group
 from mlship.contract_io import Project
 from mlship.errors import MlshipError, PreflightError
 from mlship.events import Events
@@ -97,12 +98,14 @@ def run_checks(name: str, groups: dict[str, CheckFn], events: Events) -> Preflig
 
 
 def run_core_checks(project: Project, name: str, *, base_image: str | None, events: Events) -> PreflightReport:
-    return run_checks(name, {"docker engine": lambda: _engine_checks(project, base_image)}, events)
+    return run_checks(name, {"docker engine": lambda: _engine_checks(project, base_image),
+                             **artifact_group(project)}, events)
 
 
 def run_preflight(project: Project, target: Target, *, base_image: str | None, events: Events) -> PreflightReport:
     """The core checks and ``target.preflight()``, together under one deadline."""
     return run_checks(target.name, {"docker engine": lambda: _engine_checks(project, base_image),
+                                    **artifact_group(project),  # a remote artifact: readable (mlship.artifacts)
                                     f"{target.name} target": target.preflight}, events)
 
 

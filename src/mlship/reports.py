@@ -111,6 +111,8 @@ class StatusReport(Report):
     events: list[str] = Field(default_factory=list, description="the platform's latest events, newest first")
     failed_deployment: str | None = Field(default=None, description="the last deploy the platform rolled back, "
                                           "with its revision and why")
+    serving: str | None = Field(default=None, description="the model the image serves, from its labels: "
+                                "'<artifact uri> (<version>, sha256 ...), git <commit>'")
 
 
 class RollbackReport(Report):
@@ -122,6 +124,8 @@ class RollbackReport(Report):
     digest: str | None = None
     version: str
     previous: str | None = Field(default=None, description="the image rolled back from")
+    serving: str | None = Field(default=None, description="the code+model pair rolled back to, from the image's "
+                                "labels: '<artifact uri> (<version>, sha256 ...), git <commit>'")
 
 
 class DestroyReport(Report):

@@ -8,6 +8,7 @@ into the cache, the digest checked on the way in.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def resolve_artifact(project: object, *, refresh: bool = False) -> Artifact:
     contract = project.contract  # type: ignore[attr-defined]
     root: Path = project.root  # type: ignore[attr-defined]
     uri: str = contract.artifact
-    pin: str | None = contract.artifact_sha256
+    pin: str | None = contract.artifact_sha256 or os.environ.get("MLSHIP_ARTIFACT_SHA256") or None  # an image's
     if not is_remote(uri, root):
         return Artifact(path=(root / uri).resolve(), resolved=None, sha256=pin)
     key = (str(root), uri, pin)
@@ -95,6 +96,19 @@ def _fetch(uri: str, root: Path, pin: str | None) -> Artifact:
     found = cache.lookup(sha)
     kept = found[1] if found is not None and found[1] is not None else resolved
     return Artifact(path=path, resolved=kept, sha256=sha)
+
+
+def describe(project: object) -> dict[str, str | None]:
+    """What /metadata says of a remote artifact: uri, pinned form, version, sha256 (resolved ones only, else the
+    contract's), and the image's contract hash and git revision. Reads no network."""
+    contract = project.contract  # type: ignore[attr-defined]
+    pin = contract.artifact_sha256 or os.environ.get("MLSHIP_ARTIFACT_SHA256") or None
+    known = _memo.get((str(project.root), contract.artifact, pin))  # type: ignore[attr-defined]
+    r = known.resolved if known is not None else None
+    return {"uri": contract.artifact, "pinned": r.pinned if r else None, "version": r.version if r else None,
+            "sha256": known.sha256 if known is not None else pin,
+            "contract_sha256": os.environ.get("MLSHIP_CONTRACT_SHA256") or None,
+            "git_revision": os.environ.get("MLSHIP_GIT_REVISION") or None}
 
 
 def provenance_labels(artifact: Artifact) -> dict[str, str]:

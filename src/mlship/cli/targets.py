@@ -69,6 +69,8 @@ def status(file: FileOpt = None, target: TargetOpt = "local", as_json: JsonOpt =
         ready = "" if st.ready is None else (", ready" if st.ready else ", not ready")
         out.print(f"state: {st.state}{ready}\nurl: {st.url or '-'}\nimage: {st.image}\nversion: {st.version}")
         out.print("history: " + " <- ".join(st.history))
+        if st.serving:
+            out.print(f"serving {st.serving}")
         if st.failed_deployment:
             out.print(f"failed deployment: {st.failed_deployment}")
         if st.events:
@@ -101,6 +103,8 @@ def rollback(file: FileOpt = None, target: TargetOpt = "local", as_json: JsonOpt
         return
     out.print(f"[green]rolled back[/] to {report.image} (version {report.version})"
               + (f" from {report.previous}" if report.previous else ""), markup=True)
+    if report.serving:
+        out.print(f"now serving {report.serving}")
     if report.url:
         out.print(report.url)
 

@@ -109,6 +109,10 @@ class App:
         if self.predictor.input_path is not None:
             metadata["model_input"] = self.predictor.input_path
         metadata["compiled"] = self.predictor.compiled is not None
+        if self.project.remote:  # where the model came from (docs/artifacts.md)
+            from mlship.artifacts.resolve import describe
+
+            metadata["artifact"] = describe(self.project)
         return orjson.dumps(metadata)
 
     # -- life cycle ---------------------------------------------------------------------------
