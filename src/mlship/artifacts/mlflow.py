@@ -1,0 +1,342 @@
+"""``models:/NAME/VERSION`` and ``models:/NAME@ALIAS``: the MLflow Model Registry, read with MLflow's own client.
+
+The tracking server is ``$MLFLOW_TRACKING_URI`` (the registry ``$MLFLOW_REGISTRY_URI`` when set); credentials are
+MLflow's own (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, a Databricks profile).
+An alias (or ``latest``) is resolved to a version when the project is built: the pinned form is
+``models:/NAME/<n>``, so a build reads exactly the version it resolved.
+
+A registered version holds an MLflow model folder (``MLmodel`` + the saved model). mlship serves the one file a
+runtime reads: for the ``sklearn`` flavor the file the MLmodel names (``model.skops``, or ``model.pkl`` for
+pickle/cloudpickle); for ``keras``/``tensorflow``/``pytorch`` the single ``.keras``/``.h5``/``.pt``/``.pth`` file in
+the flavor's data folder. Other flavors (pyfunc-only, xgboost, transformers, ...) are an error that says so.
+
+Also here: :func:`list_versions` (what the registry holds, for ``mlship models``), :func:`record_deployment` (a
+``mlship.deploy.<target>`` tag on the model version: where it runs) and :func:`moved_note` (an alias that now
+resolves to another version than the last build).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlship.artifacts.base import Fetcher, Resolved
+from mlship.errors import ArtifactError
+
+SERVABLE = (".skops", ".pkl", ".joblib", ".keras", ".h5", ".pt", ".pth", ".pt2")
+TAG_PREFIX = "mlship.deploy."
+_SERVED_FLAVORS = ("sklearn", "keras", "tensorflow", "pytorch")
+_FIX_FLAVOR = ("Log the model with mlflow.sklearn.log_model (or save a .keras / TorchScript .pt file), or point "
+               "`artifact:` at a model file mlship serves (.joblib, .pkl, .skops, .keras, .h5, .pt).")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed ``models:/`` URI: the registered model and one of version, alias or ``latest``."""
+
+    name: str
+    version: str | None = None
+    alias: str | None = None
+
+    @property
+    def pinned(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class RegistryVersion:
+    """One version of a registered model, as ``mlship models`` lists it."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    stage: str | None
+    status: str
+    run_id: str | None
+    created: float  # seconds since the epoch
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> {url, image_digest, time}
+
+
+def parse(uri: str) -> ModelRef:
+    """``models:/iris/3``, ``models:/iris@champion`` or ``models:/iris/latest``; anything else is an error."""
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    rest = rest.lstrip("/")
+    if "@" in rest:
+        name, _, alias = rest.rpartition("@")
+        if name and alias and "/" not in alias:
+            return ModelRef(name=name, alias=alias)
+    elif "/" in rest:
+        name, _, version = rest.rpartition("/")
+        if name and (version.isdigit() or version == "latest"):
+            return ModelRef(name=name, version=version if version.isdigit() else None,
+                            alias="latest" if version == "latest" else None)
+        if name and version:
+            raise ArtifactError(
+                f"{uri}: `{version}` is not a version number or an alias.",
+                why="Model Registry stages (Staging, Production) are deprecated in MLflow; mlship reads a version "
+                "(models:/NAME/3), an alias (models:/NAME@champion) or models:/NAME/latest.",
+                fix=f"Set an alias on the version you mean and write models:/{name}@ALIAS.")
+    raise ArtifactError(f"{uri} is not a Model Registry URI mlship reads.",
+                        why="A registered model needs a version or an alias.",
+                        fix="Write models:/NAME/VERSION (models:/iris/3) or models:/NAME@ALIAS "
+                        "(models:/iris@champion).")
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_REGISTRY_URI`` or ``$MLFLOW_TRACKING_URI``; unset is an error (MLflow would use a local file)."""
+    uri = os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ArtifactError(
+            "No MLflow tracking server is configured: MLFLOW_TRACKING_URI is not set.",
+            why="models:/ artifacts are read from the MLflow Model Registry of the server MLflow's client is "
+            "pointed at; without it MLflow would create an empty local store.",
+            fix="export MLFLOW_TRACKING_URI=http://your-mlflow-server:5000 (and MLFLOW_TRACKING_TOKEN or "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD if it needs credentials).")
+    return uri
+
+
+def _probe(uri: str) -> None:
+    """For an http(s) server: a TCP connect (3 s) first, so an unreachable server fails at once, not after
+    MLflow's client has retried for minutes."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=3).close()
+    except OSError as exc:
+        raise ArtifactError(
+            f"The MLflow tracking server {uri} does not answer ({exc.strerror or exc}).",
+            why="models:/ artifacts are resolved and downloaded through the tracking server.",
+            fix="Start the server or fix MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI if set); check the "
+            "network or VPN to it.") from None
+
+
+def client() -> Any:
+    """MLflow's client for the configured tracking server and registry."""
+    uri = tracking_uri()
+    _probe(uri)
+    try:
+        from mlflow import MlflowClient
+    except ImportError as exc:
+        raise ArtifactError(f"models:/ artifacts need MLflow's client, which is not installed ({exc}).",
+                            fix="pip install 'mlship[mlflow]'") from None
+    return MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or uri,
+                        registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def _registry_error(uri: str, exc: Exception, ref: ModelRef, mlflow: Any = None) -> ArtifactError:
+    code = str(getattr(exc, "error_code", ""))
+    server = os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "401" in str(exc) or "403" in str(exc):
+        return ArtifactError(
+            f"Cannot read {uri}: the MLflow server {server} refused ({code or exc}).",
+            why="The credentials MLflow's client sends may not read this registered model.",
+            fix="Set MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) for a user "
+            f"with READ permission on the registered model `{ref.name}`.")
+    if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        held = _held(mlflow, ref.name) if mlflow is not None else None
+        what = f"alias `{ref.alias}`" if ref.alias else f"version {ref.version}"
+        return ArtifactError(
+            f"{uri}: the registry at {server} has no {what} of the model `{ref.name}`.",
+            why=held or f"No registered model is named `{ref.name}` there.",
+            fix="Use one of the versions or aliases it holds (`mlship models` lists them), or register the model "
+            "(mlflow.register_model / log_model(..., registered_model_name=...)).")
+    return ArtifactError(f"Cannot read {uri} from the MLflow server {server}: {exc}.",
+                         fix="Check MLFLOW_TRACKING_URI and that the server is healthy (GET /health).")
+
+
+def _held(mlflow: Any, name: str) -> str | None:
+    """'It holds versions 1, 2; aliases champion -> 2' for the errors, or None when the model does not exist."""
+    try:
+        model = mlflow.get_registered_model(name)
+        versions = sorted(int(v.version) for v in mlflow.search_model_versions(f"name='{name}'"))
+    except Exception:
+        return None
+    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
+    return f"`{name}` holds versions {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}."
+
+
+def resolve_version(mlflow: Any, uri: str, ref: ModelRef) -> ModelRef:
+    """The version an alias (or ``latest``) points at now; a version is checked to exist and be READY."""
+    try:
+        if ref.alias == "latest":
+            versions = mlflow.search_model_versions(f"name='{ref.name}'")
+            if not versions:
+                raise ArtifactError(f"{uri}: the registered model `{ref.name}` has no versions.",
+                                    fix="Register a version first, or fix the model name.")
+            found = max(versions, key=lambda v: int(v.version))
+        elif ref.alias:
+            found = mlflow.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            found = mlflow.get_model_version(ref.name, ref.version)
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise _registry_error(uri, exc, ref, mlflow) from None
+    if str(found.status) not in ("READY", "ModelVersionStatus.READY"):
+        raise ArtifactError(f"{uri}: version {found.version} is {found.status}, not READY.",
+                            fix="Wait for the registration to finish, or use another version.")
+    return ModelRef(name=ref.name, version=str(found.version), alias=ref.alias)
+
+
+def model_file(uri: str, mlmodel: dict[str, Any], listing: list[tuple[str, int]]) -> tuple[str, int | None]:
+    """(path inside the model folder, size) of the file mlship serves, from the MLmodel and the folder listing."""
+    flavors: dict[str, Any] = mlmodel.get("flavors") or {}
+    sizes = dict(listing)
+    sk = flavors.get("sklearn")
+    if isinstance(sk, dict) and sk.get("pickled_model"):
+        path = str(sk["pickled_model"])
+        return path, sizes.get(path)
+    for flavor in ("keras", "tensorflow", "pytorch"):
+        options = flavors.get(flavor)
+        if not isinstance(options, dict):
+            continue
+        data = str(options.get("model_data") or options.get("data") or "data").rstrip("/")
+        files = [(p, s) for p, s in listing if (p.startswith(data + "/") or p == data)
+                 and PurePosixPath(p).suffix.lower() in SERVABLE]
+        if len(files) == 1:
+            return files[0][0], files[0][1]
+        raise ArtifactError(
+            f"{uri}: its `{flavor}` model is not one file mlship reads (found {[p for p, _ in files] or 'none'} "
+            f"in {data}/).", why="mlship serves a single .keras/.h5 or TorchScript .pt file from the model folder.",
+            fix=_FIX_FLAVOR)
+    raise ArtifactError(f"{uri}: an MLflow model of flavor(s) {', '.join(sorted(flavors)) or 'none'}, which mlship "
+                        "does not serve.",
+                        why=f"mlship serves the {', '.join(_SERVED_FLAVORS)} flavors' model files with its own "
+                        "runtimes, never through MLflow's pyfunc loader.", fix=_FIX_FLAVOR)
+
+
+def _listing(mlflow_artifacts: Any, base: str, path: str = "", depth: int = 0) -> list[tuple[str, int]]:
+    """Every file under the model folder as (relative path, size), three folders deep at most."""
+    out: list[tuple[str, int]] = []
+    for item in mlflow_artifacts.list_artifacts(artifact_uri=f"{base}/{path}".rstrip("/")):
+        rel = item.path if not path or item.path.startswith(path + "/") else f"{path}/{item.path}"
+        if item.is_dir and depth < 3:
+            out += _listing(mlflow_artifacts, base, rel, depth + 1)
+        elif not item.is_dir:
+            out.append((rel, int(item.file_size or 0)))
+    return out
+
+
+def locate(uri: str, pinned: ModelRef) -> tuple[str, int | None]:
+    """Read the version's MLmodel and listing: (the served file's path in the folder, its size)."""
+    import mlflow.artifacts
+    import yaml
+
+    base = pinned.pinned
+    with tempfile.TemporaryDirectory(prefix="mlship-mlmodel-") as tmp:
+        try:
+            listing = _listing(mlflow.artifacts, base)
+            if "MLmodel" not in dict(listing):
+                raise ArtifactError(f"{uri}: version {pinned.version} holds no MLmodel file (an MLflow model "
+                                    "folder).", fix=_FIX_FLAVOR)
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=tmp)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise _registry_error(uri, exc, pinned) from None
+        mlmodel = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return model_file(uri, mlmodel, listing)
+
+
+class MlflowFetcher(Fetcher):
+    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` and ``models:/NAME/latest`` from the MLflow Model Registry."""
+
+    name = "mlflow"
+
+    @classmethod
+    def claims(cls, uri: str, root: Path) -> bool:
+        return uri.startswith("models:/")
+
+    def resolve(self, uri: str, root: Path) -> Resolved:
+        ref = parse(uri)
+        pinned = resolve_version(client(), uri, ref)
+        path, size = locate(uri, pinned)
+        return Resolved(uri=uri, pinned=pinned.pinned, version=pinned.version, sha256=None, size=size,
+                        filename=PurePosixPath(path).name)
+
+    def fetch(self, resolved: Resolved, dest: Path) -> None:
+        import mlflow.artifacts
+
+        pinned = parse(resolved.pinned)
+        client()  # the same configuration errors as resolve
+        path, _ = locate(resolved.uri, pinned)
+        scratch = Path(tempfile.mkdtemp(prefix=".mlflow-", dir=dest.parent))
+        try:
+            got = mlflow.artifacts.download_artifacts(artifact_uri=f"{resolved.pinned}/{path}", dst_path=str(scratch))
+            os.replace(got, dest)
+        except Exception as exc:
+            raise _registry_error(resolved.uri, exc, pinned) from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def moved_note(resolved: Resolved, previous_pinned: str | None) -> str | None:
+    """'models:/iris@champion now resolves to version 3 (the last build had version 2)' when an alias moved."""
+    if previous_pinned is None or previous_pinned == resolved.pinned or "@" not in resolved.uri:
+        return None
+    before = previous_pinned.rsplit("/", 1)[-1]
+    return (f"{resolved.uri} now resolves to version {resolved.version} ({resolved.pinned}); the last build had "
+            f"version {before}.")
+
+
+def list_versions(uri: str) -> list[RegistryVersion]:
+    """Every version of the registered model ``uri`` names (``models:/iris``, ``models:/iris@champion``...),
+    newest first, with its aliases, stage and the deployments mlship recorded on it."""
+    name = uri[len("models:/"):].strip("/").split("@")[0] if uri.startswith("models:/") else uri
+    name = name.rsplit("/", 1)[0] if "/" in name else name
+    mlflow = client()
+    ref = ModelRef(name=name)
+    try:
+        aliases = mlflow.get_registered_model(name).aliases
+        versions = mlflow.search_model_versions(f"name='{name}'")
+    except Exception as exc:
+        raise _registry_error(f"models:/{name}", exc, ref, mlflow) from None
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    out = [RegistryVersion(name=name, version=str(v.version), aliases=sorted(by_version.get(str(v.version), [])),
+                           stage=None if v.current_stage in (None, "None") else v.current_stage,
+                           status=str(v.status), run_id=v.run_id, created=(v.creation_timestamp or 0) / 1000,
+                           deployments=_deployments(v.tags or {}))
+           for v in versions]
+    return sorted(out, key=lambda v: int(v.version), reverse=True)
+
+
+def _deployments(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in tags.items():
+        if key.startswith(TAG_PREFIX):
+            try:
+                out[key[len(TAG_PREFIX):]] = json.loads(value)
+            except ValueError:
+                out[key[len(TAG_PREFIX):]] = {"raw": value}
+    return out
+
+
+def record_deployment(resolved: Resolved, target: str, url: str | None, digest: str | None) -> str:
+    """Tag the model version a deploy serves: ``mlship.deploy.<target>`` = {url, image_digest, time}; the tag
+    name. The registry then shows where each version runs."""
+    pinned = parse(resolved.pinned)
+    if pinned.version is None:
+        raise ArtifactError(f"{resolved.uri}: no version was resolved, so no deployment can be recorded.",
+                            fix="Resolve the artifact (mlship build) before recording a deployment.")
+    key = f"{TAG_PREFIX}{target}"
+    value = json.dumps({"url": url, "image_digest": digest,
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
+    try:
+        client().set_model_version_tag(pinned.name, pinned.version, key, value)
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise _registry_error(resolved.pinned, exc, pinned) from None
+    return key
