@@ -17,7 +17,6 @@ from mlship.artifacts.base import Fetcher, Resolved, filename_of
 from mlship.errors import ArtifactError
 
 ATTEMPTS = 5  # connections per download (the first and up to 4 resumes)
-CHUNK = 1 << 16
 TIMEOUT_S = 30.0
 
 
@@ -107,7 +106,7 @@ class HttpsFetcher(Fetcher):
                         if have and response.status_code != 206:  # the server ignores Range: start over
                             out.seek(0)
                             out.truncate()
-                        for chunk in response.iter_bytes(CHUNK):
+                        for chunk in response.iter_bytes():  # as received: a cut loses nothing read
                             out.write(chunk)
                         total = _total_size(response)
                     if total is None or out.tell() >= total:
