@@ -23,13 +23,15 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 
 def run_container(docker: Any, image: str, *, name: str, port: int, env: dict[str, str], labels: dict[str, str],
                   command: list[str] | None, args: list[str] | None, mem_limit: int | None,
-                  nano_cpus: int | None) -> tuple[Any, int]:
-    """Pull ``image`` and run it detached with ``port`` published on an ephemeral 127.0.0.1 port."""
+                  nano_cpus: int | None, user: str | None = None) -> tuple[Any, int]:
+    """Pull ``image`` and run it detached with ``port`` published on an ephemeral 127.0.0.1 port (as ``user``
+    when given, else the image's user)."""
     docker.images.pull(image)
     container = docker.containers.run(
         image, name=name, detach=True, environment=env, labels=labels,
         ports={f"{port}/tcp": ("127.0.0.1", None)}, entrypoint=command or None, command=args or None,
-        mem_limit=mem_limit, nano_cpus=nano_cpus, stop_signal="SIGTERM")
+        mem_limit=mem_limit, memswap_limit=mem_limit if mem_limit else None, nano_cpus=nano_cpus,
+        stop_signal="SIGTERM", **({"user": user} if user else {}))
     for _ in range(50):  # the engine fills in the port binding a moment after start
         container.reload()
         bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
@@ -41,9 +43,9 @@ def run_container(docker: Any, image: str, *, name: str, port: int, env: dict[st
     return container, 0
 
 
-def stop_container(container: Any) -> None:
-    """The Cloud Run way: SIGTERM, SIGKILL after 10 s; then remove it. Never raises."""
-    for step in (lambda: container.stop(timeout=10), lambda: container.remove(force=True)):
+def stop_container(container: Any, grace_s: int = 10) -> None:
+    """SIGTERM, SIGKILL after ``grace_s`` (Cloud Run's 10 s by default); then remove it. Never raises."""
+    for step in (lambda: container.stop(timeout=grace_s), lambda: container.remove(force=True)):
         with contextlib.suppress(Exception):  # already gone, or being removed by another thread
             step()
 
@@ -127,11 +129,41 @@ def startup_probe(container: Any, host_port: int, probe: dict[str, Any], port: i
             return "cancelled"
 
 
+Answer = tuple[int, bytes, dict[str, str]]
+
+
+class ProxyHooks:
+    """What a platform's front end does around each forwarded request; the defaults are Cloud Run's answers.
+    A platform subclasses it (the Heroku router: H10/H12/H14 pages and router log lines)."""
+
+    label_header: str | None = "X-Cloudrun-Emulator-Revision"  # names the instance that answered, if set
+
+    def forbidden(self) -> Answer:
+        return 403, b"Error: Forbidden. Your client does not have permission to get URL from this server.\n", {}
+
+    def no_route(self) -> Answer:
+        return 503, b"Service Unavailable: no ready revision takes traffic.\n", {}
+
+    def timed_out(self, label: str) -> Answer:
+        return 504, b"upstream request timeout\n", {}
+
+    def unreachable(self, label: str) -> Answer:
+        return 503, b"Service Unavailable: the instance did not answer.\n", {}
+
+    def forwarded_headers(self, client: str) -> dict[str, str]:
+        return {"X-Forwarded-For": client, "X-Forwarded-Proto": "http"}
+
+    def answered(self, method: str, path: str, label: str, status: int, seconds: float, size: int) -> None:
+        """Called once per request with what the client got (label "" when no instance was picked)."""
+
+
 class Proxy:
     """A reverse proxy on its own 127.0.0.1 port: ``route()`` picks (host port, revision) per request."""
 
     def __init__(self, route: Callable[[], tuple[int, str] | None], *, timeout: Callable[[], float],
-                 authorize: Callable[[dict[str, str]], bool]) -> None:
+                 authorize: Callable[[dict[str, str]], bool], hooks: ProxyHooks | None = None) -> None:
+        on = hooks or ProxyHooks()
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -139,33 +171,34 @@ class Proxy:
                 pass
 
             def _forward(self) -> None:
+                started, label = time.monotonic(), ""
                 body = self._body()
                 if not authorize({k.lower(): v for k, v in self.headers.items()}):
-                    return self._answer(403, b"Error: Forbidden. Your client does not have permission to get URL "
-                                             b"from this server.\n", {})
+                    return self._answer(*on.forbidden(), started=started, label=label)
                 target = route()
                 if target is None:
-                    return self._answer(503, b"Service Unavailable: no ready revision takes traffic.\n", {})
-                host_port, revision = target
+                    return self._answer(*on.no_route(), started=started, label=label)
+                host_port, label = target
                 conn = http.client.HTTPConnection("127.0.0.1", host_port, timeout=timeout())
                 try:
                     conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                     for key, value in self.headers.items():
                         if key.lower() not in HOP_BY_HOP:
                             conn.putheader(key, value)
-                    conn.putheader("X-Forwarded-For", self.client_address[0])
-                    conn.putheader("X-Forwarded-Proto", "http")
+                    for key, value in on.forwarded_headers(self.client_address[0]).items():
+                        conn.putheader(key, value)
                     conn.putheader("Content-Length", str(len(body)))
                     conn.endheaders(body)
                     resp = conn.getresponse()
                     data = resp.read()
                     headers = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
-                    headers["X-Cloudrun-Emulator-Revision"] = revision
-                    self._answer(resp.status, data, headers)
+                    if on.label_header:
+                        headers[on.label_header] = label
+                    self._answer(resp.status, data, headers, started=started, label=label)
                 except TimeoutError:
-                    self._answer(504, b"upstream request timeout\n", {})
+                    self._answer(*on.timed_out(label), started=started, label=label)
                 except (OSError, http.client.HTTPException):
-                    self._answer(503, b"Service Unavailable: the instance did not answer.\n", {})
+                    self._answer(*on.unreachable(label), started=started, label=label)
                 finally:
                     conn.close()
 
@@ -180,7 +213,8 @@ class Proxy:
                     return b"".join(chunks)
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-            def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            def _answer(self, status: int, data: bytes, headers: dict[str, str], *, started: float,
+                        label: str) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -188,6 +222,7 @@ class Proxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                on.answered(self.command, self.path, label, status, time.monotonic() - started, len(data))
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
 

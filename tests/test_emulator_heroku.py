@@ -1,0 +1,232 @@
+"""The Heroku emulator's own tests, driven with plain httpx and the Docker SDK (not through mlship's target): the
+Platform API's auth and error bodies, the registry's login and manifest rules, and the dyno manager and router
+running real containers (R10, H12, R14/R15, preboot, rollback, log sessions, injected 429s).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from docker.errors import APIError
+
+from conftest import TEST_BASE_IMAGE, build_from_files
+from emulators import heroku_fixtures
+from emulators.heroku import HerokuEmulator
+
+heroku = heroku_fixtures.heroku
+ACCEPT = "application/vnd.heroku+json; version=3"
+RELEASES = "application/vnd.heroku+json; version=3.docker-releases"
+
+# A web process in the spirit of `python -m http.server`: / says which dyno and release answered; /sleep?s=N sleeps,
+# /alloc?mb=N keeps N more MB (touched); BOOT_DELAY delays the bind; NEVER_BIND never binds; CRASH exits 3.
+APP_PY = b'''
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+if os.environ.get("CRASH"):
+    print("crashing on purpose", flush=True)
+    sys.exit(3)
+if os.environ.get("NEVER_BIND"):
+    time.sleep(999)
+time.sleep(float(os.environ.get("BOOT_DELAY", "0")))
+KEPT = []
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/sleep":
+            time.sleep(float(q["s"]))
+        if url.path == "/alloc":
+            KEPT.append(bytearray(b"x" * (int(q["mb"]) << 20)))
+        body = f"{os.environ['DYNO']} {os.environ.get('VERSION', '-')} {os.getuid()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):
+        print("request", self.path, flush=True)
+print("listening on", os.environ["PORT"], flush=True)
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+
+@pytest.fixture(scope="module")
+def web_image(docker_engine: Any) -> Iterator[str]:
+    tag = f"heroku-emu-web:{uuid.uuid4().hex[:6]}"
+    build_from_files(docker_engine, {"Dockerfile": f"FROM {TEST_BASE_IMAGE}\nCOPY app.py /app.py\n"
+                                     'CMD ["python3", "/app.py"]\n'.encode(), "app.py": APP_PY}, tag)
+    yield tag
+    docker_engine.images.remove(tag, force=True)
+
+
+@pytest.fixture
+def api(heroku: HerokuEmulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=heroku.api_url, timeout=30, headers={
+            "Accept": ACCEPT, "Authorization": f"Bearer {heroku.api_key}"}) as client:
+        yield client
+
+
+@pytest.fixture
+def new_app(api: httpx.Client, heroku: HerokuEmulator) -> Iterator[Callable[..., str]]:
+    made: list[str] = []
+
+    def make(**body: Any) -> str:
+        name = f"emu-{uuid.uuid4().hex[:8]}"
+        resp = api.post("/apps", json={"name": name, "region": "eu", "stack": "container", **body})
+        assert resp.status_code == 201, resp.text
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        api.delete(f"/apps/{name}")
+    deadline = time.monotonic() + 30
+    while any(heroku.containers(n) for n in made) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [c.name for n in made for c in heroku.containers(n)]
+
+
+def push(docker_engine: Any, heroku: HerokuEmulator, image: str, app: str, key: str | None = None) -> str:
+    """Push ``image`` as <registry>/<app>/web with `_:<key>`; returns the image id (config digest)."""
+    repo = f"{heroku.registry}/{app}/web"
+    docker_engine.images.get(image).tag(repo, "latest")
+    try:
+        for line in docker_engine.images.push(repo, "latest", stream=True, decode=True,
+                                              auth_config={"username": "_", "password": key or heroku.api_key}):
+            if "error" in line:
+                raise APIError(line["error"])
+    finally:
+        docker_engine.images.remove(f"{repo}:latest")
+    return str(docker_engine.images.get(image).id)
+
+
+def release(api: httpx.Client, app: str, image_id: str) -> dict[str, Any]:
+    resp = api.patch(f"/apps/{app}/formation", headers={"Accept": RELEASES},
+                     json={"updates": [{"type": "web", "docker_image": image_id}]})
+    assert resp.status_code == 200, resp.text
+    releases = api.get(f"/apps/{app}/releases", headers={"Range": "version ..; max=1, order=desc"}).json()
+    return dict(releases[0])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not after {timeout}s: {what}")
+
+
+def dyno_states(api: httpx.Client, app: str) -> list[tuple[str, int, str]]:
+    return [(d["name"], d["release"]["version"], d["state"]) for d in api.get(f"/apps/{app}/dynos").json()]
+
+
+def log_text(api: httpx.Client, app: str, **body: Any) -> str:
+    session = api.post(f"/apps/{app}/log-sessions", json={"lines": 1500, "tail": False, **body})
+    assert session.status_code == 201, session.text
+    return httpx.get(session.json()["logplex_url"], timeout=10).text
+
+
+# --- API: auth, errors ------------------------------------------------------------------------------
+def test_auth_is_refused_without_or_with_a_wrong_key(heroku: HerokuEmulator) -> None:
+    none = httpx.get(f"{heroku.api_url}/account", headers={"Accept": ACCEPT})
+    assert none.status_code == 401 and none.json()["id"] == "unauthorized"
+    assert "Authorization" in none.json()["message"]
+    wrong = httpx.get(f"{heroku.api_url}/account", headers={"Accept": ACCEPT, "Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.json() == {"id": "unauthorized", "message": "Invalid credentials provided."}
+    basic = base64.b64encode(f"owner@mlship.test:{heroku.api_key}".encode()).decode()
+    ok = httpx.get(f"{heroku.api_url}/account", headers={"Accept": ACCEPT, "Authorization": f"Basic {basic}"})
+    assert ok.status_code == 200 and ok.json()["email"] == "owner@mlship.test"
+    versionless = httpx.get(f"{heroku.api_url}/account", headers={"Authorization": f"Bearer {heroku.api_key}"})
+    assert versionless.status_code == 400 and versionless.json()["id"] == "missing_version"
+
+
+def test_apps_create_get_delete_and_404(api: httpx.Client, heroku: HerokuEmulator,
+                                        new_app: Callable[..., str]) -> None:
+    missing = api.get("/apps/no-such-app-here")
+    assert missing.status_code == 404 and missing.json()["id"] == "not_found" and missing.json()["resource"] == "app"
+    name = new_app()
+    app = api.get(f"/apps/{name}").json()
+    assert (app["name"], app["stack"]["name"], app["region"]["name"]) == (name, "container", "eu")
+    assert app["web_url"] == heroku.app_url(name)
+    taken = api.post("/apps", json={"name": name})
+    assert taken.status_code == 422 and taken.json() == {"id": "invalid_params", "message": "Name is already taken"}
+    stranger = api.get(f"/apps/{name}", headers={"Authorization": f"Bearer {heroku.other_key}"})
+    assert stranger.status_code == 403 and stranger.json()["id"] == "forbidden"
+    versions = [r["version"] for r in api.get(f"/apps/{name}/releases").json()]
+    assert versions == [1, 2]
+    assert api.delete(f"/apps/{name}").status_code == 200
+    assert api.get(f"/apps/{name}").status_code == 404
+    team = api.post("/teams/apps", json={"name": f"t-{name}"[:30], "team": "no-team", "stack": "container"})
+    assert team.status_code == 404 and team.json()["resource"] == "team"
+
+
+def test_injected_429_carries_retry_after_then_clears(api: httpx.Client, heroku: HerokuEmulator) -> None:
+    heroku.inject("GET", r"^/account$", 429, times=2, headers={"Retry-After": "2"})
+    for _ in range(2):
+        limited = api.get("/account")
+        assert limited.status_code == 429 and limited.headers["Retry-After"] == "2"
+        assert limited.json()["id"] == "rate_limit"
+    assert api.get("/account").status_code == 200
+    assert heroku.calls[-3:] == [("GET", "/account")] * 3
+
+
+# --- registry -------------------------------------------------------------------------------------
+def test_registry_login_and_push_need_the_key(docker_engine: Any, heroku: HerokuEmulator, web_image: str,
+                                              new_app: Callable[..., str]) -> None:
+    v2 = httpx.get(f"http://{heroku.registry}/v2/")
+    assert v2.status_code == 401 and v2.headers["WWW-Authenticate"].startswith("Basic ")
+    assert v2.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert httpx.get(f"http://{heroku.registry}/v2/", auth=("_", "wrong")).status_code == 401
+    assert httpx.get(f"http://{heroku.registry}/v2/", auth=("_", heroku.api_key)).status_code == 200
+    with pytest.raises(APIError, match=r"401|unauthorized|authentication required"):
+        docker_engine.login(username="_", password="wrong", registry=heroku.registry, reauth=True)
+    assert docker_engine.login(username="_", password=heroku.api_key, registry=heroku.registry, reauth=True)
+    app = new_app()
+    with pytest.raises(APIError, match=r"authentication required|unauthorized"):
+        push(docker_engine, heroku, web_image, app, key="wrong")
+    with pytest.raises(APIError, match="denied"):
+        push(docker_engine, heroku, web_image, app, key=heroku.other_key)
+    image_id = push(docker_engine, heroku, web_image, app)
+    manifest = httpx.get(f"http://{heroku.registry}/v2/{app}/web/manifests/latest", auth=("_", heroku.api_key),
+                         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert manifest.status_code == 200 and manifest.json()["config"]["digest"] == image_id
+
+
+def test_an_oci_index_is_refused(heroku: HerokuEmulator, new_app: Callable[..., str]) -> None:
+    app = new_app()
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+    resp = httpx.put(f"http://{heroku.registry}/v2/{app}/web/manifests/latest", auth=("_", heroku.api_key),
+                     content=json.dumps(index), headers={"Content-Type": index["mediaType"]})
+    assert resp.status_code == 405
+    assert resp.json()["errors"][0] == {"code": "UNSUPPORTED", "message": "The operation is unsupported.",
+                                        "detail": None}
+
+
+# --- dynos and the router ---------------------------------------------------------------------------
+def test_release_runs_a_dyno_that_answers_through_web_url(docker_engine: Any, api: httpx.Client,
+                                                          heroku: HerokuEmulator, web_image: str,
+                                                          new_app: Callable[..., str]) -> None:
+    app = new_app()
+    api.patch(f"/apps/{app}/config-vars", json={"VERSION": "one"})
+    zeros = {"updates": [{"type": "web", "docker_image": "sha256:" + "0" * 64}]}
+    plain = api.patch(f"/apps/{app}/formation", json=zeros)
+    assert plain.status_code == 422 and "docker-releases" in plain.json()["message"]
+    first = release(api, app, push(docker_engine, heroku, web_image, app))
+    assert first["version"] == 4 and first["description"].startswith("Deployed web")
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 4, "up")], what="web.1 up")
+    answer = httpx.get(heroku.app_url(app), timeout=10)
+    assert answer.status_code == 200 and answer.text == "web.1 one 10000"  # root in the image: a non-root uid
+    assert api.get(f"/apps/{app}/releases/4").json()["status"] == "succeeded"
+    logs = log_text(api, app)
+    assert "app[web.1]: listening on" in logs and "heroku[web.1]: State changed from starting to up" in logs
+    assert 'heroku[router]: at=info method=GET path="/"' in logs and "status=200" in logs
