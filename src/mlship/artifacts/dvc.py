@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mlship.artifacts.base import Fetcher, Resolved
 from mlship.errors import ArtifactError
@@ -76,9 +76,8 @@ class DvcFetcher(Fetcher):
     """A path whose ``<path>.dvc`` file is beside it, fetched with DVC's API when the workspace copy is absent."""
 
     name = "dvc"
-
-    def __init__(self) -> None:
-        self._files: dict[str, Path] = {}  # pinned -> the absolute path in the workspace (fetch has no root)
+    #: pinned -> the absolute workspace path resolve() found (fetch gets no root; any instance may fetch)
+    _files: ClassVar[dict[str, Path]] = {}
 
     @classmethod
     def claims(cls, uri: str, root: Path) -> bool:
