@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,7 +45,10 @@ class H(BaseHTTPRequestHandler):
         if url.path == "/sleep":
             time.sleep(float(q["s"]))
         if url.path == "/alloc":
-            KEPT.append(bytearray(b"x" * (int(q["mb"]) << 20)))
+            block = bytearray(int(q["mb"]) << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            KEPT.append(block)
         body = f"{os.environ['DYNO']} {os.environ.get('VERSION', '-')} {os.getuid()}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -230,3 +234,117 @@ def test_release_runs_a_dyno_that_answers_through_web_url(docker_engine: Any, ap
     logs = log_text(api, app)
     assert "app[web.1]: listening on" in logs and "heroku[web.1]: State changed from starting to up" in logs
     assert 'heroku[router]: at=info method=GET path="/"' in logs and "status=200" in logs
+
+
+def test_r10_when_the_process_never_binds_port_and_h10_after(docker_engine: Any, api: httpx.Client,
+                                                            heroku: HerokuEmulator, web_image: str,
+                                                            new_app: Callable[..., str]) -> None:
+    heroku.set_limits(boot_s=3)
+    app = new_app()
+    api.patch(f"/apps/{app}/config-vars", json={"NEVER_BIND": "1"})
+    release(api, app, push(docker_engine, heroku, web_image, app))
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 4, "starting")], what="web.1 starting")
+    started = time.monotonic()
+    held = httpx.get(heroku.app_url(app), timeout=30)  # held while the dyno boots, then H20
+    assert held.status_code == 503 and "Application Error" in held.text
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 4, "crashed")], what="web.1 crashed")
+    assert time.monotonic() - started < 10
+    crashed = httpx.get(heroku.app_url(app), timeout=10)
+    assert crashed.status_code == 503
+    heroku_lines = log_text(api, app, source="heroku", dyno="web")
+    assert ("heroku[web.1]: Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 3 seconds of "
+            "launch") in heroku_lines
+    assert "Process exited with status 137" in heroku_lines
+    assert "State changed from starting to crashed" in heroku_lines
+    assert "app[" not in heroku_lines and "router" not in heroku_lines
+    router = log_text(api, app, dyno="router")
+    assert 'code=H20 desc="App boot timeout"' in router and 'code=H10 desc="App crashed"' in router
+
+
+def test_h12_when_a_request_outlasts_the_router_timeout(docker_engine: Any, api: httpx.Client,
+                                                        heroku: HerokuEmulator, web_image: str,
+                                                        new_app: Callable[..., str]) -> None:
+    heroku.set_limits(router_timeout_s=1)
+    app = new_app()
+    release(api, app, push(docker_engine, heroku, web_image, app))
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "up")], what="web.1 up")
+    assert httpx.get(f"{heroku.app_url(app)}sleep?s=0.1", timeout=10).status_code == 200
+    slow = httpx.get(f"{heroku.app_url(app)}sleep?s=3", timeout=10)
+    assert slow.status_code == 503 and "Application Error" in slow.text
+    assert 'at=error code=H12 desc="Request timeout" method=GET path="/sleep?s=3"' in log_text(api, app)
+    assert dyno_states(api, app) == [("web.1", 3, "up")]  # the dyno lives on
+
+
+def test_r14_above_the_quota_and_r15_kills_above_twice(docker_engine: Any, api: httpx.Client,
+                                                       heroku: HerokuEmulator, web_image: str,
+                                                       new_app: Callable[..., str]) -> None:
+    heroku.set_limits(quota_mb={"basic": 64})
+    app = new_app()
+    release(api, app, push(docker_engine, heroku, web_image, app))
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "up")], what="web.1 up")
+    assert httpx.get(f"{heroku.app_url(app)}alloc?mb=70", timeout=10).status_code == 200
+    wait_for(lambda: "Error R14 (Memory quota exceeded)" in log_text(api, app), what="R14")
+    assert dyno_states(api, app) == [("web.1", 3, "up")]
+    with pytest.raises(httpx.HTTPError):  # the dyno is killed while it allocates: the router answers 503 or not at all
+        assert httpx.get(f"{heroku.app_url(app)}alloc?mb=80", timeout=10).status_code == 503
+        raise httpx.HTTPError("503")
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "crashed")], what="web.1 crashed")
+    logs = log_text(api, app, source="heroku")
+    assert "Error R15 (Memory quota vastly exceeded)" in logs and "Process exited with status 137" in logs
+    over = r"heroku\[web\.1\]: Process running mem=\d+M\(1\d\d\.\d%\)\n\S+ heroku\[web\.1\]: Error R14 "
+    assert re.search(over, logs), logs
+
+
+def test_preboot_keeps_the_old_dyno_serving_through_a_crashing_release_then_rollback(
+        docker_engine: Any, api: httpx.Client, heroku: HerokuEmulator, web_image: str,
+        new_app: Callable[..., str]) -> None:
+    app = new_app()
+    basic = api.patch(f"/apps/{app}/features/preboot", json={"enabled": True})
+    assert basic.status_code == 422 and "Standard" in basic.json()["message"]
+    assert api.patch(f"/apps/{app}/formation/web", json={"size": "Standard-1X"}).json()["size"] == "standard-1X"
+    assert api.patch(f"/apps/{app}/features/preboot", json={"enabled": True}).json()["enabled"] is True
+    api.patch(f"/apps/{app}/config-vars", json={"VERSION": "good"})
+    good = release(api, app, push(docker_engine, heroku, web_image, app))
+    wait_for(lambda: dyno_states(api, app) == [("web.1", good["version"], "up")], what="good web.1 up")
+    answers: list[str] = []
+    with httpx.Client(timeout=10) as client:
+        def serve_through(until: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 40
+            while not until():
+                assert time.monotonic() < deadline, what
+                resp = client.get(heroku.app_url(app))
+                answers.append(f"{resp.status_code} {resp.text}")
+                time.sleep(0.05)
+
+        api.patch(f"/apps/{app}/config-vars", json={"CRASH": "1"})  # a new release whose dyno exits at boot
+        crash_version = good["version"] + 1
+        serve_through(lambda: ("web.1", crash_version, "crashed") in dyno_states(api, app), "crash")
+        assert ("web.1", good["version"], "up") in dyno_states(api, app)
+        assert set(answers) == {"200 web.1 good 10000"}, set(answers)
+        back = api.post(f"/apps/{app}/releases", json={"release": good["id"]})
+        assert back.status_code == 201 and back.json()["description"] == f"Rollback to v{good['version']}"
+        serve_through(lambda: dyno_states(api, app) == [("web.1", back.json()["version"], "up")], "rollback")
+    assert set(answers) == {"200 web.1 good 10000"}, set(answers)
+    assert "CRASH" not in api.get(f"/apps/{app}/config-vars").json()
+    current = [r for r in api.get(f"/apps/{app}/releases").json() if r["current"]]
+    assert [r["version"] for r in current] == [back.json()["version"]]
+    assert "app[web.1]: crashing on purpose" in log_text(api, app, source="app")
+
+
+def test_without_preboot_the_old_dyno_stops_before_the_new_one_starts(
+        docker_engine: Any, api: httpx.Client, heroku: HerokuEmulator, web_image: str,
+        new_app: Callable[..., str]) -> None:
+    app = new_app()
+    release(api, app, push(docker_engine, heroku, web_image, app))
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "up")], what="web.1 up")
+    api.patch(f"/apps/{app}/config-vars", json={"VERSION": "two"})
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 4, "up")], what="v4 up")
+    assert httpx.get(heroku.app_url(app), timeout=10).text == "web.1 two 10000"
+    lines = log_text(api, app, source="heroku", dyno="web.1").splitlines()
+    stopped = next(i for i, line in enumerate(lines) if "Stopping all processes with SIGTERM" in line)
+    started = [i for i, line in enumerate(lines) if "State changed from down to starting" in line]
+    assert len(started) == 2 and started[0] < stopped < started[1]
+    assert api.patch(f"/apps/{app}/formation/web", json={"quantity": 0}).status_code == 200
+    wait_for(lambda: dyno_states(api, app) == [], what="scaled to 0")
+    assert httpx.get(heroku.app_url(app), timeout=10).status_code == 503
+    assert 'code=H14 desc="No web processes running"' in log_text(api, app, dyno="router")
