@@ -221,3 +221,30 @@ def https(https_server: Https, monkeypatch: pytest.MonkeyPatch, artifact_cache: 
     https_server.files.cut, https_server.files.ranges = 0, True
     monkeypatch.setenv("MLSHIP_CA_BUNDLE", str(https_server.ca_file))
     return https_server
+
+
+def iris_variant(out: Path, c: float = 0.5) -> bytes:
+    """Another iris model (same features and labels, other weights): "a new version" of the model's bytes."""
+    import joblib
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    iris = load_iris()
+    x = pd.DataFrame(iris.data, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+    model.fit(x, iris.target_names[iris.target])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, out, compress=3)
+    return out.read_bytes()
+
+
+def repin(project_dir: Path, sha: str) -> None:
+    """What a user does when the object changed on purpose: put its digest in mlship.yaml."""
+    import re
+
+    contract = project_dir / "mlship.yaml"
+    contract.write_text(re.sub(r"(?m)^artifact_sha256: [0-9a-f]{64}$", f"artifact_sha256: {sha}",
+                               contract.read_text()))
