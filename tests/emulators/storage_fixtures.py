@@ -14,6 +14,7 @@ import http.server
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +122,12 @@ class Files:
     content: dict[str, bytes] = field(default_factory=dict)
     cut: int = 0
     ranges: bool = True
+    delay_s: float = 0.0  # before each GET's body: a slow download
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Range header)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(http.server.BaseHTTPRequestHandler):  # the test's HTTPS file server
     files: Files
     protocol_version = "HTTP/1.1"
 
@@ -169,6 +171,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        time.sleep(files.delay_s)
         with files.lock:
             cut = files.cut > 0
             files.cut -= 1 if cut else 0
@@ -218,7 +221,7 @@ def https(https_server: Https, monkeypatch: pytest.MonkeyPatch, artifact_cache: 
     """The server with nothing served yet, whole answers, Range honoured; the test CA trusted."""
     https_server.files.content.clear()
     https_server.files.requests.clear()
-    https_server.files.cut, https_server.files.ranges = 0, True
+    https_server.files.cut, https_server.files.ranges, https_server.files.delay_s = 0, True, 0.0
     monkeypatch.setenv("MLSHIP_CA_BUNDLE", str(https_server.ca_file))
     return https_server
 
