@@ -4,8 +4,9 @@ balancer's URL on loopback, and the session's iris image pushed to the loopback 
 ($MLSHIP_TEST_REGISTRY, default 127.0.0.1:5555).
 
 deploy -> predict through the load balancer -> unchanged redeploy (no mutating call) -> a new version (one new
-revision, the traffic moves) -> a model that cannot load (fails, names the revision and why, the old version
-answers every request during and after) -> status, logs -> rollback -> destroy (nothing tagged is left).
+revision, the traffic moves, the smoke test passes through the load balancer's URL) -> a model that cannot load
+(fails, names the revision and why, removes that revision; the old version answers every request during and after)
+-> status (events, the failed deployment), logs -> rollback -> destroy (nothing tagged is left).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def test_deploy_predict_redeploy_upgrade_broken_rollback_destroy(
         make_target: Any, iris_image: tuple[Path, str], v1_image: str, v2_image: str, broken_image: str,
         agent: EcsAgent, ecs_env: MotoServer, service_name: str) -> None:
     aws = ecs_env
-    target = make_target(desired_count=1, tags={"team": "ml"})
+    target = make_target(desired_count=1, tags={"team": "ml"}, public=True)
     v1_version = iris_image[1].rpartition(":")[2]
     steps: list[str] = []
 
@@ -138,6 +139,7 @@ def test_deploy_predict_redeploy_upgrade_broken_rollback_destroy(
     repo = aws.last("CreateRepository")
     assert repo is not None and repo["imageScanningConfiguration"] == {"scanOnPush": True}
     assert any(s.startswith("creating execution role mlship-") for s in steps)
+    assert f"smoke test passed: 1 example(s) via {first.url}" in steps  # through http://<DNSName>
 
     # Unchanged: no call that changes anything.
     mark = aws.mark()
@@ -166,6 +168,7 @@ def test_deploy_predict_redeploy_upgrade_broken_rollback_destroy(
     assert "Essential container in task exited (exit code 1)" in message
     assert f"Revision mlship-{service_name}:2 keeps serving." in message
     assert "Last log lines of task" in message
+    assert message.endswith(f"\nRemoved the task definition revision mlship-{service_name}:3 this deploy registered.")
     assert during.answers and {a for a in during.answers} == {(200, "ecs-v2")}, set(during.answers)
     for _ in range(5):
         assert predict(url).headers["x-model-version"] == "ecs-v2"
@@ -173,8 +176,14 @@ def test_deploy_predict_redeploy_upgrade_broken_rollback_destroy(
     status = target.status()
     assert (status.url, status.version, status.image) == (first.url, "ecs-v2", second.image)
     assert status.ready and status.state.startswith("serving: 1/1 tasks running, 1 healthy")
-    assert [h.split(" ")[0] for h in status.history] == [f"mlship-{service_name}:{n}" for n in (3, 2, 1)]
-    assert status.history[1].endswith("(ecs-v2, serving)")
+    assert [h.split(" ")[0] for h in status.history] == [f"mlship-{service_name}:{n}" for n in (2, 1)]
+    assert status.history[0].endswith("(ecs-v2, serving)")
+    assert status.failed is not None and status.failed.startswith(f"revision mlship-{service_name}:3 (deployment "
+                                                                  "ecs-svc/")
+    assert "rolled back by the circuit breaker: " in status.failed
+    assert "Essential container in task exited (exit code 1)" in status.failed
+    assert status.events[0].endswith(f"(service {service_name}) has reached a steady state."), status.events
+    assert any("rolling back to deployment ecs-svc/" in e for e in status.events), status.events
     logs = target.logs(tail=200)  # CloudWatch Logs, as the awslogs driver shipped the tasks' output
     assert "INFO mlship.server: mlship serving iris on http://0.0.0.0:8080" in logs
     assert len(target.logs(tail=3).splitlines()) == 3

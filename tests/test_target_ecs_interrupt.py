@@ -117,19 +117,21 @@ def test_transient_errors_are_retried_and_a_denied_action_fails_fast(fresh_targe
     assert inventory(fresh_target.service) == ONE_OF_EACH
 
 
-def test_a_first_deploy_that_fails_removes_its_service(fresh_target: EcsTarget, broken_image: str,
-                                                       agent: EcsAgent, ecs_env: MotoServer) -> None:
-    """Nothing to fall back to: the service goes (no task keeps failing); a later deploy starts again."""
+def test_a_first_deploy_that_fails_removes_what_it_made(fresh_target: EcsTarget, broken_image: str,
+                                                        agent: EcsAgent, ecs_env: MotoServer) -> None:
+    """Nothing to fall back to: the service and everything this deploy made go (no task keeps failing)."""
     with pytest.raises(TargetError) as info:
         fresh_target.deploy(broken_image, lambda _line: None)
-    message = info.value.message
-    assert message.startswith(f"Revision mlship-{fresh_target.service}:1 of {fresh_target.service} failed: ")
+    message, name = info.value.message, fresh_target.service
+    assert message.startswith(f"Revision mlship-{name}:1 of {name} failed: ")
     assert "Essential container in task exited (exit code 1)" in message
-    assert message.endswith("Removed the ECS service: it had no working revision to fall back to (the load "
-                            "balancer, role and repository stay for the next deploy; `mlship destroy --target ecs` "
-                            "removes them).")
+    assert f"\nRemoved what this deploy made (there was no working revision to fall back to): ECS service " \
+           f"mlship/{name}, task definition revision mlship-{name}:1, load balancer mlship-{name} and its " \
+           f"listener, target group mlship-{name}, security group mlship-{name}, log group /mlship/{name}, " \
+           f"execution role mlship-{name}-exec, ECR repository {name} and its images" in message, message
     assert fresh_target.status().state == "not deployed"
-    assert not [t for t in agent.tasks.values() if t.service == fresh_target.service]
+    assert not [t for t in agent.tasks.values() if t.service == name]
+    assert tagged_left(name) == []
 
 
 def test_auto_scaling_follows_the_options(new_target: Any, v1_image: str, agent: EcsAgent, ecs_env: MotoServer,

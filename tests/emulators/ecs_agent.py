@@ -19,8 +19,12 @@ Every ``tick_s`` it looks at each ACTIVE ECS service in moto and:
   (deregistered, SIGTERM, removed);
 * a deleted service's tasks are stopped.
 
-``url(alb_url)`` maps a load balancer's URL (``http://<DNSName>``) to a loopback proxy that forwards each request
-to a healthy target of the listener's target group. ``stop()`` removes every container and proxy it made.
+The load balancers' front end is ``ecs_alb.AlbFront``: ``url(alb_url)`` maps a load balancer's URL
+(``http://<DNSName>[/prefix]``) to its loopback address, and ``proxy_url`` is an HTTP proxy through which
+``http://<DNSName>`` itself answers (tests set HTTP_PROXY to it, so mlship's smoke test reaches the load balancer as
+it would on AWS); each request goes by the listener's rules to a healthy target of the target group they name.
+The agent writes the service's events as ECS does (started and stopped tasks, registered targets, deployment
+completed or failed, rolling back, steady state). ``stop()`` removes every container and server it made.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from emulators import _runtime
-from emulators._runtime import LABEL, Proxy
+from emulators._runtime import LABEL
+from emulators.ecs_alb import AlbFront, store_transforms
 from emulators.ecs_moto import MotoServer
 
 ACCOUNT = "123456789012"
@@ -68,7 +73,8 @@ class EcsAgent:
         self.id = uuid.uuid4().hex[:8]
         self.tasks: dict[str, RunningTask] = {}
         self.seen: set[str] = set()  # the deployments this agent runs
-        self.proxies: dict[str, Proxy] = {}
+        self.front = AlbFront(lambda: self.elb, self._target)
+        self.proxy_url = self.front.proxy_url
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.RLock()
@@ -77,7 +83,9 @@ class EcsAgent:
         moto.after.append(self._on_call)
 
     def _on_call(self, action: str, params: dict[str, Any]) -> None:
-        """CreateService/UpdateService start their deployment before they answer, as ECS's do."""
+        """CreateService/UpdateService start their deployment before they answer, as ECS's do; a rule's
+        transforms are kept on moto's rule."""
+        store_transforms(self.elb, action, params)
         if action in ("CreateService", "UpdateService"):
             with self._lock:
                 for svc in list(self.ecs.services.values()):
@@ -119,36 +127,30 @@ class EcsAgent:
             for task in list(self.tasks.values()):
                 _runtime.stop_container(task.container)
             self.tasks.clear()
-            for proxy in self.proxies.values():
-                proxy.close()
-            self.proxies.clear()
+        self.front.close()
 
     def containers(self) -> list[Any]:
         return list(self.docker.containers.list(all=True, filters={"label": f"{LABEL}.id={self.id}"}))
 
     def url(self, alb_url: str) -> str:
-        """The loopback URL that stands for a load balancer's URL."""
-        dns = alb_url.removeprefix("http://").rstrip("/")
-        lb = next(lb for lb in self.elb.load_balancers.values() if lb.dns_name == dns)
-        with self._lock:
-            if lb.arn not in self.proxies:
-                self.proxies[lb.arn] = Proxy(lambda: self._route(lb.arn), timeout=lambda: 30.0,
-                                             authorize=lambda _headers: True)
-            return self.proxies[lb.arn].url
+        """The loopback URL that stands for a load balancer's URL (``http://<DNSName>[/prefix]``)."""
+        dns, _, prefix = alb_url.removeprefix("http://").partition("/")
+        return self.front.url(dns) + (f"/{prefix}" if prefix else "")
 
-    def _route(self, lb_arn: str) -> tuple[int, str] | None:
-        lb = self.elb.load_balancers.get(lb_arn)
-        if lb is None:
-            return None
-        groups = [a.data.get("TargetGroupArn") for li in lb.listeners.values() if li.port == 80
-                  for a in li.default_actions]
-        registered = {(t["Id"]) for g in groups if g in self.elb.target_groups
-                      for t in self.elb.target_groups[g].targets.values()}
+    def _target(self, tg_arn: str) -> tuple[int, str] | None:
+        group = self.elb.target_groups.get(tg_arn)
+        registered = {t["Id"] for t in group.targets.values()} if group is not None else set()
         live = [t for t in list(self.tasks.values()) if t.healthy and t.ip in registered]  # no lock: never waits
         if not live:
             return None
         task = random.choice(live)
         return task.host_port, task.arn.rpartition("/")[2]
+
+    def _event(self, svc: Any, message: str) -> None:
+        """An event on the service, newest first, as ECS writes them."""
+        svc.events.insert(0, {"id": str(uuid.uuid4()), "createdAt": datetime.now(timezone.utc),
+                              "message": f"(service {svc.name}) {message}"})
+        del svc.events[100:]
 
     # --- the loop ----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -206,6 +208,8 @@ class EcsAgent:
                          t.task_definition != primary["taskDefinition"]]:
                 self._stop_task(task, "Scaling activity initiated by (deployment " + primary["id"] + ")")
             svc.deployments = [d for d in svc.deployments if d is primary]
+            self._event(svc, f"(deployment {primary['id']}) deployment completed.")
+            self._event(svc, "has reached a steady state.")
             primary["rolloutState"] = "COMPLETED"
             primary["rolloutStateReason"] = f"ECS deployment {primary['id']} completed."
             primary["updatedAt"] = datetime.now(timezone.utc)
@@ -236,6 +240,7 @@ class EcsAgent:
     def _trip(self, svc: Any, primary: dict[str, Any]) -> None:
         primary["rolloutState"] = "FAILED"
         primary["rolloutStateReason"] = "ECS deployment circuit breaker: tasks failed to start."
+        self._event(svc, f"(deployment {primary['id']}) deployment failed: tasks failed to start.")
         for task in [t for t in self.tasks.values() if t.service == svc.name and
                      t.task_definition == primary["taskDefinition"]]:
             self._stop_task(task, "ECS deployment circuit breaker: tasks failed to start.")
@@ -244,6 +249,7 @@ class EcsAgent:
             svc.task_definition = previous["taskDefinition"]
             primary["status"] = "ACTIVE"
             rollback = self._new_deployment(svc)
+            self._event(svc, f"rolling back to deployment {rollback['id']}.")
             svc.deployments = [rollback, primary]  # the failed one stays listed until the rollback completes
 
     # --- tasks -------------------------------------------------------------------------------------
@@ -267,6 +273,7 @@ class EcsAgent:
             mem_limit=int(td.memory) * 2**20 if td.memory else None, nano_cpus=None)
         health = spec.get("healthCheck") or {}
         patience = int(health.get("startPeriod", 0)) + int(health.get("interval", 30)) * int(health.get("retries", 3))
+        self._event(svc, f"has started 1 tasks: (task {task_id}).")
         self.tasks[task.task_arn] = RunningTask(
             arn=task.task_arn, service=svc.name, cluster=svc.cluster_name, task_definition=td.arn,
             ip=_ip(task), container=container, host_port=host_port, deadline=time.monotonic() + patience,
@@ -290,12 +297,18 @@ class EcsAgent:
                 moto_task.health_status = "HEALTHY"
             for group in task.target_groups:
                 self.elb.register_targets(group, [{"Id": task.ip, "Port": PORT}])
+                svc = self._service(task)
+                if svc is not None:
+                    self._event(svc, f"registered 1 targets in (target-group {group})")
 
     def _stop_task(self, task: RunningTask, reason: str) -> None:
         for group in task.target_groups:
             with contextlib.suppress(Exception):  # the target group may be gone already
                 self.elb.deregister_targets(group, [{"Id": task.ip, "Port": PORT}])
         task.healthy = False
+        svc = self._service(task)
+        if svc is not None:
+            self._event(svc, f"has stopped 1 running tasks: (task {task.arn.rpartition('/')[2]}).")
         code = _runtime.exit_code(task.container)
         self._ship_logs(task)
         moto_task = self._moto_task(task)
@@ -306,6 +319,9 @@ class EcsAgent:
         stopping = threading.Thread(target=_runtime.stop_container, args=(task.container,), daemon=True)
         stopping.start()
         self._stopping.append(stopping)
+
+    def _service(self, task: RunningTask) -> Any:
+        return next((s for s in self.ecs.services.values() if s.name == task.service and s.status == "ACTIVE"), None)
 
     def _moto_task(self, task: RunningTask) -> Any:
         return self.ecs.tasks.get(task.cluster, {}).get(task.arn)

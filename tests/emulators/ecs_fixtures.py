@@ -3,9 +3,11 @@ ecs_fixtures.moto``):
 
 ``moto`` (a MotoServer per module), ``aws`` (boto3 pointed at it for one test, every action allowed),
 ``agent`` (the EcsAgent per module; at its end no container is left; ``registry`` is conftest.py's),
-``ecs_env`` (aws + the registry + fast polling), ``v1_image`` (the session's iris image under a tag of the
+``ecs_env`` (aws + the registry + fast polling + HTTP_PROXY: the load balancers' DNS names answer),
+``v1_image`` (the session's iris image under a tag of the
 module's own), ``broken_image`` (one whose model cannot load), ``new_target(**options)`` / ``fresh_target`` (a
-target for a service of its own, destroyed afterwards, its pushed images removed); ``predict``, ``tagged_left``
+target for a service of its own, destroyed afterwards, its pushed images removed), ``user_listener`` (a load
+balancer and listener of the user's own); ``predict``, ``tagged_left``
 (what still carries the service's tag, asked of each API), ``inventory``, ``remove_pushed``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,7 +69,14 @@ def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Mo
 
 
 @pytest.fixture
-def ecs_env(aws: MotoServer, registry: str, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+def ecs_env(aws: MotoServer, registry: str, agent: EcsAgent, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """aws + the registry + fast polling + the load balancers' addresses: http://<DNSName> answers through the
+    agent's HTTP proxy (loopback itself goes direct), as it would from a machine that can reach the ALB."""
+    for key in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(key, agent.proxy_url)
+    for key in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(key, "127.0.0.1,localhost")
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener reads the proxies when it is made
     monkeypatch.setenv("MLSHIP_ECR_REGISTRY", registry)
     monkeypatch.setattr(EcsTarget, "poll_s", 0.1)
     monkeypatch.setattr(EcsTarget, "rollout_timeout_s", 180.0)
@@ -115,6 +125,30 @@ def new_target(iris_image: tuple[Path, str], ecs_env: MotoServer, agent: EcsAgen
 def fresh_target(new_target: Callable[..., EcsTarget]) -> EcsTarget:
     """A target with default options for a service of its own (see new_target)."""
     return new_target()
+
+
+@pytest.fixture
+def user_listener(aws: MotoServer) -> Iterator[dict[str, str]]:
+    """A load balancer of the user's own (untagged; internet-facing, in the default VPC, with a security group of
+    its own) and its HTTP:80 listener, whose default action answers 404; removed afterwards. Keys: listener, dns,
+    lb, security_group."""
+    import boto3
+
+    s, tag = boto3.Session(region_name=REGION), uuid.uuid4().hex[:8]
+    ec2, elb = s.client("ec2"), s.client("elbv2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnets = [n["SubnetId"] for n in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}, {
+        "Name": "default-for-az", "Values": ["true"]}])["Subnets"]]
+    group = ec2.create_security_group(GroupName=f"user-alb-{tag}", Description="the user's ALB", VpcId=vpc)["GroupId"]
+    lb = elb.create_load_balancer(Name=f"user-{tag}", Subnets=subnets, SecurityGroups=[group],
+                                  Scheme="internet-facing", Type="application")["LoadBalancers"][0]
+    listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404", "ContentType": "text/plain",
+                                                           "MessageBody": "not here"}}])["Listeners"][0]
+    yield {"listener": listener["ListenerArn"], "dns": lb["DNSName"], "lb": lb["LoadBalancerArn"],
+           "security_group": group}
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    ec2.delete_security_group(GroupId=group)
 
 
 def remove_pushed(docker_engine: Any, service: str) -> None:

@@ -115,6 +115,9 @@ class Aws:
         self._attempts, self._timeout_s = attempts, timeout_s
         self._session: Any = None
         self._clients: dict[str, Any] = {}
+        #: (operation, answer) of each create_*/register_* call that succeeded: what a deploy made, for the
+        #: clean-up of a failed one
+        self.created: list[tuple[str, Any]] = []
 
     @property
     def session(self) -> Any:
@@ -150,13 +153,16 @@ class Aws:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self.client(api), operation)(**kwargs)
+            answer = getattr(self.client(api), operation)(**kwargs)
         except ClientError as exc:
             if error_code(exc) in missing:
                 return None
             raise api_error(exc, what, action) from None
         except BotoCoreError as exc:
             raise api_error(exc, what, action) from None
+        if operation.startswith(("create_", "register_task_definition")):
+            self.created.append((operation, answer))
+        return answer
 
     def registry_host(self, repository_uri: str) -> str:
         """Where images go: ``MLSHIP_ECR_REGISTRY`` when set, else the repository URI's host."""

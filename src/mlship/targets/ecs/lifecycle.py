@@ -1,17 +1,26 @@
-"""status / logs / rollback / destroy of the ``ecs`` target. Everything is found by its name and checked by its
-tags (``mlship:service``); destroy removes only what mlship created and says what it left.
+"""status / logs / rollback of the ``ecs`` target (destroy: ``teardown``). Everything is found by its name and
+checked by its tags (``mlship:service``).
+
+status reads the service's events (why ECS is waiting, newest first) and, when the deployment circuit breaker
+rolled the last deployment back, names that deployment: its task definition revision and why its tasks stopped
+(ECS keeps stopped tasks for about an hour; after that the event's text is all there is).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mlship.errors import TargetError
 from mlship.targets.base import Deployment, Progress, TargetStatus
-from mlship.targets.common import poll
-from mlship.targets.ecs import resources, scaling, service
+from mlship.targets.ecs import listener, resources, service
 from mlship.targets.ecs.api import Aws
-from mlship.targets.ecs.spec import EXECUTION_POLICY, VERSION_TAG, Names, owned
+from mlship.targets.ecs.spec import VERSION_TAG, Names
+
+EVENTS = 5  # the service's latest events status shows
+_FAILED = re.compile(r"\(deployment (ecs-svc/\d+)\) deployment failed")
+_ROLLED_BACK_TO = re.compile(r"rolling back to deployment (ecs-svc/\d+)")
+_COMPLETED = re.compile(r"\(deployment (ecs-svc/\d+)\) deployment completed")
 
 
 def _version(td: dict[str, Any]) -> str:
@@ -19,8 +28,39 @@ def _version(td: dict[str, Any]) -> str:
 
 
 def _url(aws: Aws, n: Names) -> str | None:
+    if aws.opts.listener_arn:
+        route = listener.current_route(aws, n)
+        return route.url if route else None
     lb = resources.find_load_balancer(aws, n)
     return f"http://{lb['DNSName']}" if lb else None
+
+
+def _events(current: dict[str, Any]) -> list[str]:
+    return [f"{e['createdAt']:%Y-%m-%d %H:%M:%S} {e['message']}" if hasattr(e.get("createdAt"), "strftime")
+            else str(e.get("message")) for e in current.get("events", [])[:EVENTS]]
+
+
+def failed_deployment(aws: Aws, n: Names, current: dict[str, Any]) -> str | None:
+    """The deployment the circuit breaker rolled back last, unless a deploy completed since: its revision and why
+    its tasks stopped."""
+    failed, back_to, completed = None, None, set()
+    for event in current.get("events", []):  # newest first
+        message = str(event.get("message", ""))
+        if found := _COMPLETED.search(message):
+            completed.add(found[1])
+        elif found := _ROLLED_BACK_TO.search(message):
+            back_to = found[1]
+        elif found := _FAILED.search(message):
+            failed = found[1]
+            break
+    if failed is None or completed - {back_to}:
+        return None
+    stopped = [t for t in service.tasks(aws, n, "STOPPED") if t.get("startedBy") == failed]
+    if not stopped:
+        return f"deployment {failed} was rolled back by the circuit breaker (its stopped tasks are no longer listed)"
+    why = "; ".join(sorted({service.stop_reason(t) for t in stopped}))
+    revision = str(stopped[0]["taskDefinitionArn"]).rpartition("/")[2]
+    return f"revision {revision} (deployment {failed}) was rolled back by the circuit breaker: {why}"
 
 
 def status(aws: Aws, n: Names) -> TargetStatus:
@@ -41,7 +81,8 @@ def status(aws: Aws, n: Names) -> TargetStatus:
              f"{current.get('runningCount', 0)}/{current.get('desiredCount', 0)} tasks running, {healthy} healthy "
              "in the target group")
     return TargetStatus(url=_url(aws, n), image=td["containerDefinitions"][0]["image"], version=_version(td),
-                        state=state, history=history, ready=rollout == "COMPLETED" and healthy > 0)
+                        state=state, history=history, ready=rollout == "COMPLETED" and healthy > 0,
+                        events=_events(current), failed=failed_deployment(aws, n, current))
 
 
 def logs(aws: Aws, n: Names, tail: int) -> str:
@@ -86,99 +127,3 @@ def rollback(aws: Aws, n: Names, count: int, *, timeout_s: float, poll_s: float,
     image = str(td["containerDefinitions"][0]["image"])
     return Deployment(url=_url(aws, n), image=image, version=_version(td),
                       previous=str(before["containerDefinitions"][0]["image"]), digest=image.partition("@")[2] or None)
-
-
-def destroy(aws: Aws, n: Names, *, keep_role: str | None) -> list[str]:
-    """Remove what mlship created for the service, in dependency order; returns what was removed and what was
-    left (e.g. a role you gave)."""
-    removed: list[str] = []
-    current = service.find_service(aws, n)
-    if current is not None:
-        service.check_owned(current, n)
-        if scaling.remove(aws, n):
-            removed.append(f"auto scaling of {n.service}")
-        service.delete(aws, n)
-        removed.append(f"ECS service {n.cluster}/{n.service}")
-    arns = service.revisions(aws, n)
-    for arn in arns:
-        aws.call(f"deregister {arn}", "ecs", "deregister_task_definition", action="ecs:DeregisterTaskDefinition",
-                 taskDefinition=arn)
-    if arns:
-        aws.call("delete task definitions", "ecs", "delete_task_definitions", action="ecs:DeleteTaskDefinitions",
-                 taskDefinitions=arns)
-        removed.append(f"{len(arns)} task definition revision(s) of {n.family}")
-    removed += _load_balancer(aws, n)
-    removed += _security_group(aws, n)
-    if resources.find_log_group(aws, n) is not None:
-        aws.call(f"delete log group {n.log_group}", "logs", "delete_log_group", action="logs:DeleteLogGroup",
-                 logGroupName=n.log_group)
-        removed.append(f"log group {n.log_group}")
-    removed += _role(aws, n, keep_role)
-    repo = resources.find_repository(aws, n)
-    if repo is not None and owned(aws.call("list repository tags", "ecr", "list_tags_for_resource",
-                                           action="ecr:ListTagsForResource",
-                                           resourceArn=repo["repositoryArn"])["tags"], n.service):
-        aws.call(f"delete ECR repository {n.repository}", "ecr", "delete_repository", action="ecr:DeleteRepository",
-                 repositoryName=n.repository, force=True)
-        removed.append(f"ECR repository {n.repository} and its images")
-    elif repo is not None:
-        removed.append(f"kept: ECR repository {n.repository} (not created by mlship)")
-    removed += _cluster(aws, n)
-    return removed
-
-
-def _load_balancer(aws: Aws, n: Names) -> list[str]:
-    removed = []
-    lb = resources.find_load_balancer(aws, n)
-    if lb is not None and owned(resources.elb_tags(aws, lb["LoadBalancerArn"]), n.service):
-        aws.call(f"delete load balancer {n.load_balancer}", "elbv2", "delete_load_balancer",
-                 action="elasticloadbalancing:DeleteLoadBalancer", LoadBalancerArn=lb["LoadBalancerArn"])
-        removed.append(f"load balancer {n.load_balancer} and its listener")
-    tg = resources.find_target_group(aws, n)
-    if tg is not None and owned(resources.elb_tags(aws, tg["TargetGroupArn"]), n.service):
-        aws.call(f"delete target group {n.target_group}", "elbv2", "delete_target_group",
-                 action="elasticloadbalancing:DeleteTargetGroup", TargetGroupArn=tg["TargetGroupArn"])
-        removed.append(f"target group {n.target_group}")
-    return removed
-
-
-def _security_group(aws: Aws, n: Names) -> list[str]:
-    group = resources.find_security_group(aws, n)
-    if group is None or not owned(group.get("Tags", []), n.service):
-        return []
-
-    def delete() -> bool | None:  # the load balancer's network interfaces take a while to go
-        done = aws.call(f"delete security group {n.security_group}", "ec2", "delete_security_group",
-                        action="ec2:DeleteSecurityGroup", missing=("DependencyViolation",), GroupId=group["GroupId"])
-        return True if done is not None else None
-
-    poll(f"delete security group {n.security_group}", delete, timeout_s=300, first_delay_s=2,
-         fix="Run `mlship destroy --target ecs` again in a few minutes.")
-    return [f"security group {n.security_group}"]
-
-
-def _role(aws: Aws, n: Names, keep_role: str | None) -> list[str]:
-    role = resources.find_role(aws, n)
-    if role is None or not owned(role.get("Tags") or [], n.service):
-        return [f"kept: execution role {keep_role} (yours)"] if keep_role else []
-    aws.call(f"detach the policy of {n.role}", "iam", "detach_role_policy", action="iam:DetachRolePolicy",
-             missing=("NoSuchEntity",), RoleName=n.role, PolicyArn=EXECUTION_POLICY)
-    aws.call(f"delete role {n.role}", "iam", "delete_role", action="iam:DeleteRole", RoleName=n.role)
-    return [f"execution role {n.role}"] + ([f"kept: execution role {keep_role} (yours)"] if keep_role else [])
-
-
-def _cluster(aws: Aws, n: Names) -> list[str]:
-    """The cluster goes when mlship created it and no service is left in it."""
-    found = aws.call("describe cluster", "ecs", "describe_clusters", action="ecs:DescribeClusters",
-                     clusters=[n.cluster], include=["TAGS"])["clusters"]
-    cluster = next((c for c in found if c.get("status") == "ACTIVE"), None)
-    if cluster is None or not any(t.get("key") == "mlship:managed-by" for t in cluster.get("tags", [])):
-        return []
-    services = aws.call("list services", "ecs", "list_services", action="ecs:ListServices",
-                        cluster=n.cluster)["serviceArns"]
-    left = [a for a in services if (service.find_service(aws, Names(**{**n.__dict__, "service":
-                                                                       a.rpartition("/")[2]})) is not None)]
-    if left:
-        return [f"kept: ECS cluster {n.cluster} ({len(left)} other service(s) in it)"]
-    aws.call(f"delete cluster {n.cluster}", "ecs", "delete_cluster", action="ecs:DeleteCluster", cluster=n.cluster)
-    return [f"ECS cluster {n.cluster}"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from mlship.targets.common import env_name, env_strings, plain_env_name
 
@@ -18,6 +18,10 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
                       2922, 3288, 3653)
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
                          r"|ssm:[a-z0-9-]+:\d{12}:parameter/[A-Za-z0-9/_.-]+)$")
+_LISTENER_ARN = re.compile(r"^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:listener/app/[A-Za-z0-9-]{1,32}/"
+                           r"[0-9a-f]+/[0-9a-f]+$")
+_HOST = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
+_PATH_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
 
 
@@ -55,6 +59,44 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 PlainEnvName = Annotated[str, AfterValidator(_plain_env_name)]
 
 
+class ListenerRule(BaseModel):
+    """``targets.ecs.listener_rule``: which requests of your listener (``listener_arn``) go to the service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str | None = Field(default=None, description="Host header to match, e.g. api.example.com (a leading *. "
+                             "matches any subdomain).")
+    path: str | None = Field(default=None, description="Path prefix, e.g. /iris: /iris/* goes to the service, which "
+                             "sees it without the prefix (/iris/predict arrives as /predict).")
+    priority: int | None = Field(default=None, ge=1, le=50000, description="Rule priority (default: after every "
+                                 "rule the listener has, so none of yours is shadowed).")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST.match(value):
+            raise ValueError("expected a host name such as api.example.com or *.example.com")
+        return value.lower() if value else value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        prefix = value.removesuffix("/*").rstrip("/")
+        if not _PATH_PREFIX.match(prefix):
+            raise ValueError("expected a path prefix such as /iris (or /iris/*): letters, digits and . _ ~ - between "
+                             "slashes, no other wildcard")
+        return prefix
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> ListenerRule:
+        if self.host is None and self.path is None:
+            raise ValueError("a rule needs a host, a path or both: without a condition it would take every request "
+                             "of your listener (e.g. `listener_rule: {host: api.example.com}` or `{path: /iris}`)")
+        return self
+
+
 class EcsOptions(BaseModel):
     """``targets.ecs`` in mlship.yaml."""
 
@@ -74,6 +116,10 @@ class EcsOptions(BaseModel):
                                            "creates, with AmazonECSTaskExecutionRolePolicy).")
     task_role_arn: str | None = Field(default=None, description="Role the container runs as (default: none).")
     public: bool = Field(default=False, description="Internet-facing load balancer (default: internal).")
+    listener_arn: str | None = Field(default=None, description="Your ALB listener: mlship adds a rule (listener_rule) "
+                                     "and a target group to it instead of creating a load balancer.")
+    listener_rule: ListenerRule | None = Field(default=None, validate_default=True, description="With listener_arn: "
+                                               "the requests that go to the service (host and/or path).")
     repository: str | None = Field(default=None, description="ECR repository (default: the service name; created "
                                                              "if missing).")
     log_retention_days: int = Field(default=30, description="CloudWatch Logs retention of the service's log group.")
@@ -148,6 +194,30 @@ class EcsOptions(BaseModel):
     def _role(cls, value: str | None) -> str | None:
         if value is not None and not _ROLE_ARN.match(value):
             raise ValueError("expected a role ARN such as arn:aws:iam::123456789012:role/ecsTaskExecutionRole")
+        return value
+
+    @field_validator("listener_arn")
+    @classmethod
+    def _listener(cls, value: str | None) -> str | None:
+        if value is not None and not _LISTENER_ARN.match(value):
+            raise ValueError("expected an Application Load Balancer listener ARN such as arn:aws:elasticloadbalancing:"
+                             "eu-west-1:123456789012:listener/app/my-alb/50dc6c495c0c9188/f2f7dc8efc522ab2")
+        return value
+
+    @field_validator("listener_rule")
+    @classmethod
+    def _listener_rule(cls, value: ListenerRule | None, info: ValidationInfo) -> ListenerRule | None:
+        listener = info.data.get("listener_arn")
+        if listener is not None and value is None:
+            raise ValueError("with listener_arn, say which requests go to the service: `listener_rule: {host: "
+                             "api.example.com}` and/or `{path: /iris}` (a rule without a condition would take every "
+                             "request of your listener)")
+        if value is not None and "listener_arn" in info.data and listener is None:  # (absent: it was invalid)
+            raise ValueError("listener_rule goes with listener_arn (your listener); without one mlship creates a load "
+                             "balancer of the service's own and needs no rule")
+        if listener is not None and info.data.get("public"):
+            raise ValueError("public applies to a load balancer mlship creates; with listener_arn your load "
+                             "balancer's scheme decides: remove public")
         return value
 
     @field_validator("repository")

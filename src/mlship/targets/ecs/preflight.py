@@ -1,7 +1,8 @@
 """ECS preflight: read-only checks before anything is built. The region; the credentials (sts:GetCallerIdentity);
-the network (the given subnets exist, or the default VPC has default subnets); and the IAM actions the deploy
-needs, simulated for your identity with iam:SimulatePrincipalPolicy where it may call that (each denied action
-named with the option that avoids it). One try per call, short timeouts: the pipeline gives all checks 4.5 s.
+the network (the given subnets exist, or the default VPC has default subnets); with ``listener_arn``, your listener
+(it exists, on an Application Load Balancer in the subnets' VPC); and the IAM actions the deploy needs, simulated
+for your identity with iam:SimulatePrincipalPolicy where it may call that (each denied action named with the option
+that avoids it). One try per call, short timeouts: the pipeline gives all checks 4.5 s.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ ALWAYS = [
     "ecs:DescribeClusters", "ecs:CreateCluster", "ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition",
     "ecs:DescribeServices", "ecs:CreateService", "ecs:UpdateService", "ecs:TagResource", "ecs:ListTasks",
     "ecs:DescribeTasks",
-    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:CreateLoadBalancer",
-    "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:CreateTargetGroup",
-    "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DescribeListeners",
-    "elasticloadbalancing:CreateListener", "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:CreateTargetGroup", "elasticloadbalancing:ModifyTargetGroupAttributes",
+    "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:DescribeTags", "elasticloadbalancing:AddTags",
     "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
     "logs:DescribeLogGroups", "logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagResource",
@@ -35,6 +35,12 @@ ALWAYS = [
 def needed_actions(opts: EcsOptions) -> list[str]:
     """The IAM actions a deploy with these options calls."""
     actions = list(ALWAYS)
+    if opts.listener_arn:
+        actions += [f"elasticloadbalancing:{a}" for a in ("DescribeRules", "CreateRule", "ModifyRule")]
+        if opts.listener_rule is not None and opts.listener_rule.priority is not None:
+            actions.append("elasticloadbalancing:SetRulePriorities")
+    else:
+        actions += ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateListener"]
     if not opts.subnets:
         actions.append("ec2:DescribeSubnets")
     if not opts.security_groups:
@@ -68,14 +74,31 @@ def checks(opts: EcsOptions, client_factory: ClientFactory | None = None) -> lis
             return [*found, Check(name="credentials", ok=False, detail=exc.message, fix=exc.fix)]
         arn = str(identity["Arn"])
         found.append(Check(name="credentials", ok=True, detail=f"{arn} (account {identity['Account']})"))
-        found.append(_network(aws))
+        network, vpc = _network(aws)
+        found.append(network)
+        if opts.listener_arn:
+            found.append(_listener(aws, vpc))
         found.append(_permissions(aws, principal_arn(arn)))
         return found
     finally:
         aws.close()
 
 
-def _network(aws: Aws) -> Check:
+def _listener(aws: Aws, vpc: str | None) -> Check:
+    from mlship.targets.ecs import listener
+
+    try:
+        yours = listener.lookup(aws)
+        if vpc is not None:
+            listener.check_vpc(yours, vpc, bool(aws.opts.subnets))
+    except TargetError as exc:
+        return Check(name="listener", ok=False, detail=exc.message, fix=exc.fix)
+    return Check(name="listener", ok=True, detail=f"{yours.protocol}:{yours.port} of {yours.lb_name} "
+                 f"({'internal' if yours.internal else 'internet-facing'}, {yours.vpc})")
+
+
+def _network(aws: Aws) -> tuple[Check, str | None]:
+    """The network check, and the VPC of the subnets (None when unknown)."""
     opts = aws.opts
     try:
         if opts.subnets:
@@ -85,22 +108,26 @@ def _network(aws: Aws) -> Check:
             if len(zones) < 2:
                 return Check(name="network", ok=False, detail=f"the subnets are all in {', '.join(zones)}",
                              fix="An Application Load Balancer needs subnets in two Availability Zones: add one to "
-                             "targets.ecs.subnets.")
-            return Check(name="network", ok=True, detail=f"{len(subnets)} subnets in {len(zones)} zones")
+                             "targets.ecs.subnets."), None
+            ok = Check(name="network", ok=True, detail=f"{len(subnets)} subnets in {len(zones)} zones")
+            return ok, str(subnets[0]["VpcId"])
         vpcs = aws.call("ec2:DescribeVpcs", "ec2", "describe_vpcs", action="ec2:DescribeVpcs",
                         Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
             return Check(name="network", ok=False, detail=f"region {aws.region} has no default VPC",
-                         fix="Set targets.ecs.subnets (two or more, in different Availability Zones) in mlship.yaml.")
+                         fix="Set targets.ecs.subnets (two or more, in different Availability Zones) in "
+                         "mlship.yaml."), None
         subnets = aws.call("ec2:DescribeSubnets", "ec2", "describe_subnets", action="ec2:DescribeSubnets",
                            Filters=[{"Name": "vpc-id", "Values": [vpcs[0]["VpcId"]]},
                                     {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
     except TargetError as exc:
-        return Check(name="network", ok=False, detail=exc.message, fix=exc.fix)
+        return Check(name="network", ok=False, detail=exc.message, fix=exc.fix), None
     if len(subnets) < 2:
         return Check(name="network", ok=False, detail=f"the default VPC {vpcs[0]['VpcId']} has {len(subnets)} default "
-                     "subnet(s); an Application Load Balancer needs two", fix="Set targets.ecs.subnets in mlship.yaml.")
-    return Check(name="network", ok=True, detail=f"default VPC {vpcs[0]['VpcId']}, {len(subnets)} default subnets")
+                     "subnet(s); an Application Load Balancer needs two",
+                     fix="Set targets.ecs.subnets in mlship.yaml."), None
+    vpc = str(vpcs[0]["VpcId"])
+    return Check(name="network", ok=True, detail=f"default VPC {vpc}, {len(subnets)} default subnets"), vpc
 
 
 def _permissions(aws: Aws, principal: str) -> Check:

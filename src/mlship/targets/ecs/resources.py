@@ -152,7 +152,10 @@ def find_security_group(aws: Aws, n: Names, vpc: str | None = None) -> dict[str,
     return groups[0] if groups else None
 
 
-def ensure_network(aws: Aws, n: Names, tags: dict[str, str], progress: Progress) -> Network:
+def ensure_network(aws: Aws, n: Names, tags: dict[str, str], progress: Progress,
+                   lb_groups: list[str] | None = None) -> Network:
+    """The subnets and security groups of the tasks (and of mlship's load balancer). ``lb_groups``: the security
+    groups of your load balancer (listener_arn), which then reach the tasks' port."""
     ids, vpc, cidr = subnets(aws)
     if aws.opts.security_groups:
         return Network(vpc, cidr, ids, list(aws.opts.security_groups), public_ip=not aws.opts.subnets)
@@ -166,23 +169,25 @@ def ensure_network(aws: Aws, n: Names, tags: dict[str, str], progress: Progress)
         group = {"GroupId": group_id, "IpPermissions": [], "Tags": key_value(tags)}
     elif not owned(group.get("Tags", []), n.service):
         raise not_ours("security group", n.security_group, n.service)
-    _ingress(aws, group, "0.0.0.0/0" if aws.opts.public else cidr)
+    _ingress(aws, group, "0.0.0.0/0" if aws.opts.public else cidr, lb_groups)
     return Network(vpc, cidr, ids, [str(group["GroupId"])], public_ip=not aws.opts.subnets)
 
 
-def _ingress(aws: Aws, group: dict[str, Any], listener_source: str) -> None:
-    """Port 80 from ``listener_source`` and the container port from the group itself; only what is missing."""
+def _ingress(aws: Aws, group: dict[str, Any], listener_source: str, lb_groups: list[str] | None) -> None:
+    """Port 80 from ``listener_source`` and the container port from the group itself (mlship's load balancer), or
+    the container port from ``lb_groups`` (yours); only what is missing."""
     have = {(p.get("FromPort"), r.get("CidrIp") or "") for p in group.get("IpPermissions", [])
             for r in p.get("IpRanges", [])}
     have |= {(p.get("FromPort"), g.get("GroupId") or "") for p in group.get("IpPermissions", [])
              for g in p.get("UserIdGroupPairs", [])}
     wanted = []
-    if (LISTENER_PORT, listener_source) not in have:
+    if lb_groups is None and (LISTENER_PORT, listener_source) not in have:
         wanted.append({"IpProtocol": "tcp", "FromPort": LISTENER_PORT, "ToPort": LISTENER_PORT,
                        "IpRanges": [{"CidrIp": listener_source}]})
-    if (CONTAINER_PORT, group["GroupId"]) not in have:
-        wanted.append({"IpProtocol": "tcp", "FromPort": CONTAINER_PORT, "ToPort": CONTAINER_PORT,
-                       "UserIdGroupPairs": [{"GroupId": group["GroupId"]}]})
+    for source in [group["GroupId"]] if lb_groups is None else lb_groups:
+        if (CONTAINER_PORT, source) not in have:
+            wanted.append({"IpProtocol": "tcp", "FromPort": CONTAINER_PORT, "ToPort": CONTAINER_PORT,
+                           "UserIdGroupPairs": [{"GroupId": source}]})
     if wanted:
         aws.call("open the security group's ports", "ec2", "authorize_security_group_ingress",
                  action="ec2:AuthorizeSecurityGroupIngress", GroupId=group["GroupId"], IpPermissions=wanted)
@@ -209,25 +214,28 @@ def find_target_group(aws: Aws, n: Names) -> dict[str, Any] | None:
     return found["TargetGroups"][0] if found else None
 
 
-def ensure_load_balancer(aws: Aws, n: Names, net: Network, tags: dict[str, str], drain_s: int,
-                         progress: Progress) -> tuple[str, str, str]:
-    """(target group ARN, the load balancer's URL, the pair's resource label for the requests metric): the ALB, its
-    target group and its HTTP listener."""
-    lb = find_load_balancer(aws, n)
-    if lb is None:
-        progress(f"creating load balancer {n.load_balancer}")
-        lb = aws.call(f"create load balancer {n.load_balancer}", "elbv2", "create_load_balancer",
-                      action="elasticloadbalancing:CreateLoadBalancer", Name=n.load_balancer, Subnets=net.subnets,
-                      SecurityGroups=net.security_groups, Type="application", Tags=key_value(tags),
-                      Scheme="internet-facing" if aws.opts.public else "internal")["LoadBalancers"][0]
-    elif not owned(elb_tags(aws, lb["LoadBalancerArn"]), n.service):
-        raise not_ours("load balancer", n.load_balancer, n.service)
+@dataclass(frozen=True)
+class Route:
+    """Where the service's requests come from: its target group, the URL to report, and how this machine reaches
+    it (``base`` with the ``host`` header; ``internal``: a load balancer inside the VPC, not reachable from here)."""
+
+    tg_arn: str
+    url: str
+    base: str
+    host: str | None
+    internal: bool
+    label: str  # "<load balancer>/<target group>": the requests metric's resource label
+
+
+def ensure_target_group(aws: Aws, n: Names, vpc: str, tags: dict[str, str], drain_s: int,
+                        progress: Progress) -> str:
+    """The target group's ARN (ip targets, HTTP 8080, health check /readyz, the deregistration delay)."""
     tg = find_target_group(aws, n)
     if tg is None:
         progress(f"creating target group {n.target_group} (health check /readyz)")
         tg = aws.call(f"create target group {n.target_group}", "elbv2", "create_target_group",
                       action="elasticloadbalancing:CreateTargetGroup", Name=n.target_group, Protocol="HTTP",
-                      Port=CONTAINER_PORT, VpcId=net.vpc, TargetType="ip", HealthCheckPath="/readyz",
+                      Port=CONTAINER_PORT, VpcId=vpc, TargetType="ip", HealthCheckPath="/readyz",
                       HealthCheckIntervalSeconds=10, HealthyThresholdCount=2, UnhealthyThresholdCount=3,
                       Matcher={"HttpCode": "200"}, Tags=key_value(tags))["TargetGroups"][0]
     elif not owned(elb_tags(aws, tg["TargetGroupArn"]), n.service):
@@ -239,6 +247,26 @@ def ensure_load_balancer(aws: Aws, n: Names, net: Network, tags: dict[str, str],
         aws.call("set the deregistration delay", "elbv2", "modify_target_group_attributes",
                  action="elasticloadbalancing:ModifyTargetGroupAttributes", TargetGroupArn=tg_arn,
                  Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": str(drain_s)}])
+    return tg_arn
+
+
+def metric_label(lb_arn: str, tg_arn: str) -> str:
+    return f"{lb_arn.partition(':loadbalancer/')[2]}/{tg_arn.rpartition(':')[2]}"
+
+
+def ensure_load_balancer(aws: Aws, n: Names, net: Network, tags: dict[str, str], drain_s: int,
+                         progress: Progress) -> Route:
+    """mlship's own load balancer, its target group and its HTTP listener."""
+    lb = find_load_balancer(aws, n)
+    if lb is None:
+        progress(f"creating load balancer {n.load_balancer}")
+        lb = aws.call(f"create load balancer {n.load_balancer}", "elbv2", "create_load_balancer",
+                      action="elasticloadbalancing:CreateLoadBalancer", Name=n.load_balancer, Subnets=net.subnets,
+                      SecurityGroups=net.security_groups, Type="application", Tags=key_value(tags),
+                      Scheme="internet-facing" if aws.opts.public else "internal")["LoadBalancers"][0]
+    elif not owned(elb_tags(aws, lb["LoadBalancerArn"]), n.service):
+        raise not_ours("load balancer", n.load_balancer, n.service)
+    tg_arn = ensure_target_group(aws, n, net.vpc, tags, drain_s, progress)
     listeners = aws.call("describe listeners", "elbv2", "describe_listeners",
                          action="elasticloadbalancing:DescribeListeners",
                          LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
@@ -247,5 +275,6 @@ def ensure_load_balancer(aws: Aws, n: Names, net: Network, tags: dict[str, str],
         aws.call("create listener", "elbv2", "create_listener", action="elasticloadbalancing:CreateListener",
                  LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=LISTENER_PORT, Tags=key_value(tags),
                  DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])
-    label = f"{lb['LoadBalancerArn'].partition(':loadbalancer/')[2]}/{tg_arn.rpartition(':')[2]}"
-    return tg_arn, f"http://{lb['DNSName']}", label
+    url = f"http://{lb['DNSName']}"
+    return Route(tg_arn=tg_arn, url=url, base=url, host=None, internal=lb.get("Scheme") == "internal",
+                 label=metric_label(str(lb["LoadBalancerArn"]), tg_arn))

@@ -150,7 +150,7 @@ def wait_rollout(aws: Aws, n: Names, task_arn: str, tg_arn: str, count: int, *, 
 def failed(aws: Aws, n: Names, task_arn: str, primary: dict[str, Any] | None, reason: str) -> TargetError:
     revision = task_arn.rpartition("/")[2]
     stopped = [t for t in tasks(aws, n, "STOPPED") if t.get("taskDefinitionArn") == task_arn]
-    why = "; ".join(sorted({_stop_reason(t) for t in stopped})) or "no task of it stopped yet"
+    why = "; ".join(sorted({stop_reason(t) for t in stopped})) or "no task of it stopped yet"
     logs = last_log_lines(aws, n, stopped[0], 10) if stopped else ""
     serving = (f" Revision {primary['taskDefinition'].rpartition('/')[2]} keeps serving." if primary and
                primary.get("taskDefinition") != task_arn else "")
@@ -162,7 +162,7 @@ def failed(aws: Aws, n: Names, task_arn: str, primary: dict[str, Any] | None, re
         fix="Run `mlship test` on the image; `mlship logs --target ecs` shows the tasks' output.")
 
 
-def _stop_reason(task: dict[str, Any]) -> str:
+def stop_reason(task: dict[str, Any]) -> str:
     container = (task.get("containers") or [{}])[0]
     code = container.get("exitCode")
     return (str(task.get("stoppedReason") or "stopped") + (f" (exit code {code})" if code is not None else "")

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mlship.targets.ecs.options import EcsOptions
+from mlship.targets.ecs.options import EcsOptions, ListenerRule
 
 CONTAINER_PORT = 8080
 CONTAINER_NAME = "model"
@@ -164,9 +164,7 @@ def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, re
         f"  health check GET /readyz every 10s, start period {health_start_period(ready_timeout_s)}s (from "
         f"test.ready_timeout_s={ready_timeout_s:g}); env PORT{''.join(', ' + k for k in sorted(opts.env))}; "
         f"secrets {', '.join(secrets)}",
-        f"{'internet-facing' if opts.public else 'internal'} Application Load Balancer {n.load_balancer}, target "
-        f"group {n.target_group} (ip, HTTP {CONTAINER_PORT}, health check /readyz, deregistration delay {drain_s}s), "
-        f"listener HTTP {LISTENER_PORT} -> the target group; each created if missing",
+        _balancer_line(opts, n, drain_s),
         f"ECS service {n.service} in {n.cluster}: create it, or update it to the new revision (FARGATE, "
         f"{opts.desired_count} task(s), deploymentCircuitBreaker enable + rollback: failed new tasks never take the "
         "traffic, ECS returns to the previous revision)",
@@ -175,5 +173,27 @@ def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, re
            "differ)"] if opts.scaling else []),
         "wait until the new deployment is COMPLETED and the target group reports its tasks healthy; a failed "
         "rollout names the stopped task's reason (the previous revision keeps serving)",
-        "print the load balancer's URL",
+        "smoke test: POST each example of mlship.yaml through the load balancer and compare (skipped when it is "
+        "internal: not reachable from this machine); a failure moves the service back to the previous revision",
+        "a deploy that fails removes what it made (a first deploy: everything; a later one: its new revision)",
+        "print the service's URL",
     ]
+
+
+def rule_text(rule: ListenerRule) -> str:
+    """A listener rule's conditions in words (``host api.example.com and path /iris/*``)."""
+    return " and ".join([f"host {rule.host}"] * bool(rule.host) + [f"path {rule.path}/*"] * bool(rule.path))
+
+
+def _balancer_line(opts: EcsOptions, n: Names, drain_s: int) -> str:
+    group = (f"target group {n.target_group} (ip, HTTP {CONTAINER_PORT}, health check /readyz, deregistration delay "
+             f"{drain_s}s)")
+    rule = opts.listener_rule
+    if opts.listener_arn is None or rule is None:
+        return (f"{'internet-facing' if opts.public else 'internal'} Application Load Balancer {n.load_balancer}, "
+                f"{group}, listener HTTP {LISTENER_PORT} -> the target group; each created if missing")
+    where = rule_text(rule)
+    return (f"your listener {opts.listener_arn}: {group}, and a rule (priority "
+            f"{rule.priority or 'after every rule it has'}, tagged) forwarding {where} to it"
+            + (f" ({rule.path} stripped by the rule's URL rewrite)" if rule.path else "")
+            + "; the listener and its load balancer are read, never changed")

@@ -28,7 +28,8 @@ from mlship.contract_io import Project
 from mlship.errors import TargetError
 from mlship.reports import Check
 from mlship.targets.base import CONTAINER_PORT, Deployment, Progress, Target, TargetStatus, parse_options
-from mlship.targets.ecs import lifecycle, resources, scaling, service
+from mlship.targets.common import smoke_test
+from mlship.targets.ecs import lifecycle, listener, resources, scaling, service, teardown
 from mlship.targets.ecs.api import Aws, ClientFactory
 from mlship.targets.ecs.options import EcsOptions
 from mlship.targets.ecs.spec import (
@@ -56,7 +57,7 @@ class EcsTarget(Target):
         super().__init__(project, options)
         self.opts = parse_options(EcsOptions, self.name, options)
         self.service = project.contract.name
-        grace = project.contract.serve.shutdown_grace_s
+        grace = self.spec.grace_s
         if grace >= STOP_TIMEOUT_S:
             raise TargetError(
                 f"serve.shutdown_grace_s is {grace:g}s, but ECS kills a container {STOP_TIMEOUT_S}s after SIGTERM "
@@ -64,7 +65,7 @@ class EcsTarget(Target):
                 fix=f"Set serve.shutdown_grace_s below {STOP_TIMEOUT_S} in mlship.yaml (the default, 8, fits).")
         self.drain_s = max(1, math.ceil(grace))  # the target group's deregistration delay
         self.names = names(self.opts, self.service)
-        self.ready_timeout = project.contract.test.ready_timeout_s
+        self.ready_timeout = self.spec.ready_timeout_s
         self._aws: Aws | None = None
 
     @property
@@ -96,20 +97,35 @@ class EcsTarget(Target):
 
     # --- deploy ------------------------------------------------------------------------------------
     def deploy(self, image: str, progress: Progress) -> Deployment:
+        """See the module docstring. A deploy that fails removes what it made: all of it when the service did not
+        exist before (nothing half-made stays), else only the task definition revision it registered (the serving
+        revision keeps serving). An interrupt (Ctrl-C, a kill) removes nothing: running it again converges."""
+        self.aws.created = []
+        current = service.find_service(self.aws, self.names)
+        if current is not None:
+            service.check_owned(current, self.names)
+        try:
+            return self._deploy(image, current, progress)
+        except Exception as exc:
+            removed = self._undo(current)
+            if not isinstance(exc, TargetError):
+                raise
+            raise TargetError(exc.message + removed, why=exc.why, fix=exc.fix) from None
+
+    def _deploy(self, image: str, current: dict[str, Any] | None, progress: Progress) -> Deployment:
         from mlship.image import engine
 
         aws, n, tag_map = self.aws, self.names, tags(self.opts, self.service)
         version = engine.inspect(image).labels.get(VERSION_LABEL) or image.rpartition(":")[2]
-        current = service.find_service(aws, n)
-        if current is not None:
-            service.check_owned(current, n)
         repository = resources.ensure_repository(aws, n, tag_map, progress)
         ref = resources.push(aws, image, repository, n, progress)
         progress(f"pushed {ref}")
         resources.ensure_log_group(aws, n, tag_map, self.opts.log_retention_days, progress)
         role = self.opts.execution_role_arn or resources.ensure_role(aws, n, tag_map, progress)
-        net = resources.ensure_network(aws, n, tag_map, progress)
-        tg_arn, url, label = resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress)
+        yours = listener.lookup(aws) if self.opts.listener_arn else None
+        net = resources.ensure_network(aws, n, tag_map, progress, yours.security_groups if yours else None)
+        route = (listener.ensure(aws, n, yours, net, tag_map, self.drain_s, progress) if yours is not None else
+                 resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress))
         service.ensure_cluster(aws, n, tag_map, progress)
         desired = task_definition(self.opts, n, image=ref, region=aws.region, execution_role=role, version=version,
                                   ready_timeout_s=self.ready_timeout)
@@ -120,15 +136,15 @@ class EcsTarget(Target):
         if current is not None and not diff and not resize and all(d.get("rolloutState") == "COMPLETED" for d in
                                                                    current.get("deployments", [])
                                                                    if d["status"] == "PRIMARY"):
-            scaling.ensure(aws, n, tag_map, label, progress)
+            scaling.ensure(aws, n, tag_map, route.label, progress)
             progress(f"{self.service} already runs this spec ({current['taskDefinition'].rpartition('/')[2]}); "
                      "nothing to update")
-            return Deployment(url=url, image=ref, version=version, previous=None, changed=False,
+            return Deployment(url=route.url, image=ref, version=version, previous=None, changed=False,
                               digest=ref.partition("@")[2] or None)
         task_arn = self._revision(desired, diff, serving, progress)
         if current is None:
             progress(f"creating ECS service {self.service} ({task_arn.rpartition('/')[2]})")
-            service.create(aws, n, task_arn, net, tg_arn, tag_map, self.opts.desired_count,
+            service.create(aws, n, task_arn, net, route.tg_arn, tag_map, self.opts.desired_count,
                            health_start_period(self.ready_timeout))
         elif diff or resize:
             progress(f"updating ECS service {self.service} to {task_arn.rpartition('/')[2]}"
@@ -136,13 +152,88 @@ class EcsTarget(Target):
             service.update(aws, n, task_arn, None if self.opts.scaling else self.opts.desired_count)
         else:  # an earlier deploy (interrupted, or still rolling out) asked for this already: only wait
             progress(f"{self.service} is already rolling out {task_arn.rpartition('/')[2]}; waiting for it")
-        self._wait(task_arn, tg_arn, self._count(current), first=current is None, progress=progress)
-        scaling.ensure(aws, n, tag_map, label, progress)
+        self._wait(task_arn, route.tg_arn, self._count(current), progress)
+        if diff:
+            self._smoke(route, version, serving, progress)
+        scaling.ensure(aws, n, tag_map, route.label, progress)
         previous = (serving["containerDefinitions"][0]["image"]
                     if serving is not None and serving["taskDefinitionArn"] != task_arn else None)
-        progress(f"{self.service} serves {task_arn.rpartition('/')[2]} ({version}) at {url}")
-        return Deployment(url=url, image=ref, version=version, previous=previous, changed=True,
+        progress(f"{self.service} serves {task_arn.rpartition('/')[2]} ({version}) at {route.url}"
+                 + (f" (load balancer {route.base.partition('://')[2].partition('/')[0]}: point {route.host}'s DNS "
+                    "at it)" if route.host else ""))
+        return Deployment(url=route.url, image=ref, version=version, previous=previous, changed=True,
                           digest=ref.partition("@")[2] or None)
+
+    def _undo(self, before: dict[str, Any] | None) -> str:
+        """After a failed deploy: remove what it made (see ``deploy``); the sentence that says what was removed."""
+        aws, n = self.aws, self.names
+        made = list(aws.created)
+        try:
+            now = service.find_service(aws, n)
+            if before is None:
+                removed = []
+                if now is not None:
+                    scaling.remove(aws, n)
+                    service.delete(aws, n)
+                    removed.append(f"ECS service {n.cluster}/{n.service}")
+                removed += teardown.undo(aws, n, made)
+                return ("\nRemoved what this deploy made (there was no working revision to fall back to): "
+                        + ", ".join(removed) + ".") if removed else ""
+            serving = now["taskDefinition"] if now is not None else None
+            new = [str(a["taskDefinition"]["taskDefinitionArn"]) for op, a in made
+                   if op == "register_task_definition" and a["taskDefinition"]["taskDefinitionArn"] != serving]
+            removed = teardown.deregister(aws, n, new)
+            return f"\nRemoved the {removed[0]} this deploy registered." if removed else ""
+        except TargetError as exc:
+            return (f"\nCould not remove what this deploy made: {exc.message} (`mlship destroy --target ecs` removes "
+                    "it; a new deploy reuses it).")
+
+    def _smoke(self, route: resources.Route, version: str, serving: dict[str, Any] | None,
+               progress: Progress) -> None:
+        """Replay the examples through the load balancer; on a failure, the serving revision takes the traffic
+        back (a first deploy: the caller removes the service) and TargetError names the failing examples."""
+        skipped = self._smoke_skipped(route)
+        if skipped:
+            progress(f"smoke test skipped: {skipped}")
+            return
+        headers = {"Host": route.host} if route.host else {}
+        serve = self.project.contract.serve
+        if serve.auth == "api_key":
+            headers["Authorization"] = f"Bearer {self._api_keys()[0]}"
+        problems = smoke_test(route.base, list(self.spec.examples), version=version, headers=headers)
+        if not problems:
+            progress(f"smoke test passed: {len(self.spec.examples)} example(s) via {route.base}")
+            return
+        where = ""
+        if serving is not None:
+            back = str(serving["taskDefinitionArn"])
+            progress(f"smoke test failed; moving {self.service} back to {back.rpartition('/')[2]}")
+            service.update(self.aws, self.names, back, None if self.opts.scaling else self.opts.desired_count)
+            self._wait(back, route.tg_arn, self._count(service.find_service(self.aws, self.names)), progress)
+            where = f"\nRolled back: revision {back.rpartition('/')[2]} serves again."
+        raise TargetError(f"Smoke test of {self.service} failed at {route.base}:\n  " + "\n  ".join(problems) + where,
+                          why="The new tasks were healthy (/readyz), but their predictions differ from the examples "
+                          "in mlship.yaml.",
+                          fix="Run `mlship test` on the image to see every example's result.")
+
+    def _smoke_skipped(self, route: resources.Route) -> str:
+        """Why the smoke test cannot run from this machine ("" when it can)."""
+        serve = self.project.contract.serve
+        if route.internal:
+            return ("the load balancer is internal (reachable only inside its VPC, not from this machine); its "
+                    "health checks on /readyz decided")
+        if not self.spec.examples:
+            return "mlship.yaml has no examples"
+        if route.host and route.base.startswith("https://"):
+            return (f"the HTTPS listener answers for {route.host} with that name's certificate, which cannot be "
+                    "checked through the load balancer's own name")
+        if serve.auth == "api_key" and not self._api_keys():
+            return f"set ${serve.api_keys_env} in your shell to one of the service's keys"
+        return ""
+
+    def _api_keys(self) -> list[str]:
+        serve = self.project.contract.serve
+        return [k.strip() for k in os.environ.get(serve.api_keys_env, "").split(",") if k.strip()]
 
     def _count(self, current: dict[str, Any] | None) -> int:
         """The tasks a rollout waits for: desired_count, or with auto scaling the scaler's count (within
@@ -152,17 +243,9 @@ class EcsTarget(Target):
             return o.desired_count
         return max(o.min_count, min(o.max_count, int(current.get("desiredCount") or o.desired_count)))
 
-    def _wait(self, task_arn: str, tg_arn: str, count: int, *, first: bool, progress: Progress) -> None:
-        try:
-            service.wait_rollout(self.aws, self.names, task_arn, tg_arn, count, timeout_s=self.rollout_timeout_s,
-                                 poll_s=self.poll_s, progress=progress)
-        except TargetError as exc:
-            if not first:
-                raise
-            service.delete(self.aws, self.names)  # a first deploy: no revision to fall back to, no task left failing
-            raise TargetError(exc.message + "\nRemoved the ECS service: it had no working revision to fall back to "
-                              "(the load balancer, role and repository stay for the next deploy; `mlship destroy "
-                              "--target ecs` removes them).", why=exc.why, fix=exc.fix) from None
+    def _wait(self, task_arn: str, tg_arn: str, count: int, progress: Progress) -> None:
+        service.wait_rollout(self.aws, self.names, task_arn, tg_arn, count, timeout_s=self.rollout_timeout_s,
+                             poll_s=self.poll_s, progress=progress)
 
     def _revision(self, desired: dict[str, Any], diff: list[str], serving: dict[str, Any] | None,
                   progress: Progress) -> str:
@@ -189,4 +272,4 @@ class EcsTarget(Target):
                                   poll_s=self.poll_s, progress=progress)
 
     def destroy(self) -> list[str]:
-        return lifecycle.destroy(self.aws, self.names, keep_role=self.opts.execution_role_arn)
+        return teardown.destroy(self.aws, self.names, keep_role=self.opts.execution_role_arn)
