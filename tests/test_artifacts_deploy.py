@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from conftest import IRIS, TEST_BASE_IMAGE, free_port
 from emulators import storage_fixtures
 from emulators.storage_fixtures import S3, iris_variant, no_aws_credentials, repin, sha256
 from mlship import pipeline
 from mlship.artifacts import cache
+from mlship.cli import app
 from mlship.errors import PreflightError
 from mlship.init import init_project
 
@@ -79,6 +81,11 @@ def round_trip(folder: Path, uri: str, publish: Any) -> dict[str, Any]:
     assert back.image == first.image and back.serving is not None
     assert back.serving.startswith(f"{uri} ({v1}, sha256 {sha1[:12]}")  # the old code+model pair
     assert predict(back.url or "").json()["label"] == "setosa"
+
+    shown = CliRunner().invoke(app, ["status", "--file", str(folder)])
+    assert shown.exit_code == 0 and f"serving {uri} ({v1}, sha256 {sha1[:12]}" in shown.output, shown.output
+    listed = CliRunner().invoke(app, ["models", "--file", str(folder)])
+    assert listed.exit_code == 0 and f"local: serving {uri} ({v1}" in listed.output, listed.output
 
     before = cache.downloaded_bytes[0]  # a rebuild with the pin in the contract: zero bytes downloaded
     pipeline.build(folder, base_image=TEST_BASE_IMAGE)
