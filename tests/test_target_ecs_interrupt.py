@@ -1,5 +1,6 @@
 """Auto scaling follows the options. Interrupted ecs deploys converge: a kill (KeyboardInterrupt) right after each
-mutating step of a first deploy, then a re-run: one of each resource, nothing tagged left after destroy. Transient
+mutating step of a first deploy (with a load balancer of its own, and behind your listener), then a re-run: one of
+each resource, nothing tagged left after destroy. Transient
 AWS errors are retried; a denied action fails at once and names what avoids it; a first deploy that fails removes
 its service. moto in server mode, the test-side agent, the real boto3 client (tests/emulators/ecs_fixtures.py).
 """
@@ -25,6 +26,7 @@ ecs_env = ecs_fixtures.ecs_env
 fresh_target = ecs_fixtures.fresh_target
 new_target = ecs_fixtures.new_target
 moto = ecs_fixtures.moto
+user_listener = ecs_fixtures.user_listener
 v1_image = ecs_fixtures.v1_image
 broken_image = ecs_fixtures.broken_image
 
@@ -96,6 +98,36 @@ def test_an_interrupted_deploy_converges_with_no_orphans(step: str, fresh_target
     assert tagged_left(fresh_target.service) == []
 
 
+#: The steps a deploy behind your listener makes in place of the load balancer's.
+LISTENER_STEPS = ["CreateTargetGroup", "ModifyTargetGroupAttributes", "CreateRule"]
+BEHIND_A_LISTENER = sorted([*(k for k in ONE_OF_EACH if k != "load balancer"), "listener rule"])
+
+
+@pytest.mark.parametrize("step", LISTENER_STEPS)
+def test_an_interrupted_deploy_behind_your_listener_converges(step: str, user_listener: dict[str, str],
+                                                              new_target: Any, v1_image: str, agent: EcsAgent,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              ecs_env: MotoServer) -> None:
+    import boto3
+
+    target = new_target(listener_arn=user_listener["listener"], listener_rule={"path": "/x"})
+    interrupt = Interrupt(step)
+    with monkeypatch.context() as patched:
+        patched.setattr(EcsTarget, "client_factory", interrupt.client)
+        with pytest.raises(KeyboardInterrupt):
+            target.deploy(v1_image, lambda _line: None)
+    assert interrupt.fired
+    target.close()
+    steps: list[str] = []
+    target.deploy(v1_image, steps.append)  # run again: converges
+    assert f"smoke test passed: 1 example(s) via http://{user_listener['dns']}/x" in steps
+    assert inventory(target.service) == BEHIND_A_LISTENER  # one of each: no orphans
+    rules = boto3.client("elbv2", region_name=REGION).describe_rules(ListenerArn=user_listener["listener"])["Rules"]
+    assert [r["Priority"] for r in rules] == ["1", "default"]
+    target.destroy()
+    assert tagged_left(target.service) == []
+
+
 def test_transient_errors_are_retried_and_a_denied_action_fails_fast(fresh_target: EcsTarget, v1_image: str,
                                                                      agent: EcsAgent, ecs_env: MotoServer) -> None:
     ecs_env.fail_next("CreateRole", "AccessDenied", 403)
@@ -125,7 +157,7 @@ def test_a_first_deploy_that_fails_removes_what_it_made(fresh_target: EcsTarget,
     message, name = info.value.message, fresh_target.service
     assert message.startswith(f"Revision mlship-{name}:1 of {name} failed: ")
     assert "Essential container in task exited (exit code 1)" in message
-    assert f"\nRemoved what this deploy made (there was no working revision to fall back to): ECS service " \
+    assert f"\nRemoved what this first deploy made (nothing half-made stays): ECS service " \
            f"mlship/{name}, task definition revision mlship-{name}:1, load balancer mlship-{name} and its " \
            f"listener, target group mlship-{name}, security group mlship-{name}, log group /mlship/{name}, " \
            f"execution role mlship-{name}-exec, ECR repository {name} and its images" in message, message

@@ -37,7 +37,8 @@ REGION = "eu-west-1"
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 ONE_OF_EACH = sorted(["ecs service", "task definition", "load balancer", "target group", "security group",
                       "repository", "role", "log group"])
-KINDS = {":service/": "ecs service", ":task-definition/": "task definition", ":loadbalancer/": "load balancer",
+KINDS = {":listener-rule/": "listener rule",
+         ":service/": "ecs service", ":task-definition/": "task definition", ":loadbalancer/": "load balancer",
          ":targetgroup/": "target group", ":security-group/": "security group",
          ":repository/": "repository", ":role/": "role", "/mlship/": "log group"}
 
@@ -192,6 +193,13 @@ def tagged_left(service: str) -> list[str]:
     for role in iam.list_roles()["Roles"]:
         if {"Key": "mlship:service", "Value": service} in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]:
             left.append(role["Arn"])
+    elb = s.client("elbv2")  # listener rules: the tagging API does not list them
+    for lb in elb.describe_load_balancers()["LoadBalancers"]:
+        for listener in elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]:
+            for rule in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]:
+                if not rule["IsDefault"] and {"Key": "mlship:service", "Value": service} in elb.describe_tags(
+                        ResourceArns=[rule["RuleArn"]])["TagDescriptions"][0]["Tags"]:
+                    left.append(rule["RuleArn"])
     for arn in ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]:
         if {"key": "mlship:service", "value": service} in ecs.list_tags_for_resource(resourceArn=arn)["tags"] \
                 and arn not in left:
@@ -201,5 +209,5 @@ def tagged_left(service: str) -> list[str]:
 
 def inventory(service: str) -> list[str]:
     """The kinds of what is tagged for ``service`` (a listener goes with its load balancer; moto's tagging API
-    does not list listeners)."""
+    does not list listeners; tagged_left finds listener rules on each listener)."""
     return sorted(next(kind for mark, kind in KINDS.items() if mark in arn) for arn in tagged_left(service))

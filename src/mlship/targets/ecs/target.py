@@ -177,8 +177,8 @@ class EcsTarget(Target):
                     service.delete(aws, n)
                     removed.append(f"ECS service {n.cluster}/{n.service}")
                 removed += teardown.undo(aws, n, made)
-                return ("\nRemoved what this deploy made (there was no working revision to fall back to): "
-                        + ", ".join(removed) + ".") if removed else ""
+                return ("\nRemoved what this first deploy made (nothing half-made stays): " + ", ".join(removed)
+                        + ".") if removed else ""
             serving = now["taskDefinition"] if now is not None else None
             new = [str(a["taskDefinition"]["taskDefinitionArn"]) for op, a in made
                    if op == "register_task_definition" and a["taskDefinition"]["taskDefinitionArn"] != serving]
