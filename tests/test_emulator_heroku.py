@@ -28,7 +28,8 @@ RELEASES = "application/vnd.heroku+json; version=3.docker-releases"
 # A web process in the spirit of `python -m http.server`: / says which dyno and release answered; /sleep?s=N sleeps,
 # /alloc?mb=N keeps N more MB (touched); BOOT_DELAY delays the bind; NEVER_BIND never binds; CRASH exits 3.
 APP_PY = b'''
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 has no default SIGTERM action
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 if os.environ.get("CRASH"):
@@ -230,6 +231,8 @@ def test_release_runs_a_dyno_that_answers_through_web_url(docker_engine: Any, ap
     wait_for(lambda: dyno_states(api, app) == [("web.1", 4, "up")], what="web.1 up")
     answer = httpx.get(heroku.app_url(app), timeout=10)
     assert answer.status_code == 200 and answer.text == "web.1 one 10000"  # root in the image: a non-root uid
+    [boot] = heroku.boot_seconds(app)
+    assert 0 < boot < 3, boot  # python3 binding $PORT, seen within the dyno manager's 0.1 s ticks
     assert api.get(f"/apps/{app}/releases/4").json()["status"] == "succeeded"
     logs = log_text(api, app)
     assert "app[web.1]: listening on" in logs and "heroku[web.1]: State changed from starting to up" in logs
@@ -344,6 +347,8 @@ def test_without_preboot_the_old_dyno_stops_before_the_new_one_starts(
     stopped = next(i for i, line in enumerate(lines) if "Stopping all processes with SIGTERM" in line)
     started = [i for i, line in enumerate(lines) if "State changed from down to starting" in line]
     assert len(started) == 2 and started[0] < stopped < started[1]
+    assert "Process exited with status 0" in lines[stopped + 1]  # SIGTERM handled: no R12
+    assert "State changed from up to down" in lines[stopped + 2]
     assert api.patch(f"/apps/{app}/formation/web", json={"quantity": 0}).status_code == 200
     wait_for(lambda: dyno_states(api, app) == [], what="scaled to 0")
     assert httpx.get(heroku.app_url(app), timeout=10).status_code == 503

@@ -45,9 +45,10 @@ def run_container(docker: Any, image: str, *, name: str, port: int, env: dict[st
 
 def stop_container(container: Any, grace_s: int = 10) -> None:
     """SIGTERM, SIGKILL after ``grace_s`` (Cloud Run's 10 s by default); then remove it. Never raises."""
-    for step in (lambda: container.stop(timeout=grace_s), lambda: container.remove(force=True)):
-        with contextlib.suppress(Exception):  # already gone, or being removed by another thread
-            step()
+    with contextlib.suppress(Exception):  # already gone, or being removed by another thread
+        container.stop(timeout=grace_s)
+    with contextlib.suppress(Exception):
+        container.remove(force=True)
 
 
 def logs_tail(container: Any, lines: int = 20) -> str:
@@ -65,6 +66,37 @@ def exit_code(container: Any) -> int | None:
     if container.status in ("exited", "dead"):
         return int(container.attrs.get("State", {}).get("ExitCode", -1))
     return None
+
+
+def listening(container: Any, port: int, host_port: int) -> bool:
+    """Whether a process in ``container`` (reloaded) listens on ``port``: read from its network namespace's socket
+    tables when the engine runs on this machine, else by connecting through the published ``host_port``."""
+    pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            local = pid > 0 and container.id in fh.read()
+    except OSError:
+        local = False
+    if not local:
+        return bool(host_port) and _tcp_open(host_port, 0.5)
+    suffix = f":{port:04X}"
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as fh:
+            for line in fh.readlines()[1:]:
+                cols = line.split()
+                if len(cols) > 3 and cols[1].endswith(suffix) and cols[3] == "0A":  # 0A: LISTEN
+                    return True
+    return False
+
+
+def memory_used(container: Any) -> int | None:
+    """The container's memory in bytes without the page cache (as `docker stats` counts it); None when gone."""
+    try:
+        stats = container.stats(stream=False, one_shot=True)["memory_stats"]
+    except Exception:
+        return None
+    extra = stats.get("stats") or {}
+    return int(stats.get("usage", 0)) - int(extra.get("total_cache", extra.get("inactive_file", 0)))
 
 
 def _tcp_open(host_port: int, timeout: float) -> bool:

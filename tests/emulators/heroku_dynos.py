@@ -99,6 +99,7 @@ class DynoManager:
         self.apps: dict[str, AppRun] = {}
         self.errors: list[str] = []
         self.pulled: set[str] = set()
+        self.boots: list[tuple[str, str, int, float]] = []  # (app, dyno, release version, seconds to bind $PORT)
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -140,7 +141,7 @@ class DynoManager:
 
     def containers(self, app: str | None = None) -> list[Any]:
         labels = [f"{LABEL}={'heroku-emulator'}", f"{LABEL}.id={self.id}"] + ([f"{LABEL}.app={app}"] if app else [])
-        return list(self.docker.containers.list(all=True, filters={"label": labels}))
+        return list(self.docker.containers.list(all=True, filters={"label": labels}, ignore_removed=True))
 
     def close(self) -> None:
         self._closed.set()
@@ -312,8 +313,9 @@ class DynoManager:
                 self.logs.add(run.name, "heroku", dyno.name, "Stopping process with SIGKILL")
             return self._crashed(run, dyno, code)
         if dyno.state == "starting":
-            if self._bound(dyno):
+            if _runtime.listening(dyno.container, dyno.port, dyno.host_port):
                 dyno.boot_s = time.monotonic() - dyno.started
+                self.boots.append((run.name, dyno.name, dyno.launch.version, dyno.boot_s))
                 self._set_state(run, dyno, "up")
             elif time.monotonic() - dyno.started > self.limits.boot_s:
                 self.logs.add(run.name, "heroku", dyno.name, "Error R10 (Boot timeout) -> Web process failed to "
@@ -326,12 +328,9 @@ class DynoManager:
         return None
 
     def _memory(self, run: AppRun, dyno: Dyno) -> None:
-        try:
-            stats = dyno.container.stats(stream=False, one_shot=True)["memory_stats"]
-        except Exception:
+        used = _runtime.memory_used(dyno.container)
+        if used is None:
             return
-        extra = stats.get("stats") or {}
-        used = int(stats.get("usage", 0)) - int(extra.get("total_cache", extra.get("inactive_file", 0)))
         quota = self.limits.quota_mb[dyno.size.lower()] * 2**20
         if used > 2 * quota:
             self._memory_line(run, dyno, used)
@@ -375,26 +374,6 @@ class DynoManager:
             old = [d for d in run.dynos if d.generation != run.latest]
             run.serving = run.latest
             self._spawn(self._stop_all, run, old)
-
-    def _bound(self, dyno: Dyno) -> bool:
-        """Whether the dyno's process listens on $PORT: its network namespace's socket tables when the engine runs
-        on this machine, else a connection through the published port."""
-        pid = int(dyno.container.attrs.get("State", {}).get("Pid") or 0)
-        try:
-            with open(f"/proc/{pid}/cgroup") as fh:
-                local = pid > 0 and dyno.container.id in fh.read()
-        except OSError:
-            local = False
-        if not local:
-            return bool(dyno.host_port) and _runtime._tcp_open(dyno.host_port, 0.5)
-        port = f":{dyno.port:04X}"
-        for table in ("tcp", "tcp6"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as fh:
-                for line in fh.readlines()[1:]:
-                    cols = line.split()
-                    if len(cols) > 3 and cols[1].endswith(port) and cols[3] == "0A":  # 0A: LISTEN
-                        return True
-        return False
 
     def _ship(self, app: str, dyno: Dyno) -> None:
         """The dyno's output into the log book as app[web.N] lines, until the container is gone."""

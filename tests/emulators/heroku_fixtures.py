@@ -18,12 +18,15 @@ import pytest
 from emulators.heroku import HerokuEmulator
 from emulators.heroku_dynos import Limits
 
-FAST = {"boot_s": 8.0, "router_timeout_s": 30.0, "stop_grace_s": 3.0}
+
+def fast() -> Limits:
+    """Heroku's limits, with an 8 s boot limit and a 3 s stop grace so that tests stay quick."""
+    return Limits(boot_s=8.0, router_timeout_s=30.0, stop_grace_s=3.0)
 
 
 @pytest.fixture(scope="module")
 def heroku(docker_engine: Any, registry: str) -> Iterator[HerokuEmulator]:
-    emulator = HerokuEmulator(docker_engine, upstream=registry, limits=Limits(**FAST)).start()
+    emulator = HerokuEmulator(docker_engine, upstream=registry, limits=fast()).start()
     try:
         yield emulator
     finally:
@@ -42,7 +45,7 @@ def heroku_env(heroku: HerokuEmulator, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("MLSHIP_HEROKU_REGISTRY", heroku.registry)
     monkeypatch.setenv("HEROKU_API_KEY", heroku.api_key)
     yield heroku
-    defaults = Limits(**FAST)
+    defaults = fast()
     heroku.set_limits(boot_s=defaults.boot_s, router_timeout_s=defaults.router_timeout_s,
                       stop_grace_s=defaults.stop_grace_s)
     heroku.limits.quota_mb = dict(defaults.quota_mb)

@@ -5,9 +5,9 @@ registry.heroku.com does for ``docker login`` / ``docker push`` and stores what 
   a key that is not an account's, gets 401 ``UNAUTHORIZED`` with ``WWW-Authenticate: Basic realm="Heroku Registry"``,
   so ``docker login`` asks for (and checks) credentials; Heroku's own front uses the same Basic scheme for
   ``docker login --username=_ --password=$(heroku auth:token)``.
-* Repositories are ``<app>/<process type>``; an app the key's account cannot deploy to is 403 ``DENIED`` (what
-  ``docker push`` prints as "denied: requested access to the resource is denied"), an app that does not exist is
-  404 ``NAME_UNKNOWN``.
+* Repositories are ``<app>/<process type>``; an app the key's account cannot deploy to is 401 ``UNAUTHORIZED``
+  "requested access to the resource is denied" (``docker push`` stops at once: the engine retries a ``DENIED``
+  answer for a minute), an app that does not exist is 404 ``NAME_UNKNOWN``.
 * Manifests: only a Docker Image Manifest V2, Schema 2 (application/vnd.docker.distribution.manifest.v2+json) is
   accepted, as Heroku documents; an OCI image index, a Docker manifest list or an OCI image manifest is refused
   with 405 ``UNSUPPORTED`` "The operation is unsupported." (the answer Heroku's registry gives a pushed index).
@@ -99,14 +99,17 @@ class RegistryFront:
         denied = self.access(email, app)
         if denied == "missing":
             raise RegistryError(404, "NAME_UNKNOWN", f"repository name not known to registry: no app {app!r}")
-        if denied:
-            raise RegistryError(403, "DENIED", "requested access to the resource is denied")
+        if denied:  # UNAUTHORIZED: the engine gives up at once (it retries a DENIED answer for a minute)
+            raise RegistryError(401, "UNAUTHORIZED", "requested access to the resource is denied",
+                                {"WWW-Authenticate": CHALLENGE})
         path = f"/v2/{self.prefix}/{app}/{process}/{kind}{found[4] or ''}"
         query = [(k, f"{self.prefix}/{v}" if k == "from" else v) for k, v in parse_qsl(parts.query)]
         target = path + (f"?{urlencode(query)}" if query else "")
         if req.command == "PUT" and kind == "manifests":
-            return self._put_manifest(req, app, process, (found[4] or "/").lstrip("/"), target)
-        return self._forward(req, target, self._body_stream(req))
+            self._put_manifest(req, app, process, (found[4] or "/").lstrip("/"), target)
+        else:
+            self._forward(req, target, self._body_stream(req))
+        return None
 
     def _authenticate(self, req: BaseHTTPRequestHandler) -> str:
         scheme, _, value = (req.headers.get("Authorization") or "").partition(" ")
@@ -163,11 +166,16 @@ class RegistryFront:
     # --- forwarding -------------------------------------------------------------------------------
     def _body_stream(self, req: BaseHTTPRequestHandler) -> Iterator[bytes]:
         if req.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            pending: list[bytes] = []
             while size := int(req.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                yield req.rfile.read(size)
+                pending.append(req.rfile.read(size))
                 req.rfile.readline()
+                if sum(map(len, pending)) >= 1 << 20:  # forwarded in pieces of about 1 MB
+                    yield b"".join(pending)
+                    pending = []
             while req.rfile.readline() not in (b"\r\n", b"\n", b""):
                 pass
+            yield b"".join(pending)
             return
         left = int(req.headers.get("Content-Length") or 0)
         while left > 0:
