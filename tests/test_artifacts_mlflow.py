@@ -5,7 +5,10 @@ alias ``champion``. MLflow's own client resolves and downloads; nothing of mlshi
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +18,18 @@ import pandas as pd
 import pytest
 import yaml
 
+import mlship
 from conftest import IRIS, free_port, running
 from emulators import storage_fixtures
 from emulators.mlflow_fixtures import FEATURES, MlflowServer, register, set_alias
 from mlship.artifacts import fetcher_for
 from mlship.artifacts.checks import artifact_checks
-from mlship.artifacts.mlflow import MlflowFetcher, list_versions, moved_note, parse, record_deployment
+from mlship.artifacts.mlflow import MlflowFetcher, parse
+from mlship.artifacts.mlflow_registry import list_versions, moved_note, record_deployment
 from mlship.contract_io import load_project
 from mlship.errors import ArtifactError
 from mlship.init import init_project
+from mlship.reports import DeployReport
 
 artifact_cache = storage_fixtures.artifact_cache
 
@@ -105,7 +111,8 @@ def test_resolve_a_version_an_alias_and_latest(mlflow_env: Registry) -> None:
     assert two.size is not None and two.size > 1000 and two.sha256 is None
     champion = fetcher.resolve("models:/iris@champion", Path("."))
     assert (champion.uri, champion.pinned, champion.version) == ("models:/iris@champion", "models:/iris/1", "1")
-    assert fetcher.resolve("models:/iris/latest", Path(".")).pinned == "models:/iris/2"
+    newest = max(mlflow_env.versions, key=int)
+    assert fetcher.resolve("models:/iris/latest", Path(".")).pinned == f"models:/iris/{newest}"
 
 
 def test_a_moved_alias_resolves_to_its_new_version_and_says_so(mlflow_env: Registry) -> None:
@@ -115,7 +122,7 @@ def test_a_moved_alias_resolves_to_its_new_version_and_says_so(mlflow_env: Regis
     after = fetcher.resolve("models:/iris@champion", Path("."))
     assert after.pinned == "models:/iris/2"
     note = moved_note(after, before.pinned)
-    assert note is not None and "models:/iris@champion now resolves to version 2" in note and "version 1" in note
+    assert note is not None and "models:/iris@champion now resolves to version 2" in note and "had version 1" in note
     assert moved_note(after, after.pinned) is None and moved_note(before, None) is None
 
 
@@ -138,7 +145,7 @@ def test_a_missing_model_version_or_alias_names_what_the_registry_holds(mlflow_e
     for uri, what in [("models:/iris/9", "no version 9"), ("models:/iris@nope", "no alias `nope`")]:
         with pytest.raises(ArtifactError) as err:
             fetcher.resolve(uri, Path("."))
-        assert what in err.value.message and "holds versions 1, 2" in (err.value.why or "")
+        assert what in err.value.message and "holds versions 1, 2" in (err.value.why or "")  # (, 3 after e2e)
         assert "champion -> 1" in (err.value.why or "") and "mlship models" in (err.value.fix or "")
     with pytest.raises(ArtifactError) as err:
         fetcher.resolve("models:/nope/1", Path("."))
@@ -177,3 +184,45 @@ def test_record_deployment_tags_the_version_and_the_listing_shows_it(mlflow_env:
     assert recorded["url"] == "http://127.0.0.1:8080" and recorded["image_digest"] == "sha256:" + "a" * 64
     assert recorded["time"].endswith("Z") and "local" not in listing["2"].deployments
     assert listing["1"].status == "READY" and listing["1"].run_id
+
+
+# --- end to end: an alias deployed, moved, deployed, rolled back ------------------------------------
+def test_alias_deploy_move_redeploy_and_rollback_return_the_old_pair(
+        mlflow_env: Registry, tmp_path: Path, base_image_env: str, docker_engine: Any, artifact_cache: Path) -> None:
+    name = f"mlf-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / name
+    contract = init_models("models:/iris@champion", folder)
+    assert "artifact_sha256" not in contract  # an alias follows the registry: each build resolves it
+    contract.update(name=name, targets={"local": {"port": free_port()}})
+    (folder / "mlship.yaml").write_text(yaml.safe_dump(contract, sort_keys=False))
+    try:
+        first = mlship.deploy(folder, target="local")
+        assert first.url is not None and first.digest is not None
+        assert_serves(first.url, mlflow_env.versions["1"])
+        assert list_versions("models:/iris")[-1].deployments["local"]["image_digest"] == first.digest
+
+        three = register(mlflow_env.url, ["logreg-c01"], tmp_path / "v3.json")
+        assert list(three) == ["3"]
+        mlflow_env.versions.update(three)
+        set_alias(mlflow_env.url, "champion", "3")
+        # as a user runs it: a new process resolves the alias again
+        done = subprocess.run([sys.executable, "-m", "mlship", "deploy", "-f", str(folder), "--json"],
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        second = DeployReport.model_validate_json(done.stdout)
+        assert "models:/iris@champion now resolves to version 3 (models:/iris/3); the last deploy had version 1" \
+            in done.stderr, done.stderr[-3000:]
+        assert second.changed and second.url is not None and second.previous == first.image
+        assert_serves(second.url, three["3"])
+        assert docker_engine.images.get(second.image).labels["dev.mlship.artifact.pinned"] == "models:/iris/3"
+        assert list_versions("models:/iris")[0].deployments["local"]["image_digest"] == second.digest
+
+        back = mlship.rollback(folder, target="local")
+        assert back.image == first.image and back.url is not None
+        assert back.serving is not None and back.serving.startswith("models:/iris@champion (1, sha256 "), back.serving
+        assert_serves(back.url, mlflow_env.versions["1"])
+    finally:
+        mlship.destroy(folder, target="local")
+        for image in docker_engine.images.list(name=name):  # the CLI's build ran in a process of its own
+            for tag in image.tags:
+                docker_engine.images.remove(tag, force=True)

@@ -170,9 +170,14 @@ def deploy(project: ProjectLike = ".", target: TargetLike = "local", *, base_ima
                 raise
         engine.add_tag(built.image, f"{proj.contract.name}:{proj.version}")  # the human tag, for test/push
         if report.gate is not None:  # the target checks what it measured against its platform's limits
-            tgt.spec = tgt.spec.measured(report.gate.memory_mb, report.gate.memory_source)
+            tgt.spec = tgt.spec.measured(report.gate.memory_mb, report.gate.memory_source, report.gate.ready_s)
         with ev.stage("deploy", f"deploying {built.image} to {tgt.name}") as stage:
             dep = tgt.deploy(built.image, stage.step)
+            if proj.remote and proj.contract.artifact.startswith("models:/"):  # the MLflow registry round trip
+                from mlship.artifacts.mlflow_registry import after_deploy
+
+                for line in after_deploy(proj, tgt.name, dep.previous, dep.url, dep.digest or _digest_of(dep.image)):
+                    stage.note(line)
             stage.summary = (f"{'deployed' if dep.changed else 'unchanged'}: {dep.image} (version {dep.version})"
                              + (f" at {dep.url}" if dep.url else ""))
     report.url, report.image, report.version, report.previous, report.changed = (

@@ -10,29 +10,26 @@ runtime reads: for the ``sklearn`` flavor the file the MLmodel names (``model.sk
 pickle/cloudpickle); for ``keras``/``tensorflow``/``pytorch`` the single ``.keras``/``.h5``/``.pt``/``.pth`` file in
 the flavor's data folder. Other flavors (pyfunc-only, xgboost, transformers, ...) are an error that says so.
 
-Also here: :func:`list_versions` (what the registry holds, for ``mlship models``), :func:`record_deployment` (a
-``mlship.deploy.<target>`` tag on the model version: where it runs) and :func:`moved_note` (an alias that now
-resolves to another version than the last build).
+Preflight (:meth:`MlflowFetcher.checks`) asks the server's REST API directly (no MLflow import, well inside the
+preflight deadline). The registry round trip (listing, deployment tags) is in :mod:`mlship.artifacts.mlflow_registry`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 from mlship.artifacts.base import Fetcher, Resolved
 from mlship.errors import ArtifactError
+from mlship.reports import Check
 
 SERVABLE = (".skops", ".pkl", ".joblib", ".keras", ".h5", ".pt", ".pth", ".pt2")
-TAG_PREFIX = "mlship.deploy."
 _SERVED_FLAVORS = ("sklearn", "keras", "tensorflow", "pytorch")
 _FIX_FLAVOR = ("Log the model with mlflow.sklearn.log_model (or save a .keras / TorchScript .pt file), or point "
                "`artifact:` at a model file mlship serves (.joblib, .pkl, .skops, .keras, .h5, .pt).")
@@ -49,20 +46,6 @@ class ModelRef:
     @property
     def pinned(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-@dataclass(frozen=True)
-class RegistryVersion:
-    """One version of a registered model, as ``mlship models`` lists it."""
-
-    name: str
-    version: str
-    aliases: list[str]
-    stage: str | None
-    status: str
-    run_id: str | None
-    created: float  # seconds since the epoch
-    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> {url, image_digest, time}
 
 
 def parse(uri: str) -> ModelRef:
@@ -133,8 +116,10 @@ def client() -> Any:
                         registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
 
-def _registry_error(uri: str, exc: Exception, ref: ModelRef, mlflow: Any = None) -> ArtifactError:
-    code = str(getattr(exc, "error_code", ""))
+def registry_error(uri: str, exc: Exception, ref: ModelRef, mlflow: Any = None,
+                   code: str | None = None) -> ArtifactError:
+    """What went wrong asking the registry for ``ref``: credentials, no such model/version/alias, or else."""
+    code = code or str(getattr(exc, "error_code", ""))
     server = os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI")
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "401" in str(exc) or "403" in str(exc):
         return ArtifactError(
@@ -143,10 +128,11 @@ def _registry_error(uri: str, exc: Exception, ref: ModelRef, mlflow: Any = None)
             fix="Set MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) for a user "
             f"with READ permission on the registered model `{ref.name}`.")
     if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-        held = _held(mlflow, ref.name) if mlflow is not None else None
-        what = f"alias `{ref.alias}`" if ref.alias else f"version {ref.version}"
+        held = _held(mlflow, ref.name) if mlflow is not None else "The registry holds no such version or alias."
+        what = f"alias `{ref.alias}`" if ref.alias else f"version {ref.version}" if ref.version else None
         return ArtifactError(
-            f"{uri}: the registry at {server} has no {what} of the model `{ref.name}`.",
+            f"{uri}: the registry at {server} has no {what} of the model `{ref.name}`." if what else
+            f"{uri}: the registry at {server} has no registered model `{ref.name}`.",
             why=held or f"No registered model is named `{ref.name}` there.",
             fix="Use one of the versions or aliases it holds (`mlship models` lists them), or register the model "
             "(mlflow.register_model / log_model(..., registered_model_name=...)).")
@@ -165,6 +151,41 @@ def _held(mlflow: Any, name: str) -> str | None:
     return f"`{name}` holds versions {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}."
 
 
+def rest_version(uri: str, ref: ModelRef, server: str) -> str:
+    """The version ``ref`` names now, asked of the server's REST API with MLflow's credential variables
+    (MLFLOW_TRACKING_TOKEN, _USERNAME/_PASSWORD, _INSECURE_TLS, _SERVER_CERT_PATH); ArtifactError otherwise."""
+    import httpx
+
+    if ref.alias == "latest":
+        path, params = "registered-models/get", {"name": ref.name}
+    elif ref.alias:
+        path, params = "registered-models/alias", {"name": ref.name, "alias": ref.alias}
+    else:
+        path, params = "model-versions/get", {"name": ref.name, "version": str(ref.version)}
+    env = os.environ
+    token, user = env.get("MLFLOW_TRACKING_TOKEN"), env.get("MLFLOW_TRACKING_USERNAME")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    auth = (user, env.get("MLFLOW_TRACKING_PASSWORD", "")) if user and not token else None
+    verify: bool | str = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or (
+        env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() not in ("true", "1"))
+    try:
+        answer = httpx.get(f"{server.rstrip('/')}/api/2.0/mlflow/{path}", params=params, headers=headers,
+                           auth=auth, verify=verify, timeout=3.5)
+        body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
+    except (httpx.HTTPError, ValueError) as exc:
+        raise registry_error(uri, exc, ref) from None
+    if answer.status_code == 200 and ref.alias == "latest":
+        versions = [int(v["version"]) for v in body.get("registered_model", {}).get("latest_versions", [])]
+        if versions:
+            return str(max(versions))
+        raise ArtifactError(f"{uri}: the registered model `{ref.name}` has no versions.",
+                            fix="Register a version first, or fix the model name.")
+    if answer.status_code == 200:
+        return str(body["model_version"]["version"])
+    code = str(body.get("error_code") or ("PERMISSION_DENIED" if answer.status_code in (401, 403) else ""))
+    raise registry_error(uri, RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}"), ref, code=code)
+
+
 def resolve_version(mlflow: Any, uri: str, ref: ModelRef) -> ModelRef:
     """The version an alias (or ``latest``) points at now; a version is checked to exist and be READY."""
     try:
@@ -181,7 +202,7 @@ def resolve_version(mlflow: Any, uri: str, ref: ModelRef) -> ModelRef:
     except ArtifactError:
         raise
     except Exception as exc:
-        raise _registry_error(uri, exc, ref, mlflow) from None
+        raise registry_error(uri, exc, ref, mlflow) from None
     if str(found.status) not in ("READY", "ModelVersionStatus.READY"):
         raise ArtifactError(f"{uri}: version {found.version} is {found.status}, not READY.",
                             fix="Wait for the registration to finish, or use another version.")
@@ -243,7 +264,7 @@ def locate(uri: str, pinned: ModelRef) -> tuple[str, int | None]:
         except ArtifactError:
             raise
         except Exception as exc:
-            raise _registry_error(uri, exc, pinned) from None
+            raise registry_error(uri, exc, pinned) from None
         mlmodel = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     return model_file(uri, mlmodel, listing)
 
@@ -264,6 +285,20 @@ class MlflowFetcher(Fetcher):
         return Resolved(uri=uri, pinned=pinned.pinned, version=pinned.version, sha256=None, size=size,
                         filename=PurePosixPath(path).name)
 
+    def checks(self, uri: str, root: Path) -> list[Check]:
+        """Preflight: the server answers, the credentials may read, the version or alias exists. Over an
+        http(s) server through its REST API (no MLflow import); otherwise :meth:`resolve`."""
+        try:
+            ref = parse(uri)
+            server = tracking_uri()
+            if urlsplit(server).scheme not in ("http", "https"):
+                return super().checks(uri, root)
+            _probe(server)
+            version = rest_version(uri, ref, server)
+        except ArtifactError as exc:
+            return [Check(name="artifact", ok=False, detail=exc.message, fix=exc.fix)]
+        return [Check(name="artifact", ok=True, detail=f"{uri}: version {version} in the registry at {server}")]
+
     def fetch(self, resolved: Resolved, dest: Path) -> None:
         import mlflow.artifacts
 
@@ -275,68 +310,6 @@ class MlflowFetcher(Fetcher):
             got = mlflow.artifacts.download_artifacts(artifact_uri=f"{resolved.pinned}/{path}", dst_path=str(scratch))
             os.replace(got, dest)
         except Exception as exc:
-            raise _registry_error(resolved.uri, exc, pinned) from None
+            raise registry_error(resolved.uri, exc, pinned) from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def moved_note(resolved: Resolved, previous_pinned: str | None) -> str | None:
-    """'models:/iris@champion now resolves to version 3 (the last build had version 2)' when an alias moved."""
-    if previous_pinned is None or previous_pinned == resolved.pinned or "@" not in resolved.uri:
-        return None
-    before = previous_pinned.rsplit("/", 1)[-1]
-    return (f"{resolved.uri} now resolves to version {resolved.version} ({resolved.pinned}); the last build had "
-            f"version {before}.")
-
-
-def list_versions(uri: str) -> list[RegistryVersion]:
-    """Every version of the registered model ``uri`` names (``models:/iris``, ``models:/iris@champion``...),
-    newest first, with its aliases, stage and the deployments mlship recorded on it."""
-    name = uri[len("models:/"):].strip("/").split("@")[0] if uri.startswith("models:/") else uri
-    name = name.rsplit("/", 1)[0] if "/" in name else name
-    mlflow = client()
-    ref = ModelRef(name=name)
-    try:
-        aliases = mlflow.get_registered_model(name).aliases
-        versions = mlflow.search_model_versions(f"name='{name}'")
-    except Exception as exc:
-        raise _registry_error(f"models:/{name}", exc, ref, mlflow) from None
-    by_version: dict[str, list[str]] = {}
-    for alias, version in aliases.items():
-        by_version.setdefault(str(version), []).append(alias)
-    out = [RegistryVersion(name=name, version=str(v.version), aliases=sorted(by_version.get(str(v.version), [])),
-                           stage=None if v.current_stage in (None, "None") else v.current_stage,
-                           status=str(v.status), run_id=v.run_id, created=(v.creation_timestamp or 0) / 1000,
-                           deployments=_deployments(v.tags or {}))
-           for v in versions]
-    return sorted(out, key=lambda v: int(v.version), reverse=True)
-
-
-def _deployments(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in tags.items():
-        if key.startswith(TAG_PREFIX):
-            try:
-                out[key[len(TAG_PREFIX):]] = json.loads(value)
-            except ValueError:
-                out[key[len(TAG_PREFIX):]] = {"raw": value}
-    return out
-
-
-def record_deployment(resolved: Resolved, target: str, url: str | None, digest: str | None) -> str:
-    """Tag the model version a deploy serves: ``mlship.deploy.<target>`` = {url, image_digest, time}; the tag
-    name. The registry then shows where each version runs."""
-    pinned = parse(resolved.pinned)
-    if pinned.version is None:
-        raise ArtifactError(f"{resolved.uri}: no version was resolved, so no deployment can be recorded.",
-                            fix="Resolve the artifact (mlship build) before recording a deployment.")
-    key = f"{TAG_PREFIX}{target}"
-    value = json.dumps({"url": url, "image_digest": digest,
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
-    try:
-        client().set_model_version_tag(pinned.name, pinned.version, key, value)
-    except ArtifactError:
-        raise
-    except Exception as exc:
-        raise _registry_error(resolved.pinned, exc, pinned) from None
-    return key

@@ -8,6 +8,7 @@ into the cache, the digest checked on the way in.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Artifact:
         return self.resolved is not None
 
 
+PROJECT_CACHE = ".mlship/cache"  # a project's own cache, beside mlship.yaml: where an image carries its model
 _memo: dict[tuple[str, str, str | None], Artifact] = {}
 _lock = threading.Lock()
 
@@ -47,14 +49,14 @@ def resolve_artifact(project: object, *, refresh: bool = False) -> Artifact:
     contract = project.contract  # type: ignore[attr-defined]
     root: Path = project.root  # type: ignore[attr-defined]
     uri: str = contract.artifact
-    pin: str | None = contract.artifact_sha256 or os.environ.get("MLSHIP_ARTIFACT_SHA256") or None  # an image's
+    pin = _pin(contract, root)
     if not is_remote(uri, root):
         return Artifact(path=(root / uri).resolve(), resolved=None, sha256=pin)
     key = (str(root), uri, pin)
     with _lock:
         if not refresh and key in _memo and _memo[key].path.exists():
             return _memo[key]
-        found = cache.lookup(pin) if pin and not refresh else None
+        found = None if refresh or not pin else cache.lookup(pin, root / PROJECT_CACHE) or cache.lookup(pin)
         if found is not None:
             path, resolved = found
             resolved = resolved if resolved is not None and resolved.uri == uri else Resolved(
@@ -77,7 +79,9 @@ def pin_contract(data: dict[str, Any], artifact: Artifact) -> dict[str, Any]:
     for key, value in data.items():
         if key == "artifact" and artifact.resolved is not None:
             out["artifact"] = artifact.resolved.uri
-            out["artifact_sha256"] = artifact.sha256
+            uri = artifact.resolved.uri  # an MLflow alias / latest follows the registry: each build resolves it
+            if not (uri.startswith("models:/") and ("@" in uri or uri.endswith("/latest"))):
+                out["artifact_sha256"] = artifact.sha256
         else:
             out[key] = value
     return out
@@ -98,17 +102,36 @@ def _fetch(uri: str, root: Path, pin: str | None) -> Artifact:
     return Artifact(path=path, resolved=kept, sha256=sha)
 
 
+def _pin(contract: Any, root: Path) -> str | None:
+    """The digest the artifact must have: the contract's, else the one an image was built with (its environment,
+    or the record of the one model its own cache holds for this URI)."""
+    pin: str | None = contract.artifact_sha256 or os.environ.get("MLSHIP_ARTIFACT_SHA256") or None
+    if pin is None:
+        for meta in sorted((root / PROJECT_CACHE / "meta").glob("*.json")):
+            found = cache.lookup(meta.stem, root / PROJECT_CACHE)
+            if found is not None and found[1] is not None and found[1].uri == contract.artifact:
+                return meta.stem
+    return pin
+
+
 def describe(project: object) -> dict[str, str | None]:
     """What /metadata says of a remote artifact: uri, pinned form, version, sha256 (resolved ones only, else the
     contract's), and the image's contract hash and git revision. Reads no network."""
     contract = project.contract  # type: ignore[attr-defined]
-    pin = contract.artifact_sha256 or os.environ.get("MLSHIP_ARTIFACT_SHA256") or None
-    known = _memo.get((str(project.root), contract.artifact, pin))  # type: ignore[attr-defined]
+    root: Path = project.root  # type: ignore[attr-defined]
+    pin = _pin(contract, root)
+    known = _memo.get((str(root), contract.artifact, pin))
     r = known.resolved if known is not None else None
-    return {"uri": contract.artifact, "pinned": r.pinned if r else None, "version": r.version if r else None,
-            "sha256": known.sha256 if known is not None else pin,
-            "contract_sha256": os.environ.get("MLSHIP_CONTRACT_SHA256") or None,
-            "git_revision": os.environ.get("MLSHIP_GIT_REVISION") or None}
+    out: dict[str, str | None] = {"uri": contract.artifact, "pinned": r.pinned if r else None,
+                                  "version": r.version if r else None,
+                                  "sha256": known.sha256 if known is not None else pin}
+    try:
+        record = json.loads((root / ".mlship" / "provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    out["contract_sha256"] = record.get("contract_sha256")
+    out["git_revision"] = record.get("git_revision")
+    return out
 
 
 def provenance_labels(artifact: Artifact) -> dict[str, str]:
