@@ -134,8 +134,10 @@ def test_transient_errors_are_retried_and_a_denied_action_fails_fast(fresh_targe
     mark = ecs_env.mark()
     with pytest.raises(TargetError) as info:
         fresh_target.deploy(v1_image, lambda _line: None)
-    assert info.value.message == f"create role mlship-{fresh_target.service}-exec: permission denied: AccessDenied: " \
-                                 "injected by the test: AccessDenied"
+    name = fresh_target.service
+    assert info.value.message == f"create role mlship-{name}-exec: permission denied: AccessDenied: injected by the " \
+        "test: AccessDenied\nRemoved what this first deploy made (nothing half-made stays): log group " \
+        f"/mlship/{name}, ECR repository {name} and its images."
     assert info.value.fix is not None and "or set targets.ecs.execution_role_arn" in info.value.fix
     assert [c[1] for c in ecs_env.since(mark)].count("CreateRole") == 1  # no retry of a 4xx
     fresh_target.close()
