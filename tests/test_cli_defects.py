@@ -286,7 +286,7 @@ def test_unknown_target_suggests_the_nearest(project: Path) -> None:
     result = invoke("status", "--target", "cloudrn")
     assert result.exit_code == 2, result.output
     err = plain(result.stderr)
-    assert "error: Unknown target `cloudrn`; did you mean `cloudrun`? Available: cloudrun, ecs, local." in err
+    assert "error: Unknown target `cloudrn`; did you mean `cloudrun`? Available: cloudrun, ecs, heroku, local." in err
     assert "fix: Use `cloudrun`, or install the package that provides the `cloudrn` target." in err
 
 

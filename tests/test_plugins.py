@@ -65,9 +65,10 @@ def test_builtin_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plugins.available("target") == {
         "cloudrun": "mlship.targets.cloudrun:CloudRunTarget",
         "ecs": "mlship.targets.ecs:EcsTarget",
+        "heroku": "mlship.targets.heroku:HerokuTarget",
         "local": "mlship.targets.local:LocalTarget",
     }
-    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: cloudrun, ecs, local\.$"):
+    with pytest.raises(PluginError, match=r"^Unknown target `aws`\. Available: cloudrun, ecs, heroku, local\.$"):
         plugins.get("target", "aws")
 
 

@@ -32,6 +32,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "local": "mlship.targets.local:LocalTarget",
     "cloudrun": "mlship.targets.cloudrun:CloudRunTarget",
     "ecs": "mlship.targets.ecs:EcsTarget",
+    "heroku": "mlship.targets.heroku:HerokuTarget",
 }
 
 GROUPS = {"runtime": "mlship.runtimes", "target": "mlship.targets"}

@@ -118,7 +118,13 @@ class App:
     # -- life cycle ---------------------------------------------------------------------------
     def start_loading(self) -> None:
         """Load and warm up the model in a background thread; the port is already bound."""
-        threading.Thread(target=self._load, name="mlship-loader", daemon=True).start()
+        if not self.model_ready:  # loaded before the port was bound (load_now)
+            threading.Thread(target=self._load, name="mlship-loader", daemon=True).start()
+
+    def load_now(self) -> bool:
+        """Load and warm up the model in this thread, before the port is bound; whether it loaded."""
+        self._load()
+        return self.model_ready
 
     def _load(self) -> None:
         started = time.perf_counter()

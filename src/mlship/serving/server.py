@@ -38,6 +38,7 @@ from mlship.serving.listener import BACKLOG, backlog_warning, listen_backlog, st
 from mlship.serving.protocol import protocol_class, read_timeouts
 
 log = logging.getLogger("mlship.server")
+LISTEN_WHEN_READY_ENV = "MLSHIP_LISTEN_WHEN_READY"
 
 
 
@@ -177,11 +178,16 @@ def serve(project: Project, config: ServeConfig) -> int:
     port = resolve_port(project, config.port)
     keys = api_keys_for(project)
     timeouts = read_timeouts()
+    # $MLSHIP_LISTEN_WHEN_READY=1: load first, then listen, where a bound port is the only readiness signal a platform
+    # has (Heroku: preboot moves traffic to a dyno once it listens); a model that fails to load exits 1 unheard.
+    early = App(project, keys) if os.environ.get(LISTEN_WHEN_READY_ENV) == "1" else None
+    if early is not None and not early.load_now():
+        return 1
     sock = _bind(config.host, port)  # bind before anything slow, so the platform sees the port at once
     warning = backlog_warning(listen_backlog(sock))
     if warning:
         log.warning("%s", warning)
-    app = App(project, keys)
+    app = early or App(project, keys)
     uv_config = uvicorn.Config(
         app,
         lifespan="on",

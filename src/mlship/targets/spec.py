@@ -39,10 +39,12 @@ class DeploySpec:
     examples: tuple[Example, ...] = ()  # the smoke test's requests and expected outputs
     memory_mb: float | None = None  # peak memory the test gate measured (None: not measured, e.g. --skip-test)
     memory_source: str | None = None  # how the gate measured it
+    ready_s: float | None = None  # the gate's container start -> /readyz 200 (None: not measured)
 
-    def measured(self, memory_mb: float | None, source: str | None = None) -> DeploySpec:
-        """This spec with the memory the test gate measured."""
-        return replace(self, memory_mb=memory_mb, memory_source=source)
+    def measured(self, memory_mb: float | None, source: str | None = None, ready_s: float | None = None) -> DeploySpec:
+        """This spec with what the test gate measured."""
+        return replace(self, memory_mb=memory_mb, memory_source=source,
+                       ready_s=ready_s if ready_s is None or ready_s >= 0 else None)
 
 
 def deploy_spec(project: Project) -> DeploySpec:
