@@ -120,6 +120,13 @@ def release(api: httpx.Client, app: str, image_id: str) -> dict[str, Any]:
     return dict(releases[0])
 
 
+def deploy_up(api: httpx.Client, heroku: HerokuEmulator, docker_engine: Any, image: str, app: str) -> dict[str, Any]:
+    """Push and release ``image`` on ``app``, then wait for its one web dyno to be up; returns the release."""
+    released = release(api, app, push(docker_engine, heroku, image, app))
+    wait_for(lambda: dyno_states(api, app) == [("web.1", released["version"], "up")], what="web.1 up")
+    return released
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -269,8 +276,7 @@ def test_h12_when_a_request_outlasts_the_router_timeout(docker_engine: Any, api:
                                                         new_app: Callable[..., str]) -> None:
     heroku.set_limits(router_timeout_s=1)
     app = new_app()
-    release(api, app, push(docker_engine, heroku, web_image, app))
-    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "up")], what="web.1 up")
+    deploy_up(api, heroku, docker_engine, web_image, app)
     assert httpx.get(f"{heroku.app_url(app)}sleep?s=0.1", timeout=10).status_code == 200
     slow = httpx.get(f"{heroku.app_url(app)}sleep?s=3", timeout=10)
     assert slow.status_code == 503 and "Application Error" in slow.text
@@ -283,8 +289,7 @@ def test_r14_above_the_quota_and_r15_kills_above_twice(docker_engine: Any, api: 
                                                        new_app: Callable[..., str]) -> None:
     heroku.set_limits(quota_mb={"basic": 64})
     app = new_app()
-    release(api, app, push(docker_engine, heroku, web_image, app))
-    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "up")], what="web.1 up")
+    deploy_up(api, heroku, docker_engine, web_image, app)
     assert httpx.get(f"{heroku.app_url(app)}alloc?mb=70", timeout=10).status_code == 200
     wait_for(lambda: "Error R14 (Memory quota exceeded)" in log_text(api, app), what="R14")
     assert dyno_states(api, app) == [("web.1", 3, "up")]
@@ -307,8 +312,7 @@ def test_preboot_keeps_the_old_dyno_serving_through_a_crashing_release_then_roll
     assert api.patch(f"/apps/{app}/formation/web", json={"size": "Standard-1X"}).json()["size"] == "standard-1X"
     assert api.patch(f"/apps/{app}/features/preboot", json={"enabled": True}).json()["enabled"] is True
     api.patch(f"/apps/{app}/config-vars", json={"VERSION": "good"})
-    good = release(api, app, push(docker_engine, heroku, web_image, app))
-    wait_for(lambda: dyno_states(api, app) == [("web.1", good["version"], "up")], what="good web.1 up")
+    good = deploy_up(api, heroku, docker_engine, web_image, app)
     answers: list[str] = []
     with httpx.Client(timeout=10) as client:
         def serve_through(until: Callable[[], bool], what: str) -> None:
@@ -338,8 +342,7 @@ def test_without_preboot_the_old_dyno_stops_before_the_new_one_starts(
         docker_engine: Any, api: httpx.Client, heroku: HerokuEmulator, web_image: str,
         new_app: Callable[..., str]) -> None:
     app = new_app()
-    release(api, app, push(docker_engine, heroku, web_image, app))
-    wait_for(lambda: dyno_states(api, app) == [("web.1", 3, "up")], what="web.1 up")
+    deploy_up(api, heroku, docker_engine, web_image, app)
     api.patch(f"/apps/{app}/config-vars", json={"VERSION": "two"})
     wait_for(lambda: dyno_states(api, app) == [("web.1", 4, "up")], what="v4 up")
     assert httpx.get(heroku.app_url(app), timeout=10).text == "web.1 two 10000"

@@ -189,87 +189,105 @@ class ProxyHooks:
         """Called once per request with what the client got (label "" when no instance was picked)."""
 
 
-class Proxy:
-    """A reverse proxy on its own 127.0.0.1 port: ``route()`` picks (host port, revision) per request."""
+class LoopbackServer:
+    """A threading HTTP/1.1 server on an ephemeral 127.0.0.1 port whose every request (any method) goes to
+    ``handle(request)``; served by a daemon thread until ``close()``."""
 
-    def __init__(self, route: Callable[[], tuple[int, str] | None], *, timeout: Callable[[], float],
-                 authorize: Callable[[dict[str, str]], bool], hooks: ProxyHooks | None = None) -> None:
-        on = hooks or ProxyHooks()
-
+    def __init__(self, handle: Callable[[BaseHTTPRequestHandler], None], name: str) -> None:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _forward(self) -> None:
-                started, label = time.monotonic(), ""
-                body = self._body()
-                if not authorize({k.lower(): v for k, v in self.headers.items()}):
-                    return self._answer(*on.forbidden(), started=started, label=label)
-                target = route()
-                if target is None:
-                    return self._answer(*on.no_route(), started=started, label=label)
-                host_port, label = target
-                conn = http.client.HTTPConnection("127.0.0.1", host_port, timeout=timeout())
-                try:
-                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                    for key, value in self.headers.items():
-                        if key.lower() not in HOP_BY_HOP:
-                            conn.putheader(key, value)
-                    for key, value in on.forwarded_headers(self.client_address[0]).items():
-                        conn.putheader(key, value)
-                    conn.putheader("Content-Length", str(len(body)))
-                    conn.endheaders(body)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    headers = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
-                    if on.label_header:
-                        headers[on.label_header] = label
-                    self._answer(resp.status, data, headers, started=started, label=label)
-                except TimeoutError:
-                    self._answer(*on.timed_out(label), started=started, label=label)
-                except (OSError, http.client.HTTPException):
-                    self._answer(*on.unreachable(label), started=started, label=label)
-                finally:
-                    conn.close()
+            def _any(self) -> None:
+                handle(self)
 
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _answer(self, status: int, data: bytes, headers: dict[str, str], *, started: float,
-                        label: str) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                on.answered(self.command, self.path, label, status, time.monotonic() - started, len(data))
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _any
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"cloudrun-proxy-{self.port}", daemon=True)
+                                        name=f"{name}-{self.port}", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
+
+
+def send(req: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str]) -> None:
+    """Answer ``req`` with ``data`` (no body for HEAD) and a Content-Length."""
+    req.send_response(status)
+    for key, value in headers.items():
+        req.send_header(key, value)
+    req.send_header("Content-Length", str(len(data)))
+    req.end_headers()
+    if req.command != "HEAD":
+        req.wfile.write(data)
+
+
+def read_body(req: BaseHTTPRequestHandler) -> bytes:
+    """The request's body, by Content-Length or chunked."""
+    if req.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int(req.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            chunks.append(req.rfile.read(size))
+            req.rfile.readline()
+        while req.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        return b"".join(chunks)
+    return req.rfile.read(int(req.headers.get("Content-Length") or 0))
+
+
+class Proxy(LoopbackServer):
+    """A reverse proxy on its own 127.0.0.1 port: ``route()`` picks (host port, revision) per request."""
+
+    def __init__(self, route: Callable[[], tuple[int, str] | None], *, timeout: Callable[[], float],
+                 authorize: Callable[[dict[str, str]], bool], hooks: ProxyHooks | None = None) -> None:
+        self.route, self.timeout, self.authorize, self.hooks = route, timeout, authorize, hooks or ProxyHooks()
+        super().__init__(self._forward, "proxy")
+
+    def _forward(self, req: BaseHTTPRequestHandler) -> None:
+        on, started, label = self.hooks, time.monotonic(), ""
+
+        def answer(status: int, data: bytes, headers: dict[str, str]) -> None:
+            send(req, status, data, headers)
+            on.answered(req.command, req.path, label, status, time.monotonic() - started, len(data))
+
+        body = read_body(req)
+        if not self.authorize({k.lower(): v for k, v in req.headers.items()}):
+            return answer(*on.forbidden())
+        target = self.route()
+        if target is None:
+            return answer(*on.no_route())
+        host_port, label = target
+        conn = http.client.HTTPConnection("127.0.0.1", host_port, timeout=self.timeout())
+        try:
+            conn.putrequest(req.command, req.path, skip_host=True, skip_accept_encoding=True)
+            for key, value in req.headers.items():
+                if key.lower() not in HOP_BY_HOP:
+                    conn.putheader(key, value)
+            for key, value in on.forwarded_headers(req.client_address[0]).items():
+                conn.putheader(key, value)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            data = resp.read()
+            headers = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
+            if on.label_header:
+                headers[on.label_header] = label
+            answer(resp.status, data, headers)
+        except TimeoutError:
+            answer(*on.timed_out(label))
+        except (OSError, http.client.HTTPException):
+            answer(*on.unreachable(label))
+        finally:
+            conn.close()
+        return None
 
 
 def weighted_choice(targets: list[tuple[int, str, int]]) -> tuple[int, str] | None:

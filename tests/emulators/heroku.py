@@ -38,13 +38,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from emulators._runtime import LoopbackServer, read_body, send
 from emulators.heroku_api import NO_CREDENTIALS, ApiError, accept_version
 from emulators.heroku_dynos import Limits
 from emulators.heroku_platform import Platform
@@ -55,38 +55,14 @@ class HerokuEmulator(Platform):
     def __init__(self, docker_client: Any, *, upstream: str = "127.0.0.1:5555", limits: Limits | None = None) -> None:
         super().__init__(docker_client, upstream=upstream, limits=limits)
         self._faults: list[list[Any]] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackServer | None = None
         self.registry_front: RegistryFront | None = None
         self.registry = ""
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> HerokuEmulator:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, payload, headers = emulator._dispatch(self.command, self.path, dict(self.headers), raw)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                kind = "text/plain; charset=utf-8" if isinstance(payload, bytes) else "application/json"
-                for key, value in {"Content-Type": kind, **headers}.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _any
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.api_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        self._server = LoopbackServer(self._serve, "heroku-api")
+        self.api_url = self._server.url
         self.registry_front = RegistryFront(upstream=self.upstream, prefix=f"heroku-{self.id}",
                                             account=self._email, access=self._registry_access,
                                             on_manifest=self._pushed)
@@ -96,8 +72,7 @@ class HerokuEmulator(Platform):
     def stop(self) -> None:
         """Stop the API, the registry front, every router; stop and remove every dyno container."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
         if self.registry_front is not None:
             self.registry_front.close()
         self.dynos.close()
@@ -146,6 +121,12 @@ class HerokuEmulator(Platform):
             self._faults.append([method.upper(), re.compile(path_regex), status, times, headers or {}, body])
 
     # --- HTTP -------------------------------------------------------------------------------------
+    def _serve(self, req: BaseHTTPRequestHandler) -> None:
+        status, payload, headers = self._dispatch(req.command, req.path, dict(req.headers), read_body(req))
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        kind = "text/plain; charset=utf-8" if isinstance(payload, bytes) else "application/json"
+        send(req, status, data, {"Content-Type": kind, **headers})
+
     def _dispatch(self, method: str, raw_path: str, headers: dict[str, str],
                   raw: bytes) -> tuple[int, Any, dict[str, str]]:
         path = unquote(urlsplit(raw_path).path).rstrip("/") or "/"

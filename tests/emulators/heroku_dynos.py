@@ -207,7 +207,7 @@ class DynoManager:
             run.dynos.append(dyno)
         self.logs.add(run.name, "heroku", name, "State changed from down to starting")
         try:
-            image = self._pull(launch.image)
+            image = self.pull(launch.image)
             config = image.attrs.get("Config") or {}
             user = config.get("User") or ""
             command = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
@@ -231,7 +231,7 @@ class DynoManager:
                 self._spawn(_runtime.stop_container, container, 1)
         threading.Thread(target=self._ship, args=(run.name, dyno), daemon=True).start()
 
-    def _pull(self, ref: str) -> Any:
+    def pull(self, ref: str) -> Any:
         image = self.docker.images.pull(ref)
         self.pulled.add(ref)
         return image

@@ -248,7 +248,7 @@ class Platform:
     def _fetch(self, app: App, release: Release) -> None:
         """A docker release is pending while its image is fetched; then it succeeds and the dynos start."""
         try:
-            self.dynos._pull(release.pull)
+            self.dynos.pull(release.pull)
             status = "succeeded"
         except Exception as exc:
             self.dynos.errors.append(f"release v{release.version} of {app.name}: {exc}")
@@ -273,7 +273,8 @@ class Platform:
 
     def _launch(self, app: App, release: Release) -> Launch:
         return Launch(release_id=release.id, version=release.version, image=release.pull, env=dict(release.config),
-                      quantity=app.quantity, size=app.size, preboot=app.preboot)
+                      quantity=app.quantity, size=app.size,
+                      preboot=app.preboot and app.size.startswith(("standard", "performance")))
 
     def _release(self, app: App, ident: str) -> Release:
         found = next((r for r in app.releases if r.id == ident or str(r.version) == ident), None)

@@ -26,13 +26,11 @@ import hashlib
 import http.client
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from emulators._runtime import HOP_BY_HOP
+from emulators._runtime import HOP_BY_HOP, LoopbackServer, send
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 REFUSED = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -58,33 +56,17 @@ class RegistryFront:
         self.upstream, self.prefix = upstream, prefix
         self.account, self.access, self.on_manifest = account, access, on_manifest
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
-        front = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                try:
-                    front._handle(self)
-                except RegistryError as exc:
-                    front._error(self, exc)
-
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"heroku-registry-{self.address}", daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(self._serve, "heroku-registry")
+        self.address = f"127.0.0.1:{self._server.port}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
+        self._server.close()
+
+    def _serve(self, req: BaseHTTPRequestHandler) -> None:
+        try:
+            self._handle(req)
+        except RegistryError as exc:
+            self._error(req, exc)
 
     # --- requests ---------------------------------------------------------------------------------
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
@@ -233,9 +215,8 @@ class RegistryFront:
         req.end_headers()
 
     def _reply(self, req: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str]) -> None:
-        self._send_head(req, status, dict(headers), len(data))
-        if req.command != "HEAD":
-            req.wfile.write(data)
+        self.requests.append((req.command, urlsplit(req.path).path, status))
+        send(req, status, data, {"Docker-Distribution-API-Version": "registry/2.0", **headers})
 
     def _error(self, req: BaseHTTPRequestHandler, exc: RegistryError) -> None:
         data = json.dumps({"errors": [{"code": exc.code, "message": exc.message, "detail": None}]}).encode()
