@@ -17,6 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 import mlship
 from conftest import IRIS, free_port, running
@@ -26,6 +27,7 @@ from mlship.artifacts import fetcher_for
 from mlship.artifacts.checks import artifact_checks
 from mlship.artifacts.mlflow import MlflowFetcher, parse
 from mlship.artifacts.mlflow_registry import list_versions, moved_note, record_deployment
+from mlship.cli import app
 from mlship.contract_io import load_project
 from mlship.errors import ArtifactError
 from mlship.init import init_project
@@ -221,6 +223,10 @@ def test_alias_deploy_move_redeploy_and_rollback_return_the_old_pair(
         assert back.image == first.image and back.url is not None
         assert back.serving is not None and back.serving.startswith("models:/iris@champion (1, sha256 "), back.serving
         assert_serves(back.url, mlflow_env.versions["1"])
+        listing = CliRunner().invoke(app, ["models", "-f", str(folder), "-t", "local"])
+        assert listing.exit_code == 0, listing.output
+        assert "local: serving models:/iris@champion (1, sha256 " in listing.output, listing.output
+        assert "iris version 3 @champion (READY); deployed on: local" in listing.output, listing.output
     finally:
         mlship.destroy(folder, target="local")
         for image in docker_engine.images.list(name=name):  # the CLI's build ran in a process of its own
