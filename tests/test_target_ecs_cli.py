@@ -43,6 +43,7 @@ def test_cli_deploy_status_logs_destroy(iris_image: tuple[Path, str], ecs_env: M
         report = json.loads(result.stdout)
         assert report["ok"] and report["target"] == "ecs" and report["changed"]
         assert report["image"].startswith(f"{REGISTRY}/{name}@sha256:") and report["digest"]
+        assert any(p.startswith("smoke test: POST each example") for p in report["plan"])
         assert [c["name"] for c in report["preflight"]["checks"] if c["ok"]][-4:] == \
             ["region", "credentials", "network", "permissions"]
         url = report["url"]
@@ -56,6 +57,11 @@ def test_cli_deploy_status_logs_destroy(iris_image: tuple[Path, str], ecs_env: M
         assert result.exit_code == 0, result.output
         assert "serving: 1/1 tasks running, 1 healthy in the target group" in result.output
         assert f"mlship-{name}:1 ({project.version}, serving)" in result.output
+        assert "events:\n  " in result.output and f"(service {name}) has reached a steady state." in result.output
+        result = invoke("status", "--target", "ecs", "-f", folder, "--json")
+        status = json.loads(result.stdout)
+        assert status["failed_deployment"] is None and status["events"][0].endswith("has reached a steady state.")
+        assert any(e.endswith("deployment completed.") for e in status["events"]), status["events"]
         result = invoke("logs", "--target", "ecs", "-f", folder, "--tail", "20")
         assert result.exit_code == 0 and f"mlship serving {name} on http://0.0.0.0:8080" in result.output
 
