@@ -26,10 +26,11 @@ ACCEPT = "application/vnd.heroku+json; version=3"
 RELEASES = "application/vnd.heroku+json; version=3.docker-releases"
 
 # A web process in the spirit of `python -m http.server`: / says which dyno and release answered; /sleep?s=N sleeps,
-# /alloc?mb=N keeps N more MB (touched); BOOT_DELAY delays the bind; NEVER_BIND never binds; CRASH exits 3.
+# /alloc?mb=N keeps N more MB (touched); NEVER_BIND never binds; CRASH exits 3;
+# SIGTERM exits 0 (PID 1 has no default action for it) unless IGNORE_TERM.
 APP_PY = b'''
 import os, signal, sys, time
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 has no default SIGTERM action
+signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("IGNORE_TERM") else lambda *_: sys.exit(0))
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 if os.environ.get("CRASH"):
@@ -37,7 +38,6 @@ if os.environ.get("CRASH"):
     sys.exit(3)
 if os.environ.get("NEVER_BIND"):
     time.sleep(999)
-time.sleep(float(os.environ.get("BOOT_DELAY", "0")))
 KEPT = []
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -352,7 +352,11 @@ def test_without_preboot_the_old_dyno_stops_before_the_new_one_starts(
     assert len(started) == 2 and started[0] < stopped < started[1]
     assert "Process exited with status 0" in lines[stopped + 1]  # SIGTERM handled: no R12
     assert "State changed from up to down" in lines[stopped + 2]
+    api.patch(f"/apps/{app}/config-vars", json={"IGNORE_TERM": "1"})
+    wait_for(lambda: dyno_states(api, app) == [("web.1", 5, "up")], what="v5 up")
     assert api.patch(f"/apps/{app}/formation/web", json={"quantity": 0}).status_code == 200
     wait_for(lambda: dyno_states(api, app) == [], what="scaled to 0")
+    assert ("Error R12 (Exit timeout) -> At least one process failed to exit within 3 seconds of SIGTERM"
+            in log_text(api, app, source="heroku"))
     assert httpx.get(heroku.app_url(app), timeout=10).status_code == 503
     assert 'code=H14 desc="No web processes running"' in log_text(api, app, dyno="router")

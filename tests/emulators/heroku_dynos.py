@@ -183,7 +183,7 @@ class DynoManager:
                 serving_up = any(d.state == "up" for d in run.dynos if d.generation == run.serving)
                 stale = [d for d in run.dynos if d.generation not in (run.serving, generation)]
             self._stop_all(run, stale)  # an earlier new generation that never took over
-            if not (launch.preboot and serving_up):
+            if not (launch.preboot and serving_up and launch.quantity):
                 self._stop_all(run, [d for d in run.dynos if d.generation != generation])
                 with self._lock:
                     run.serving = generation

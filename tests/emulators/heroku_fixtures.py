@@ -1,8 +1,9 @@
 """Fixtures of the Heroku emulator (a test module names the ones it uses: ``heroku = heroku_fixtures.heroku``):
 
 ``heroku``: a running HerokuEmulator per module (fast limits: boot 8 s, stop grace 3 s; change them with
-``heroku.set_limits``); at its end every container it started is removed (label ``dev.mlship.test=heroku-emulator``)
-and the module fails if one was left or the dyno manager hit an error.
+``heroku.set_limits``; ``heroku.api_key`` owns its apps and is in the team ``mlship-team``, ``heroku.other_key``
+is an account that may see none of them); at its end every container it started is removed (label
+``dev.mlship.test=heroku-emulator``) and the module fails if one was left or the dyno manager hit an error.
 ``heroku_env``: MLSHIP_HEROKU_API_URL, MLSHIP_HEROKU_REGISTRY and HEROKU_API_KEY pointed at it for one test (the
 limits are reset to the module's after the test).
 """
