@@ -68,7 +68,7 @@ class HerokuOptions(BaseModel):
     quantity: int = Field(default=1, ge=1, le=100, description="Web dynos (eco and basic: 1).")
     preboot: bool | None = Field(default=None, description="Preboot: new dynos boot and answer before the old ones "
                                  "stop (no downtime; Standard and Performance sizes). Default: on where available.")
-    quota_mb: int | None = Field(default=None, ge=64, description="The memory quota (MiB) the model must fit, instead "
+    quota_mb: int | None = Field(default=None, ge=1, description="The memory quota (MiB) the model must fit, instead "
                                  "of the dyno size's (e.g. to keep headroom).")
     env: dict[PlainEnvName, str | int | float | bool] = Field(
         default_factory=dict, description="Plain config vars of the app (never secrets: set those with "
