@@ -192,6 +192,22 @@ def test_injected_429_carries_retry_after_then_clears(api: httpx.Client, heroku:
     assert heroku.calls[-3:] == [("GET", "/account")] * 3
 
 
+def test_releases_page_by_range_with_next_range(api: httpx.Client, new_app: Callable[..., str]) -> None:
+    app = new_app()
+    for value in ("a", "b"):
+        assert api.patch(f"/apps/{app}/config-vars", json={"X": value}).json() == {"X": value}
+    first = api.get(f"/apps/{app}/releases", headers={"Range": "version ..; max=2, order=desc"})
+    assert first.status_code == 206 and [r["version"] for r in first.json()] == [4, 3]
+    assert [r["current"] for r in first.json()] == [True, False]
+    assert first.json()[0]["description"] == "Set X config vars"
+    rest = api.get(f"/apps/{app}/releases", headers={"Range": first.headers["Next-Range"]})
+    assert rest.status_code == 200 and [r["version"] for r in rest.json()] == [2, 1]
+    assert [r["version"] for r in api.get(f"/apps/{app}/releases").json()] == [1, 2, 3, 4]
+    assert api.get(f"/apps/{app}/releases/3").json()["status"] == "succeeded"
+    bad = api.get(f"/apps/{app}/releases", headers={"Range": "color ..; max=2"})
+    assert bad.status_code == 400 and "Range" in bad.json()["message"]
+
+
 # --- registry -------------------------------------------------------------------------------------
 def test_registry_login_and_push_need_the_key(docker_engine: Any, heroku: HerokuEmulator, web_image: str,
                                               new_app: Callable[..., str]) -> None:

@@ -26,8 +26,8 @@ docker-releases variant (``Accept: application/vnd.heroku+json; version=3.docker
 docs call it) and an image id (config digest) pushed to the app's registry, else 422; the app's ``build_stack``
 must be ``container`` (``stack`` becomes ``container`` with the release). A docker release is ``pending`` while
 the emulator fetches the image, then ``succeeded``: there is no release phase, so dynos that crash do not fail the
-release (as on Heroku); the dynos show it. Config var changes make a new release (and restart the dynos) once the
-app has code, as Heroku does; a rollback copies the target release's image and config vars. New apps start with
+release (as on Heroku); the dynos show it. Config var changes make a new release (that restarts the dynos when the
+app has code), as Heroku does; a rollback copies the target release's image and config vars. New apps start with
 v1 "Initial release" and v2 "Enable Logplex". Preboot can only be enabled on standard/performance sizes (422).
 Eco/basic web dynos scale to 1 at most. ``tail: true`` log sessions are refused (422): the emulator serves the
 lines a session asks for and ends.

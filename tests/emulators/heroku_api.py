@@ -147,7 +147,7 @@ def page(items: list[dict[str, Any]], range_header: str, fields: tuple[str, ...]
     headers = {"Accept-Ranges": ", ".join(fields)}
     if not range_header.strip():
         return (206 if len(items) > 200 else 200), items[:200], headers
-    found = re.fullmatch(r"\s*(\w+)\s+([^.;,\s]*)\.\.([^;,\s]*)\s*(?:[;,]\s*(.*))?", range_header)
+    found = re.fullmatch(r"\s*(\w+)\s+(\S*?)\.\.([^;,\s]*)\s*(?:[;,]\s*(.*))?", range_header)
     if found is None or found[1] not in fields:
         raise ApiError(400, f"Invalid Range header {range_header!r}: expected e.g. `{fields[0]} ..; max=10, "
                             "order=desc`.", "bad_request")
@@ -169,6 +169,6 @@ def page(items: list[dict[str, Any]], range_header: str, fields: tuple[str, ...]
     if end:
         chosen = [i for i in chosen if (value(i) >= typed(end) if order == "desc" else value(i) <= typed(end))]
     if len(chosen) > size:
-        headers["Next-Range"] = f"]{chosen[size - 1][key]}..; max={size}, order={order}"
+        headers["Next-Range"] = f"{key} ]{chosen[size - 1][key]}..; max={size}, order={order}"
         return 206, chosen[:size], headers
     return 200, chosen, headers
