@@ -67,21 +67,23 @@ def _rule(aws: Aws, n: Names) -> list[str]:
 
 
 def _load_balancer(aws: Aws, n: Names) -> list[str]:
-    lb = resources.find_load_balancer(aws, n)
-    if lb is None or not owned(resources.elb_tags(aws, lb["LoadBalancerArn"]), n.service):
-        return []
-    aws.call(f"delete load balancer {n.load_balancer}", "elbv2", "delete_load_balancer",
-             action="elasticloadbalancing:DeleteLoadBalancer", LoadBalancerArn=lb["LoadBalancerArn"])
-    return [f"load balancer {n.load_balancer} and its listener"]
+    return _elb_remove(aws, n, resources.find_load_balancer(aws, n), "LoadBalancer",
+                       f"load balancer {n.load_balancer} and its listener")
 
 
 def _target_group(aws: Aws, n: Names) -> list[str]:
-    tg = resources.find_target_group(aws, n)
-    if tg is None or not owned(resources.elb_tags(aws, tg["TargetGroupArn"]), n.service):
+    return _elb_remove(aws, n, resources.find_target_group(aws, n), "TargetGroup", f"target group {n.target_group}")
+
+
+def _elb_remove(aws: Aws, n: Names, found: dict[str, Any] | None, kind: str, what: str) -> list[str]:
+    """Delete ``found`` (a LoadBalancer or TargetGroup description) when its tags say mlship made it for the
+    service."""
+    key = f"{kind}Arn"
+    if found is None or not owned(resources.elb_tags(aws, found[key]), n.service):
         return []
-    aws.call(f"delete target group {n.target_group}", "elbv2", "delete_target_group",
-             action="elasticloadbalancing:DeleteTargetGroup", TargetGroupArn=tg["TargetGroupArn"])
-    return [f"target group {n.target_group}"]
+    operation = {"LoadBalancer": "delete_load_balancer", "TargetGroup": "delete_target_group"}[kind]
+    aws.call(f"delete {what}", "elbv2", operation, action=f"elasticloadbalancing:Delete{kind}", **{key: found[key]})
+    return [what]
 
 
 def _security_group(aws: Aws, n: Names) -> list[str]:
