@@ -40,8 +40,12 @@ _lock = threading.Lock()
 
 
 def is_remote(uri: str, root: Path) -> bool:
-    """Whether ``artifact:`` names something a fetcher reads (no network)."""
-    return looks_remote(uri) or (not (root / uri).exists() and (root / f"{uri}.dvc").is_file())
+    """Whether ``artifact:`` names something a fetcher reads (no network): a URI, or an absent path that is
+    DVC-tracked (``<path>.dvc`` beside it) or that the project's own cache holds (a DVC-tracked model in an image,
+    which carries no .dvc file)."""
+    if looks_remote(uri):
+        return True
+    return not (root / uri).exists() and ((root / f"{uri}.dvc").is_file() or _project_cached(uri, root) is not None)
 
 
 def resolve_artifact(project: object, *, refresh: bool = False) -> Artifact:
@@ -106,12 +110,16 @@ def _pin(contract: Any, root: Path) -> str | None:
     """The digest the artifact must have: the contract's, else the one an image was built with (its environment,
     or the record of the one model its own cache holds for this URI)."""
     pin: str | None = contract.artifact_sha256 or os.environ.get("MLSHIP_ARTIFACT_SHA256") or None
-    if pin is None:
-        for meta in sorted((root / PROJECT_CACHE / "meta").glob("*.json")):
-            found = cache.lookup(meta.stem, root / PROJECT_CACHE)
-            if found is not None and found[1] is not None and found[1].uri == contract.artifact:
-                return meta.stem
-    return pin
+    return pin or _project_cached(contract.artifact, root)
+
+
+def _project_cached(uri: str, root: Path) -> str | None:
+    """The digest of the model the project's own cache (an image's) holds for ``uri``, or None."""
+    for meta in sorted((root / PROJECT_CACHE / "meta").glob("*.json")):
+        found = cache.lookup(meta.stem, root / PROJECT_CACHE)
+        if found is not None and found[1] is not None and found[1].uri == uri:
+            return meta.stem
+    return None
 
 
 def describe(project: object) -> dict[str, str | None]:
