@@ -166,6 +166,9 @@ def test_deploy_predict_redeploy_changed_broken_rollback_destroy(iris_image: tup
     back = json.loads(result.stdout)
     assert back["version"] == v1 and predict(url).headers["x-model-version"] == v1
 
+    boots = heroku.boot_seconds(app)  # dyno launch -> listening on $PORT (once the model is ready, on Heroku)
+    assert boots and max(boots) < 8, boots  # the emulator's boot limit here (Heroku's: 60 s)
+
     result = invoke("destroy", "--target", "heroku", "-f", str(v2_project.root), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["removed"][0].startswith(f"Heroku app {app} (created by mlship")
@@ -175,7 +178,9 @@ def test_deploy_predict_redeploy_changed_broken_rollback_destroy(iris_image: tup
         time.sleep(0.2)
     assert [c for c in heroku.containers(app) if c.status != "removing"] == []
     assert invoke("destroy", "--target", "heroku", "-f", str(v2_project.root), "--json").exit_code == 0
-    print(f"\nheroku emulator: first deploy (preflight, build, test, push, release) {deploy_s:.1f}s")
+    print(f"\nheroku emulator: first deploy (preflight, build, test, push, release) {deploy_s:.1f}s; dyno start -> "
+          f"$PORT bound (model loaded) {min(boots):.2f}-{max(boots):.2f}s over {len(boots)} boots; gate memory "
+          f"{first['gate']['memory_mb']} MB ({first['gate']['memory_source']}) vs the standard-1x quota 512 MiB")
 
 
 def _headers(heroku: HerokuEmulator) -> dict[str, str]:
