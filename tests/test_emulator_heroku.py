@@ -6,6 +6,7 @@ running real containers (R10, H12, R14/R15, preboot, rollback, log sessions, inj
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -24,6 +25,7 @@ from emulators.heroku import HerokuEmulator
 heroku = heroku_fixtures.heroku
 ACCEPT = "application/vnd.heroku+json; version=3"
 RELEASES = "application/vnd.heroku+json; version=3.docker-releases"
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 # A web process in the spirit of `python -m http.server`: / says which dyno and release answered; /sleep?s=N sleeps,
 # /alloc?mb=N keeps N more MB (touched); NEVER_BIND never binds; CRASH exits 3;
@@ -240,6 +242,33 @@ def test_an_oci_index_is_refused(heroku: HerokuEmulator, new_app: Callable[..., 
                                         "detail": None}
 
 
+def test_only_linux_amd64_schema_2_manifests_are_kept(heroku: HerokuEmulator, new_app: Callable[..., str]) -> None:
+    app = new_app()
+    with httpx.Client(base_url=f"http://{heroku.registry}", auth=("_", heroku.api_key), timeout=30) as reg:
+        def manifest_for(config: dict[str, str]) -> dict[str, Any]:
+            blob = json.dumps(config).encode()
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            upload = reg.post(f"/v2/{app}/web/blobs/uploads/")
+            assert upload.status_code == 202 and upload.headers["Location"].startswith(f"/v2/{app}/web/")
+            done = reg.put(f"{upload.headers['Location']}&digest={digest}", content=blob)  # keeps _state
+            assert done.status_code == 201, done.text
+            return {"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": [],
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(blob),
+                               "digest": digest}}
+
+        arm = reg.put(f"/v2/{app}/web/manifests/arm", content=json.dumps(manifest_for({"architecture": "arm64",
+                                                                                         "os": "linux"})),
+                      headers={"Content-Type": DOCKER_V2})
+        assert arm.status_code == 400 and "linux/arm64" in arm.json()["errors"][0]["message"]
+        amd = manifest_for({"architecture": "amd64", "os": "linux"})
+        oci = reg.put(f"/v2/{app}/web/manifests/oci", content=json.dumps(amd),
+                      headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        assert oci.status_code == 405
+        kept = reg.put(f"/v2/{app}/web/manifests/amd", content=json.dumps(amd), headers={"Content-Type": DOCKER_V2})
+        assert kept.status_code == 201 and reg.get(f"/v2/{app}/web/tags/list").json()["tags"] == ["amd"]
+    assert heroku.apps[app].images == {amd["config"]["digest"]: kept.headers["Docker-Content-Digest"]}
+
+
 # --- dynos and the router ---------------------------------------------------------------------------
 def test_release_runs_a_dyno_that_answers_through_web_url(docker_engine: Any, api: httpx.Client,
                                                           heroku: HerokuEmulator, web_image: str,
@@ -260,6 +289,12 @@ def test_release_runs_a_dyno_that_answers_through_web_url(docker_engine: Any, ap
     logs = log_text(api, app)
     assert "app[web.1]: listening on" in logs and "heroku[web.1]: State changed from starting to up" in logs
     assert 'heroku[router]: at=info method=GET path="/"' in logs and "status=200" in logs
+    before = api.get(f"/apps/{app}/dynos/web.1").json()
+    assert (before["size"], before["release"]["version"]) == ("basic", 4)
+    assert api.delete(f"/apps/{app}/dynos").status_code == 202  # restart: a new dyno of the same release
+    wait_for(lambda: [(d["id"] != before["id"], d["state"]) for d in api.get(f"/apps/{app}/dynos").json()]
+             == [(True, "up")], what="restarted web.1 up")
+    assert api.get(f"/apps/{app}/dynos/web.9").status_code == 404
 
 
 def test_r10_when_the_process_never_binds_port_and_h10_after(docker_engine: Any, api: httpx.Client,
