@@ -1,10 +1,11 @@
 """What an image carries of a remote artifact: the model layer, the labels and the environment.
 
-Baked (the default): the cached bytes go into the image as the image's own cache
+Baked (the default): the cached bytes go into the image as the project's own cache
 (``/app/.mlship/cache/blobs/<sha256>/<file>`` and its record), so the server finds them by digest and reads no
-network; the model stays the image's last big layer. ``serve.fetch_at_start``: the image carries no model, only
-the fetcher's packages; the server fetches it into ``/tmp/mlship-cache`` with the platform's identity, checks
-the digest and only then reports ready. Either way ``$MLSHIP_ARTIFACT_SHA256`` pins the bytes.
+network; the model stays the image's last big layer, with no instruction before it that a new model changes.
+``serve.fetch_at_start``: the image carries no model, only the fetcher's packages; the server fetches it into
+``/tmp/mlship-cache`` with the platform's identity, checks the digest and only then reports ready
+(``$MLSHIP_ARTIFACT_SHA256`` pins the bytes where the contract does not).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mlship.artifacts import fetcher_for
-from mlship.artifacts.resolve import provenance_labels, resolve_artifact
+from mlship.artifacts.resolve import PROJECT_CACHE, provenance_labels, resolve_artifact
 
-IMAGE_CACHE = "/app/.mlship/cache"  # baked: read-only, in the model layer
 START_CACHE = "/tmp/mlship-cache"  # noqa: S108 - fetch at start: the one place the image's user may write
+PROVENANCE_FILE = ".mlship/provenance.json"  # beside mlship.yaml in the image
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,13 @@ class ModelLayer:
     requirements: list[str] = field(default_factory=list)
     note: str | None = None
 
-    def provenance_env(self, contract_sha256: str, commit: str | None) -> dict[str, str]:
-        """The environment, set after the contract layer, that /metadata reads (remote artifacts only)."""
+    def with_provenance(self, contract_sha256: str, commit: str | None) -> dict[str, str]:
+        """The generated files plus, in the contract layer, /app/.mlship/provenance.json (what /metadata reads:
+        the contract hash and the git revision the labels carry); remote artifacts only."""
         if not self.labels:
-            return {}
-        return {"MLSHIP_CONTRACT_SHA256": contract_sha256, "MLSHIP_GIT_REVISION": commit or ""}
+            return dict(self.generated)
+        record = {"contract_sha256": contract_sha256, "git_revision": commit}
+        return {**self.generated, f"contract/{PROVENANCE_FILE}": json.dumps(record, indent=1)}
 
 
 def write_generated(generated: dict[str, str], directory: Path) -> None:
@@ -63,17 +66,16 @@ def model_layer(project: Any, inside: Callable[[str, str], str]) -> ModelLayer:
     artifact = resolve_artifact(project)
     sha = artifact.sha256
     labels = provenance_labels(artifact)
-    env = {"MLSHIP_ARTIFACT_SHA256": sha or ""}
     if c.serve.fetch_at_start:
+        env = {"MLSHIP_CACHE_DIR": START_CACHE, "MLSHIP_ARTIFACT_SHA256": sha or ""}
         fetcher = fetcher_for(c.artifact, project.root)
         packages = list(getattr(fetcher, "image_packages", ()))
-        return ModelLayer(files=[], labels=labels, env={**env, "MLSHIP_CACHE_DIR": START_CACHE},
+        return ModelLayer(files=[], labels=labels, env=env,
                           requirements=[_pin(p) for p in packages],
                           note=f"serve.fetch_at_start: the image fetches {c.artifact} when it starts (not baked); "
                           f"it installs {', '.join(packages) or 'no extra package'}")
     resolved = artifact.resolved
     record = asdict(replace(resolved, sha256=sha)) if resolved is not None else {}
-    base = "model/.mlship/cache"
+    base = f"model/{PROJECT_CACHE}"  # no ENV before the model: a model-only change rebuilds only its layer
     return ModelLayer(files=[(artifact.path, f"{base}/blobs/{sha}/{artifact.path.name}")],
-                      generated={f"{base}/meta/{sha}.json": json.dumps(record, indent=1)},
-                      labels=labels, env={**env, "MLSHIP_CACHE_DIR": IMAGE_CACHE})
+                      generated={f"{base}/meta/{sha}.json": json.dumps(record, indent=1)}, labels=labels)

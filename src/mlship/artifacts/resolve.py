@@ -83,8 +83,9 @@ def pin_contract(data: dict[str, Any], artifact: Artifact) -> dict[str, Any]:
     for key, value in data.items():
         if key == "artifact" and artifact.resolved is not None:
             out["artifact"] = artifact.resolved.uri
-            uri = artifact.resolved.uri  # an MLflow alias / latest follows the registry: each build resolves it
-            if not (uri.startswith("models:/") and ("@" in uri or uri.endswith("/latest"))):
+            uri = artifact.resolved.uri  # an MLflow alias / latest follows the registry (each build resolves it);
+            # a DVC-tracked path is pinned by its .dvc file's md5, committed with the code
+            if looks_remote(uri) and not (uri.startswith("models:/") and ("@" in uri or uri.endswith("/latest"))):
                 out["artifact_sha256"] = artifact.sha256
         else:
             out[key] = value

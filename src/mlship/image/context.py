@@ -235,7 +235,7 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     # wrapper); a compiled model is served by onnxruntime, so the artifact's frameworks stay out
     frameworks = set() if compiled is not None and compiled.onnxruntime is not None else (
         artifact_frameworks(project.artifact_path))
-    rules = rules_for(c.runtime, frameworks)
+    rules = rules_for(c.runtime, frameworks, compiled=compiled is not None and compiled.onnxruntime is not None)
     requirements, index_urls, more = image_requirements(rules, requirements)
     layer = model_layer(project, _inside)  # a remote artifact: the image's cache, or fetched at start
     requirements += layer.requirements
@@ -254,7 +254,6 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     commit = git_commit(project.root)
     if commit:
         labels["org.opencontainers.image.revision"] = commit
-    late_env = layer.provenance_env(contract_sha, commit)  # /metadata shows them (remote artifacts)
     model, contract = project_files(project)
     if compiled is not None:  # the compiled folder mirrors /app/.mlship/compiled, beside the artifact
         model += [(path, f"model/{compiled_mod.FOLDER}/{path.name}") for path in compiled.files]
@@ -266,12 +265,12 @@ def plan_build(project: Project, *, base: str | None = None, pins: dict[str, str
     env.filters["dockerstr"] = docker_string
     template = env.from_string(files("mlship").joinpath("templates/Dockerfile.j2").read_text(encoding="utf-8"))
     dockerfile = template.render(mlship_version=__version__, name=c.name, base_image=image, python="python3",
-                                 labels=labels, prune=prune, strip=strip, env=layer.env, late_env=late_env,
+                                 labels=labels, prune=prune, strip=strip, env=layer.env,
                                  **wheelhouse.dockerfile_values(c.dependencies.python, image))  # pip, 3.9 check
     return BuildPlan(tag=f"{c.name}:{project.version}", base_image=image, python=c.dependencies.python,
                      requirements=requirements, labels=labels, files=model + contract + tools,
                      dockerfile=dockerfile, notes=notes + more + ([layer.note] if layer.note else []),
-                     index_urls=index_urls, generated=layer.generated)
+                     index_urls=index_urls, generated=layer.with_provenance(contract_sha, commit))
 
 
 def docker_string(value: object) -> str:
