@@ -56,11 +56,22 @@ class RegistryFront:
         self.upstream, self.prefix = upstream, prefix
         self.account, self.access, self.on_manifest = account, access, on_manifest
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        self.kept: set[tuple[str, str]] = set()  # (upstream repository, manifest digest) of what it accepted
         self._server = LoopbackServer(self._serve, "heroku-registry")
         self.address = f"127.0.0.1:{self._server.port}"
 
     def close(self) -> None:
+        """Stop serving and delete the manifests it stored upstream (their blobs go at the registry's next GC)."""
         self._server.close()
+        for repository, digest in sorted(self.kept):
+            conn = http.client.HTTPConnection(self.upstream, timeout=30)
+            try:
+                conn.request("DELETE", f"/v2/{repository}/manifests/{digest}")
+                conn.getresponse().read()
+            except OSError:
+                pass  # the upstream registry is gone already
+            finally:
+                conn.close()
 
     def _serve(self, req: BaseHTTPRequestHandler) -> None:
         try:
@@ -129,6 +140,7 @@ class RegistryFront:
         status, _ = self._forward(req, target, iter([body]))
         if status == 201:
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            self.kept.add((f"{self.prefix}/{app}/{process}", digest))
             self.on_manifest(app, process, reference, digest, config_digest)
         return None
 
