@@ -4,12 +4,15 @@ When the workspace copy is absent (a fresh clone, a CI runner), the bytes are re
 (``dvc.api.open`` for a file, ``DVCFileSystem.get`` for a tracked folder) from the repository's cache or its
 default remote, with DVC's remote configuration and credentials. The version is the md5 the ``.dvc`` file records
 (the pinned form is ``model.joblib@md5:<md5>``); a file's bytes are checked against that md5 as they arrive, and
-the cache then checks the sha256 (``artifact_sha256`` when the contract has one).
+the cache then checks the sha256 (``artifact_sha256`` when the contract has one). `mlship init` writes no
+``artifact_sha256`` for a DVC path: the .dvc file, committed with the code, pins it; a file the cache already holds
+with that md5 is a cache hit (no download).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +75,34 @@ def _dvc_error(path: str, md5: str, exc: Exception) -> ArtifactError:
                          ".dvc/config.local or the environment).")
 
 
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_sha256(md5: str) -> str | None:
+    """The sha256 of a file the artifact cache already holds with this DVC md5 (its bytes re-hashed to check),
+    so a rebuild reads the cache and downloads nothing; None when it holds none (or for a folder)."""
+    from mlship.artifacts import cache
+
+    if md5.endswith(".dir"):
+        return None
+    for meta in sorted((cache.cache_dir() / "meta").glob("*.json")):
+        try:
+            record = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if record.get("version") != md5 or not str(record.get("pinned", "")).endswith(f"@md5:{md5}"):
+            continue
+        found = cache.lookup(meta.stem)
+        if found is not None and found[0].is_file() and _md5_of(found[0]) == md5:
+            return meta.stem
+    return None
+
+
 class DvcFetcher(Fetcher):
     """A path whose ``<path>.dvc`` file is beside it, fetched with DVC's API when the workspace copy is absent."""
 
@@ -91,7 +122,7 @@ class DvcFetcher(Fetcher):
         pinned = f"{uri}@md5:{md5}"
         self._files[pinned] = path
         size = out.get("size")
-        return Resolved(uri=uri, pinned=pinned, version=md5, sha256=None,
+        return Resolved(uri=uri, pinned=pinned, version=md5, sha256=cached_sha256(md5),
                         size=int(size) if isinstance(size, int) else None, filename=path.name)
 
     def checks(self, uri: str, root: Path) -> list[Check]:
