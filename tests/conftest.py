@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,6 +130,40 @@ def build_broken_image(engine: Any, base: str, prefix: str) -> str:
     files = {"Dockerfile": f"FROM {base}\nCOPY iris.joblib /app/model/iris.joblib\n".encode(),
              "iris.joblib": b"this is not a pickle"}
     return build_from_files(engine, files, f"iris:{prefix}-broken-{uuid.uuid4().hex[:6]}")
+
+
+IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+class Hammer:
+    """POSTs ``body`` to ``url``/predict every 50 ms in a thread until stopped (at most 100 000 times); keeps the
+    status and X-Model-Version of every answer in ``answers`` ((0, error name) when there was none). For checking
+    that a deploy keeps every request answered."""
+
+    def __init__(self, url: str, body: Any = None) -> None:
+        self.url, self.body = url.rstrip("/"), IRIS_ROW if body is None else body
+        self.answers: list[tuple[int, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            for _ in range(100_000):
+                if self._stop.wait(0.05):
+                    return
+                try:
+                    reply = client.post(f"{self.url}/predict", json=self.body)
+                    self.answers.append((reply.status_code, reply.headers.get("x-model-version")))
+                except httpx.HTTPError as exc:
+                    self.answers.append((0, type(exc).__name__))
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
 
 
 def free_port() -> int:

@@ -12,21 +12,19 @@ revision, the traffic moves, the smoke test passes through the load balancer's U
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from docker.errors import ImageNotFound
 
-from conftest import build_image, copy_project
+from conftest import Hammer, build_image, copy_project
 from emulators import ecs_fixtures
 from emulators.ecs_agent import EcsAgent
-from emulators.ecs_fixtures import IRIS_ROW, REGISTRY, predict, remove_pushed, tagged_left
+from emulators.ecs_fixtures import REGISTRY, predict, remove_pushed, tagged_left
 from emulators.ecs_moto import MotoServer
 from mlship.errors import TargetError
 from mlship.targets import get_target
@@ -77,34 +75,6 @@ def make_target(iris_image: tuple[Path, str], ecs_env: MotoServer, agent: EcsAge
     for target in made:
         target.close()
     remove_pushed(docker_engine, service_name)
-
-
-class Hammer:
-    """POSTs /predict to ``url`` in a loop until stopped; keeps every status and version seen."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.answers = url, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            for _ in range(100_000):
-                if self._stop.wait(0.05):
-                    return
-                try:
-                    reply = client.post(f"{self.url}/predict", json=IRIS_ROW)
-                    self.answers.append((reply.status_code, reply.headers.get("x-model-version")))
-                except httpx.HTTPError as exc:
-                    self.answers.append((0, type(exc).__name__))
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def test_deploy_predict_redeploy_upgrade_broken_rollback_destroy(

@@ -10,7 +10,6 @@ the old release answers every request throughout: preboot) -> status, logs -> ro
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from conftest import build_broken_image, copy_project
+from conftest import IRIS_ROW, Hammer, build_broken_image, copy_project
 from emulators import heroku_fixtures
 from emulators.heroku import HerokuEmulator
 from mlship.cli import app as cli
@@ -34,7 +33,6 @@ from mlship.targets.heroku import HerokuTarget
 
 heroku = heroku_fixtures.heroku
 heroku_env = heroku_fixtures.heroku_env
-IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
 @pytest.fixture(autouse=True)
@@ -48,33 +46,6 @@ def invoke(*args: str) -> Any:
 
 def predict(url: str) -> httpx.Response:
     return httpx.post(url.rstrip("/") + "/predict", json=IRIS_ROW, timeout=10)
-
-
-class Hammer:
-    """POSTs /predict to ``url`` every 50 ms in a thread (at most 3 minutes); ``answers`` [(status, version)]."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.answers = url, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 180
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                reply = predict(self.url)
-                self.answers.append((reply.status_code, reply.headers.get("x-model-version")))
-            except httpx.HTTPError as exc:
-                self.answers.append((type(exc).__name__, None))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def retrained(root: Path) -> None:
