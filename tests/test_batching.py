@@ -349,11 +349,22 @@ def test_concat_rows_joins_lists_and_arrays() -> None:
     assert joined.shape == (3, 2, 2) and joined[1:].all()
 
 
-def test_tensor_runtimes_do_not_batch() -> None:
-    # their probabilities() decides softmax-or-not from the whole output: another request's rows would change it
-    assert SklearnRuntime.batchable is True
-    assert TensorflowRuntime.batchable is False
-    assert PytorchRuntime.batchable is False
+@pytest.mark.parametrize("runtime_class", [TensorflowRuntime, PytorchRuntime])
+def test_tensor_runtimes_batch_and_settle_softmax_once(runtime_class: Any) -> None:
+    # whether outputs are probabilities or logits is decided once (the first batch: the probe rows), so another
+    # request's rows in the same call never change an answer
+    assert SklearnRuntime.batchable is True and runtime_class.batchable is True
+    rt = runtime_class()
+    rt.task = "classification"
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
+    first = rt.scores_output(logits)
+    assert rt.scores_kind == "logits"
+    looks_like_probabilities = np.array([[0.2, 0.3, 0.5]])  # alone, a batch-wide guess would keep these as they are
+    alone = rt.scores_output(looks_like_probabilities).probabilities
+    mixed = rt.scores_output(np.concatenate([logits, looks_like_probabilities])).probabilities
+    np.testing.assert_allclose(alone[0], mixed[2])
+    np.testing.assert_allclose(first.probabilities, mixed[:2])
+    assert not np.allclose(alone[0], [0.2, 0.3, 0.5])  # softmax applied: the model's outputs are logits
 
 
 # -- the numpy input path of the sklearn runtime ---------------------------------------------------------

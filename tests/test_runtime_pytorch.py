@@ -312,7 +312,8 @@ def test_a_cpu_pin_in_the_contract_is_not_version_skew(digits_models: Path, tmp_
 
     for pin, ok in ((f"torch=={INSTALLED}+cpu", True), (f"torch=={INSTALLED}", True), ("torch==2.0.1+cpu", False)):
         root = digits_project(tmp_path / pin.replace("=", "-").replace("+", "_"), digits_models,
-                              dependencies={"python": "3.11", "requirements": [pin]})
+                              dependencies={"python": "3.11", "requirements": [pin]},
+                              serve={"compile": "off"})  # the native image (compiled: tests/test_compiled_tensor.py)
         project = load_project(root)
         if not ok:
             with pytest.raises(BuildError, match="Version skew"):
@@ -404,8 +405,9 @@ def test_init_validate_serve_predict_and_422(digits_models: Path, tmp_path: Path
 @pytest.fixture(scope="session")
 def digits_image(docker_engine: Any, digits_models: Path, tmp_path_factory: pytest.TempPathFactory
                  ) -> tuple[Path, str]:
-    """The example's mlship.yaml built once per session: (project dir, image tag)."""
-    root = digits_project(tmp_path_factory.mktemp("digits-image") / "p", digits_models)
+    """The example's mlship.yaml built once per session, serving torch itself (serve.compile: off; the compiled
+    image is tests/test_compiled_tensor.py's): (project dir, image tag)."""
+    root = digits_project(tmp_path_factory.mktemp("digits-image") / "p", digits_models, serve={"compile": "off"})
     return root, build_image(load_project(root))
 
 

@@ -97,6 +97,9 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> 
 
 @pytest.fixture(scope="module")
 def server(digits_dir: Path) -> Iterator[Server]:
+    from mlship.image.context import build_compiled
+
+    build_compiled(load_project(digits_dir))  # as `mlship build` does: the server starts from the compiled model
     with running(digits_dir) as srv:
         yield srv
 
@@ -390,16 +393,24 @@ def test_probabilities_softmax_when_needed() -> None:
 def digits_image(docker_engine: object, tmp_path_factory: pytest.TempPathFactory, digits_model: Path
                  ) -> tuple[Path, str]:
     root = make_digits_project(tmp_path_factory.mktemp("digits-image"), digits_model)
+    edit(root, lambda d: d.update(serve={"compile": "off"}))  # TensorFlow itself (compiled: test_compiled_tensor.py)
     return root, build_image(load_project(root))
 
 
-def test_build_plan_pins_tensorflow_cpu_and_pillow(digits_dir: Path) -> None:
+def test_build_plan_pins_tensorflow_cpu_and_pillow(digits_dir: Path, tmp_path: Path) -> None:
     from importlib.metadata import version
 
     from mlship.image.context import plan_project
 
     project = load_project(digits_dir)
     plan = plan_project(project, TEST_BASE_IMAGE)
+    assert f"pillow=={version('pillow')}" in plan.requirements and f"onnxruntime=={version('onnxruntime')}" in (
+        plan.requirements)  # compiled (serve.compile: auto): no TensorFlow at all
+    assert not any(r.split("==")[0] in ("tensorflow", "tensorflow-cpu", "keras") for r in plan.requirements)
+    off = tmp_path / "off"
+    shutil.copytree(digits_dir, off, ignore=shutil.ignore_patterns(".mlship", "server-*.log"))
+    edit(off, lambda d: d.update(serve={"compile": "off"}))
+    plan = plan_project(load_project(off), TEST_BASE_IMAGE)
     assert f"tensorflow-cpu=={tf_version()}" in plan.requirements
     assert f"pillow=={version('pillow')}" in plan.requirements
     assert not any(r.split("==")[0] == "tensorflow" for r in plan.requirements)

@@ -4,14 +4,17 @@ A runtime that can convert its models (``Runtime.to_onnx``; scikit-learn through
 to serve them. Conversion happens once, on the machine that has the framework (`mlship serve`, `validate` or
 `build`), and is kept in ``<project>/.mlship/compiled/``:
 
-- ``model.onnx``: the converted model, taking one float64 tensor (rows x features in the model's column order);
+- ``model.onnx``: the converted model, taking one float64 tensor (rows x features in the model's column order),
+  or for a tensor input (``input.tensor``: Keras, PyTorch) one array of instances in the model's dtype;
 - ``record.json``: what it was made from (the artifact's sha256, the features, the probe rows' sha256), the
   onnxruntime version that checked it, and the native model's outputs on the probe rows.
 
 The probe rows are the contract's examples plus instances generated from its input schema (near the examples,
 across [minimum, maximum] and far outside). The compiled model is used only when, on every probe row, it gives
 the same label and probabilities within 1e-5 of the native model (regression values: within 1e-5, relative
-for values above 1). A server that finds
+for values above 1). Tensor models are probed with the examples plus seeded generated tensors of the
+contract's shape and dtype (:mod:`mlship.compiled_tensor`); their raw output goes through the runtime's own
+``scores_output`` (softmax, labels) on both paths. A server that finds
 a record matching its artifact, contract and onnxruntime re-runs the probe rows against the recorded outputs
 and serves without importing the framework at all; that is what makes an image's cold start and memory small.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,10 @@ class Record:
     expected_values: list[Any]
     expected_probabilities: list[list[float]] | None
     max_abs_diff: float
+    tensor_shape: list[int] | None = None  # a tensor input: one instance's shape (the batch dimension left out)
+    dtype: str | None = None  # a tensor input: the contract's dtype
+    scores_kind: str | None = None  # a tensor classifier: its outputs are "probabilities" or "logits"
+    load_settings: str = ""  # the contract's opt-ins the original needed to load (see load_settings())
 
 
 def folder(root: Path) -> Path:
@@ -79,6 +87,8 @@ def probe_sha256(rows: Any) -> str:
 
 
 def numeric_rows(rows: Any) -> Any:
+    if isinstance(rows, np.ndarray) and rows.ndim > 2:  # a tensor input: (N, *shape), already validated
+        return rows
     try:
         x = np.asarray(rows, dtype=np.float64)
     except (TypeError, ValueError):
@@ -132,18 +142,28 @@ def loading_problem(onnx_bytes: bytes) -> str | None:
     return None
 
 
-class CompiledModel:
-    """An onnxruntime session plus what is needed to turn its outputs into a ModelOutput."""
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32,
+              "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
 
-    def __init__(self, onnx_bytes: bytes, record: Record) -> None:
+
+class CompiledModel:
+    """An onnxruntime session plus what is needed to turn its outputs into a ModelOutput. A tensor model's raw
+    output becomes a ModelOutput through ``scores`` (the runtime's ``scores_output``, numpy only)."""
+
+    def __init__(self, onnx_bytes: bytes, record: Record, scores: Callable[[Any], ModelOutput] | None = None) -> None:
         self.record = record
         self.session = _session(onnx_bytes)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
-        self.dtype = np.float32 if first.type == "tensor(float)" else np.float64
+        self.dtype: Any = _ORT_TYPES.get(first.type, np.float64)
         names = [o.name for o in self.session.get_outputs()]
         self.classes = record.classes
-        if record.classes is not None:
+        self.scores = scores
+        if record.tensor_shape is not None:
+            if scores is None:
+                raise NotCompiled("a tensor model's compiled path needs its runtime's scores_output")
+            self.outputs = names[:1]
+        elif record.classes is not None:
             wanted = "probabilities" if record.probabilities else "label"
             if wanted not in names:
                 raise NotCompiled(f"the converted model has no {wanted!r} output (it has {names})")
@@ -160,6 +180,9 @@ class CompiledModel:
         return 4 * self.record.max_abs_diff
 
     def predict(self, rows: Any) -> ModelOutput:
+        if self.scores is not None and self.record.tensor_shape is not None:  # (N, *shape) -> the model's dtype
+            x = np.ascontiguousarray(rows, dtype=self.dtype)
+            return self.scores(np.asarray(self.session.run(self.outputs, {self.input_name: x})[0]))
         x = np.asarray(rows, dtype=np.float64)
         if self.columns is not None:
             x = x[:, self.columns]
@@ -234,10 +257,21 @@ def _max_diff(a: Any, b: Any) -> float:
     return float(np.max(np.abs(a[both] - b[both]), initial=0.0))
 
 
+def load_settings(unsafe_deserialization: bool, trust: list[str] | tuple[str, ...]) -> str:
+    """The contract's loading opt-ins, as recorded with a compiled model: a model converted while
+    ``unsafe_deserialization`` (or a ``trust:`` entry) allowed its file to load is not served once the contract
+    withdraws it (the original is loaded again, and refused). Empty without opt-ins."""
+    if not unsafe_deserialization and not trust:
+        return ""
+    return json.dumps({"unsafe_deserialization": unsafe_deserialization, "trust": sorted(trust)}, sort_keys=True)
+
+
 def compile_model(runtime: Runtime, model: Any, rows: Any, features: list[str], source_sha256: str,
-                  framework: str) -> tuple[bytes, Record, CompiledModel]:
-    """Convert ``model`` with ``runtime.to_onnx`` and check it on ``rows`` (validated probe rows)."""
+                  framework: str, settings: str = "") -> tuple[bytes, Record, CompiledModel]:
+    """Convert ``model`` with ``runtime.to_onnx`` and check it on ``rows`` (validated probe rows; for a tensor
+    input one array of probe instances)."""
     x = numeric_rows(rows)
+    tensor = x.ndim > 2 or not features
     ort = ort_version()
     onnx_bytes, columns, converter = runtime.to_onnx(model, features)
     native = runtime.predict(model, rows, features)
@@ -252,8 +286,10 @@ def compile_model(runtime: Runtime, model: Any, rows: Any, features: list[str], 
         framework=framework, classes=classes, probabilities=probabilities, expected_values=values,
         expected_probabilities=np.asarray(native.probabilities, dtype=np.float64).tolist() if probabilities else None,
         max_abs_diff=0.0,
+        tensor_shape=[int(d) for d in x.shape[1:]] if tensor else None, dtype=str(x.dtype) if tensor else None,
+        scores_kind=runtime.scores_kind if tensor else None, load_settings=settings,
     )
-    compiled = CompiledModel(onnx_bytes, record)
+    compiled = CompiledModel(onnx_bytes, record, runtime.scores_output if tensor else None)
     record.max_abs_diff = difference(native, compiled.predict(x))  # sets the tie tolerance, then labels count
     compare(native, compiled.predict(x))
     return onnx_bytes, record, compiled
@@ -303,9 +339,11 @@ def remember_failure(root: Path, source_sha256: str, exc: NotCompiled, write: bo
     return str(exc)
 
 
-def load(root: Path, rows: Any, features: list[str], source_sha256: str) -> CompiledModel:
+def load(root: Path, rows: Any, features: list[str], source_sha256: str,
+         runtime: Runtime | None = None, settings: str = "") -> CompiledModel:
     """The compiled model kept for this artifact and contract, re-checked on ``rows`` against the recorded
-    outputs; NotCompiled (saying why) when there is none, it is stale or it no longer predicts the same."""
+    outputs; NotCompiled (saying why) when there is none, it is stale or it no longer predicts the same.
+    A tensor model needs ``runtime`` (configured: its ``scores_output`` turns raw outputs into predictions)."""
     target = folder(root)
     try:
         data = json.loads((target / RECORD_FILE).read_text())
@@ -319,7 +357,10 @@ def load(root: Path, rows: Any, features: list[str], source_sha256: str) -> Comp
     stale = [what for what, ok in (
         ("its format", record.format == FORMAT),
         ("the artifact", record.source_sha256 == source_sha256),
+        ("unsafe_deserialization or trust", record.load_settings == settings),
         ("input.features", record.features == list(features)),
+        ("input.tensor", record.tensor_shape is None or (record.tensor_shape == [int(d) for d in x.shape[1:]]
+                                                         and record.dtype == str(x.dtype))),
         ("the probe rows (examples or input schema)", record.probe_sha256 == probe_sha256(x)),
         (f"onnxruntime (checked with {record.onnxruntime}, {ort} here)", record.onnxruntime == ort),
     ) if not ok]
@@ -329,7 +370,12 @@ def load(root: Path, rows: Any, features: list[str], source_sha256: str) -> Comp
         onnx_bytes = (target / ONNX_FILE).read_bytes()
     except OSError as exc:
         raise NotCompiled(f"{target / ONNX_FILE} is unreadable ({exc})") from None
-    compiled = CompiledModel(onnx_bytes, record)
+    tensor = record.tensor_shape is not None
+    if tensor and runtime is None:
+        raise NotCompiled("a tensor model's compiled path needs its runtime")
+    if tensor and runtime is not None:
+        runtime.scores_kind = record.scores_kind
+    compiled = CompiledModel(onnx_bytes, record, runtime.scores_output if tensor and runtime else None)
     expected = ModelOutput(values=record.expected_values, probabilities=record.expected_probabilities,
                            classes=record.classes if record.probabilities else None)
     compare(expected, compiled.predict(x))
@@ -342,5 +388,6 @@ def _plain(value: Any) -> Any:
 
 def describe(compiled: CompiledModel) -> str:
     r = compiled.record
+    probes = "probe tensors" if r.tensor_shape is not None else "probe rows"
     return (f"onnxruntime {r.onnxruntime} (compiled with {r.converter} from {r.framework}; same labels, "
-            f"max difference {r.max_abs_diff:.1g} on {r.probe_count} probe rows)")
+            f"max difference {r.max_abs_diff:.1g} on {r.probe_count} {probes})")

@@ -53,11 +53,13 @@ def _runtime_class(name: str) -> Any:
         return None
 
 
-def rules_for(runtime: str, frameworks: set[str] | None = None) -> ImageRules:
-    """The contract's runtime, then the runtime of each framework the artifact references (torch -> pytorch)."""
+def rules_for(runtime: str, frameworks: set[str] | None = None, compiled: bool = False) -> ImageRules:
+    """The contract's runtime, then the runtime of each framework the artifact references (torch -> pytorch).
+    An image that serves the compiled model (``compiled``: onnxruntime, not the framework) follows none: the
+    runtime's rules install, prune and strip the framework (torch's CPU build would add torch back)."""
     found: list[tuple[str, Any]] = []
     notes: list[str] = []
-    cls = _runtime_class(runtime)
+    cls = None if compiled else _runtime_class(runtime)
     if cls is not None:
         found.append((runtime, cls))
     for framework in sorted(frameworks or ()):

@@ -39,7 +39,8 @@ def compile_elsewhere(project: Project, reason: str, keep: bool = True) -> Compi
     rows = Predictor(project, keep_compiled=keep)._probe_rows(cm.PROBE_ROWS)  # the rows the server checks with
     sha = artifact_sha256(project.artifact_path)
     try:
-        kept = cm.load(project.root, rows, c.feature_names, sha)
+        kept = cm.load(project.root, rows, c.feature_names, sha,
+                       settings=cm.load_settings(c.unsafe_deserialization, c.trust))
         return Compiled(files=files, onnxruntime=kept.record.onnxruntime,
                         note=f"serving the compiled model (converted in a build environment: {reason}): "
                         f"{cm.describe(kept)}")
@@ -76,7 +77,8 @@ def compile_elsewhere(project: Project, reason: str, keep: bool = True) -> Compi
             probe_sha256=cm.probe_sha256(x), probe_count=len(x), onnxruntime=cm.ort_version(),
             converter=result.converter or "skl2onnx", framework=f"scikit-learn {result.versions.get('scikit-learn')}",
             classes=result.classes, probabilities=result.probabilities is not None,
-            expected_values=result.predictions, expected_probabilities=result.probabilities, max_abs_diff=0.0)
+            expected_values=result.predictions, expected_probabilities=result.probabilities, max_abs_diff=0.0,
+            load_settings=cm.load_settings(c.unsafe_deserialization, c.trust))
         model = cm.CompiledModel(onnx_bytes, record)
         try:
             record.max_abs_diff = cm.difference(native, model.predict(x))

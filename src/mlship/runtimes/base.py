@@ -88,6 +88,10 @@ class Runtime(ABC):
     #: Whether a row's prediction depends on that row alone, so that the server may join the rows of
     #: concurrent requests into one :meth:`predict` call (``serve.batching``). A runtime opts in.
     batchable: ClassVar[bool] = False
+    #: A tensor classifier's outputs: "probabilities" or "logits" (softmax applied), decided once from the first
+    #: batch it predicts (the probe rows, see :meth:`prepare`) so that an answer never depends on which other
+    #: requests shared its call; recorded with a compiled model (:mod:`mlship.compiled`).
+    scores_kind: str | None = None
 
     def configure(self, contract: Contract) -> None:
         """Take the contract's settings; called before :meth:`load` by the server, validate and build."""
@@ -127,8 +131,16 @@ class Runtime(ABC):
     def to_onnx(self, model: Any, features: list[str]) -> tuple[bytes, list[int], str]:
         """Convert the model for the compiled path (see :mod:`mlship.compiled`): returns (the ONNX model, taking
         one float64 tensor of rows x the model's columns; the contract feature index of each model column; the
-        converter's name and version). Raise :class:`NotCompiled` saying why when it cannot."""
+        converter's name and version). Raise :class:`NotCompiled` saying why when it cannot. A tensor runtime
+        (``features`` empty) returns a model taking the instances array in its dtype, no columns, and implements
+        :meth:`scores_output` for the model's raw output."""
         raise NotCompiled(f"the {self.name} runtime has no compiled path")
+
+    def scores_output(self, out: Any) -> ModelOutput:
+        """A tensor runtime's predictions from its model's raw output array (batch first): what :meth:`predict`
+        does after calling the model, so that the compiled path (which calls onnxruntime instead) answers the
+        same way. Must not import the framework (a compiled image does not have it)."""
+        raise NotCompiled(f"the {self.name} runtime has no compiled path for tensor inputs")
 
     def check(self, model: Any, features: list[str]) -> list[str]:
         """Problems between the model and the contract's features (empty when they agree)."""

@@ -45,6 +45,8 @@ from mlship.runtimes.pytorch_files import (
     traced_input,
     unreadable,
 )
+from mlship.runtimes.pytorch_scores import _probabilities as _probabilities  # re-exported: tests call it here
+from mlship.runtimes.pytorch_scores import _to_numpy, scores_kind
 
 THREADS_ENV = "MLSHIP_TORCH_THREADS"
 _DTYPES = {"float32", "float64", "int32", "int64", "uint8"}
@@ -107,9 +109,13 @@ class PytorchRuntime(Runtime):
     # (torch/bin/torch_shm_manager stays: `import torch` looks for it)
     image_prune = ("torch/include", "torch/share", "torch/test", "torch/bin/test_*", "torch/bin/*Test",
                    "torch/bin/protoc*", "torch/testing/_internal/py312_intrinsics.py")
+    # an image serving the compiled model (model.onnx, see mlship.compiled) installs onnxruntime instead
+    framework_packages = ("torch",)
+    batchable = True  # one instance's output depends on that instance alone (stateful models: serve.batching)
 
     def __init__(self) -> None:
         self.labels: list[str] | None = None
+        self.tensor: tuple[list[int], str] | None = None  # the contract's instance shape and dtype
         self._warnings: list[str] = []
 
     @contextmanager
@@ -132,6 +138,8 @@ class PytorchRuntime(Runtime):
     def configure(self, contract: Contract) -> None:
         super().configure(contract)
         self.labels = contract.output.labels
+        t = contract.input.tensor
+        self.tensor = ([int(d) for d in t.instance_shape], t.dtype) if t is not None else None
 
     # -- loading -----------------------------------------------------------------------------------
     def load(self, path: Path) -> Any:
@@ -319,12 +327,18 @@ class PytorchRuntime(Runtime):
         tm = model if isinstance(model, TorchModel) else TorchModel(model, "module")
         # a tensor input arrives as one array; named features as rows of numbers -> (N, F), the model's dtype
         x = rows if isinstance(rows, np.ndarray) else np.asarray(rows, dtype=np.dtype(tm.dtype or "float32"))
-        out = self._forward(tm, x)
+        return self.scores_output(self._forward(tm, x))
+
+    def scores_output(self, out: Any) -> ModelOutput:
+        """Predictions from the model's output (values, or softmax of logits unless they are probabilities);
+        the compiled path gives onnxruntime's output the same treatment."""
         if self.task == "regression":
             if out.ndim == 2 and out.shape[1] == 1:
                 out = out[:, 0]
             return ModelOutput(values=out.tolist() if out.ndim == 1 else [row.tolist() for row in out])
-        proba = _probabilities(out)
+        if self.scores_kind is None:  # settled once, on the first batch (the probe rows): never per request
+            self.scores_kind = scores_kind(out)
+        proba = _probabilities(out, self.scores_kind)
         if self.labels and proba.shape[1] != len(self.labels):
             raise ArtifactError(
                 f"The model returns {proba.shape[1]} class scores per instance but output.labels lists "
@@ -334,6 +348,18 @@ class PytorchRuntime(Runtime):
         classes: list[Any] = list(range(proba.shape[1]))
         return ModelOutput(values=[classes[i] for i in proba.argmax(axis=1)], probabilities=proba,
                            classes=classes)
+
+    def to_onnx(self, model: Any, features: list[str]) -> tuple[bytes, list[int], str]:
+        """The model as ONNX (see :mod:`mlship.runtimes.pytorch_onnx`), for a tensor input."""
+        from mlship.compiled import NotCompiled
+        from mlship.runtimes.pytorch_onnx import convert
+
+        tm = model if isinstance(model, TorchModel) else TorchModel(model, "module")
+        if self.tensor is None or tm.fixed_batch is not None:
+            raise NotCompiled("the input is named features, not input.tensor" if self.tensor is None else
+                              f"the program was exported with a fixed batch size of {tm.fixed_batch}")
+        onnx_bytes, converter = convert(_import_torch(), tm.module, tm.format, *self.tensor)
+        return onnx_bytes, [], converter
 
     def _forward(self, tm: TorchModel, x: Any) -> Any:
         torch = _import_torch()
@@ -350,45 +376,3 @@ class PytorchRuntime(Runtime):
         if n < tm.fixed_batch:
             x = np.concatenate([x, np.zeros((tm.fixed_batch - n, *x.shape[1:]), dtype=x.dtype)])
         return self._forward(TorchModel(tm.module, tm.format, tm.shape, tm.dtype), x)[:n]
-
-
-def _to_numpy(torch: Any, out: Any) -> Any:
-    """The first tensor of a model's output (a tensor, a tuple/list, or a dict with logits) as numpy."""
-    if isinstance(out, dict):
-        out = out.get("logits", next(iter(out.values()), None))
-    if isinstance(out, list | tuple):
-        out = out[0] if out else None
-    if not isinstance(out, torch.Tensor):
-        raise ArtifactError(f"The model returned a {type(out).__name__}, not a tensor.",
-                            fix="Return a tensor (or a tuple whose first item is the prediction), or wrap the "
-                            "output with a `predict: predict.py:predict` function.")
-    array = out.detach().cpu()
-    if array.dtype in (torch.float16, torch.bfloat16):
-        array = array.float()
-    return array.numpy()
-
-
-def _probabilities(out: Any) -> Any:
-    """Class probabilities from a (N, K) output: softmax of logits unless rows already are probabilities.
-
-    A row counts as probabilities when every value is in [0, 1] and the row sums to 1 (within 1e-3); a
-    single score per instance (N,) or (N, 1) is a binary classifier: sigmoid unless it is in [0, 1].
-    """
-    scores = np.asarray(out, dtype=np.float64)
-    if scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1):
-        p = scores.reshape(-1)
-        if p.min(initial=0.0) < 0.0 or p.max(initial=0.0) > 1.0:
-            p = 1.0 / (1.0 + np.exp(-p))
-        return np.stack([1.0 - p, p], axis=1)
-    if scores.ndim != 2:
-        raise ArtifactError(f"The model returned scores of shape {list(scores.shape)}; a classifier returns "
-                            "(batch, classes).",
-                            fix="Return one row of scores per instance, or set task: regression.")
-    is_proba = (scores.min(initial=0.0) >= 0.0 and scores.max(initial=0.0) <= 1.0
-                and bool(np.all(np.abs(scores.sum(axis=1) - 1.0) <= 1e-3)))
-    if is_proba:
-        return scores
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-

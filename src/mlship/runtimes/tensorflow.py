@@ -24,14 +24,12 @@ from mlship.contract import TENSOR_DTYPES, InputSpec, Task, shape_text
 from mlship.errors import ArtifactError
 from mlship.runtimes import keras2
 from mlship.runtimes.base import ArtifactInfo, ModelOutput, Runtime
+from mlship.runtimes.tensorflow_files import extract_saved_model, keras_error
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-MAX_ZIP_BYTES = 8 << 30  # uncompressed size of a zipped SavedModel
 _DTYPE_ALIASES = {"float16": "float32", "bfloat16": "float32", "int8": "int32", "int16": "int32",
                   "uint16": "int32", "uint32": "int64"}
-UNSAFE_FIX = ("If you trust this file, add `unsafe_deserialization: true` to mlship.yaml (or run `mlship init "
-              "--unsafe-deserialization`). Safer: replace the Lambda layer with a built-in layer, or a layer "
-              "class registered with @keras.saving.register_keras_serializable, and save the model again.")
+
 
 
 @dataclass
@@ -91,6 +89,9 @@ class TensorflowRuntime(Runtime):
     # imports when serving); and 250 MB of symbol tables in TensorFlow's unstripped shared libraries.
     image_prune = ("tensorflow/include", "clang/native")
     image_strip = ("tensorflow",)
+    # an image serving the compiled model (model.onnx, see mlship.compiled) installs onnxruntime instead
+    framework_packages = ("tensorflow-cpu", "tensorflow", "keras", "tf-keras")
+    batchable = True  # one instance's output depends on that instance alone (stateful models: serve.batching)
 
     def __init__(self) -> None:
         self._warnings: list[str] = []
@@ -121,7 +122,7 @@ class TensorflowRuntime(Runtime):
             return self._load_keras(path)
         if suffix == ".zip":
             with tempfile.TemporaryDirectory(prefix="mlship-savedmodel-") as tmp:
-                return self._load_folder(_extract_saved_model(path, Path(tmp)), path.name)
+                return self._load_folder(extract_saved_model(path, Path(tmp)), path.name)
         raise ArtifactError(
             f"{path.name} is not a format the tensorflow runtime reads.",
             fix="Save the model with model.save('model.keras') (or .h5), or export a SavedModel folder (or a "
@@ -145,7 +146,7 @@ class TensorflowRuntime(Runtime):
                 model = (keras2.load(path, safe_mode=not self.unsafe_deserialization) if legacy else
                          keras.saving.load_model(path, compile=False, safe_mode=not self.unsafe_deserialization))
             except Exception as exc:  # Keras raises ValueError/TypeError/OSError/... for unreadable files
-                raise _keras_error(Path(shown), exc) from None
+                raise keras_error(Path(shown), exc) from None
         self._warnings += [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, UserWarning)]
         inputs = getattr(model, "inputs", None)
         if not inputs:
@@ -299,29 +300,53 @@ class TensorflowRuntime(Runtime):
             return None
         return list(range(2 if model.output_size == 1 else model.output_size))
 
+    def to_onnx(self, model: Any, features: list[str]) -> tuple[bytes, list[int], str]:
+        """The model as ONNX (Keras 3: ``model.export(format="onnx")``; else tf2onnx on the serving function)."""
+        from mlship.runtimes.tensorflow_onnx import convert
+
+        onnx_bytes, converter = convert(_require(model))
+        return onnx_bytes, [], converter
+
     # -- predict ---------------------------------------------------------------------------------------------
     def predict(self, model: Any, rows: Any, features: list[str]) -> ModelOutput:
         m = _require(model)
         x = np.asarray(rows, dtype=m.input_dtype)
-        out = np.asarray(m.fn(x))
-        out = out.reshape(len(x), -1).astype(np.float64)
+        return self.scores_output(np.asarray(m.fn(x)))
+
+    def scores_output(self, out: Any) -> ModelOutput:
+        """Predictions from the model's output (N, ...): values, or class probabilities (see
+        :func:`probabilities`); the compiled path gives onnxruntime's output the same treatment."""
+        out = np.asarray(out).reshape(len(out), -1).astype(np.float64)
         if self.task == "regression":
             return ModelOutput(values=out[:, 0].tolist() if out.shape[1] == 1 else out.tolist())
-        proba = probabilities(out)
+        if self.scores_kind is None:  # settled once, on the first batch (the probe rows): never per request
+            self.scores_kind = scores_kind(out)
+        proba = probabilities(out, self.scores_kind)
         return ModelOutput(values=proba.argmax(axis=1).tolist(), probabilities=proba,
                            classes=list(range(proba.shape[1])))
 
 
-def probabilities(out: Any) -> Any:
-    """Class probabilities from a model's output: kept when they are probabilities; else softmax (or sigmoid
-    for a single output). One output column p becomes two classes [1 - p, p]."""
+def scores_kind(out: Any) -> str:
+    """"probabilities" when a model's outputs are probabilities (a single column in [0, 1]; rows of non-negative
+    values summing to 1), else "logits"."""
     out = np.asarray(out, dtype=np.float64)
     if out.shape[1] == 1:
+        return "logits" if ((out < 0) | (out > 1)).any() else "probabilities"
+    return "logits" if (out < 0).any() or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3) else "probabilities"
+
+
+def probabilities(out: Any, kind: str | None = None) -> Any:
+    """Class probabilities from a model's output: kept when they are probabilities; else softmax (or sigmoid
+    for a single output). One output column p becomes two classes [1 - p, p]. ``kind`` (see
+    :func:`scores_kind`) is decided from ``out`` when not given."""
+    out = np.asarray(out, dtype=np.float64)
+    logits = (kind or scores_kind(out)) == "logits"
+    if out.shape[1] == 1:
         p = out[:, 0]
-        if ((p < 0) | (p > 1)).any():
+        if logits:
             p = 1.0 / (1.0 + np.exp(-p))
         return np.stack([1.0 - p, p], axis=1)
-    if (out < 0).any() or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+    if logits:
         shifted = np.exp(out - out.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
     return out
@@ -361,28 +386,6 @@ def _final_activation(model: Any, keras: Any) -> str | None:
     return str(name) if name else None
 
 
-def _keras_error(path: Path, exc: Exception) -> ArtifactError:
-    text = str(exc)
-    if "safe_mode" in text or "unsafe" in text.lower() or "arbitrary code" in text:
-        return ArtifactError(
-            f"{path.name} stores Python code (e.g. a Lambda layer), so Keras' safe mode refuses to load it.",
-            why="Loading such a file runs code from it, which can do anything a program can. mlship loads Keras "
-            "files with safe_mode=True unless mlship.yaml opts in.",
-            fix=UNSAFE_FIX,
-        )
-    if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text:
-        return ArtifactError(
-            f"{path.name} uses a custom class that is not importable: {text.splitlines()[0]}",
-            why="A Keras file stores the name of each custom layer/model class, not its code.",
-            fix="Decorate the class with @keras.saving.register_keras_serializable() in a module, add the module "
-            "next to mlship.yaml (build.include) and load the model from a `load: predict.py:load` function.",
-        )
-    return ArtifactError(
-        f"{path.name} is not a readable Keras file: {exc.__class__.__name__}: {text.splitlines()[0] if text else ''}",
-        fix="Save the model with model.save('model.keras') (or .h5) and point `artifact` at it.",
-    )
-
-
 def _keras_pin(model: TFModel) -> str | None:
     """The keras version an image of a Keras 3 file installs: the Keras 3 release that wrote the file (read
     from its metadata), else the installed one. A Keras 2 file (loaded with tf_keras) pins tf-keras instead."""
@@ -392,38 +395,3 @@ def _keras_pin(model: TFModel) -> str | None:
     if saved and re.match(r"^[3-9]\.\d+\.\d+$", saved):
         return saved
     return _installed_version("keras")
-
-
-def _extract_saved_model(path: Path, into: Path) -> Path:
-    """Unzip a zipped SavedModel safely (no absolute paths, `..`, links or zip bombs); its folder."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ArtifactError(f"{path.name} is not a readable zip file: {exc}.",
-                            fix="Zip the SavedModel folder again (e.g. `cd model && zip -r ../model.zip .`).") from None
-    with zf:
-        total = 0
-        for info in zf.infolist():
-            name = info.filename
-            parts = PurePosixPath(name).parts
-            mode = info.external_attr >> 16
-            if (name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in name
-                    or (mode & 0o170000) == 0o120000):
-                raise ArtifactError(
-                    f"{path.name} contains the unsafe entry {name!r} (an absolute path, `..`, a drive or a link).",
-                    why="Extracting it could write outside the temporary folder.",
-                    fix="Zip the SavedModel folder with relative paths only.",
-                )
-            total += info.file_size
-        if total > MAX_ZIP_BYTES:
-            raise ArtifactError(f"{path.name} unpacks to {total / 1e9:.1f} GB, over the "
-                                f"{MAX_ZIP_BYTES >> 30} GiB limit.",
-                                fix="Serve the SavedModel folder itself (artifact: path/to/folder).")
-        zf.extractall(into)
-    found = sorted((p.parent for p in into.rglob("saved_model.pb")), key=lambda p: len(p.parts))
-    if not found:
-        raise ArtifactError(f"{path.name} holds no saved_model.pb.",
-                            fix="Zip the folder that model.export() / tf.saved_model.save() wrote.")
-    if len(found) > 1 and len(found[0].parts) == len(found[1].parts):
-        raise ArtifactError(f"{path.name} holds more than one SavedModel.", fix="Zip one SavedModel folder.")
-    return found[0]

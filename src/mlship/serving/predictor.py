@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mlship import compiled, plugins
+from mlship.compiled_tensor import probe_tensors
 from mlship.contract_io import Project, artifact_sha256
 from mlship.errors import ArtifactError, ContractError, MlshipError, PredictionError, UserCodeError
 from mlship.runtimes.base import ModelOutput, Runtime
@@ -36,7 +37,7 @@ class Predictor:
         self.model: Any = None
         self.warnings: list[str] = []
         #: rows of concurrent requests may share one predict() call: a `predict:` snippet gets a list of
-        #: instances anyway; runtimes opt in (tensorflow/pytorch don't: see Runtime.batchable)
+        #: instances anyway; runtimes opt in (Runtime.batchable; tensor instances all have the contract's shape)
         self.batchable = bool(contract.predict) or type(self.runtime).batchable
         self.input_path: str | None = None  # how the runtime builds the model's input (Runtime.prepare)
         #: the model converted to ONNX, when serve.compile allows and it predicts the same (mlship.compiled)
@@ -83,8 +84,8 @@ class Predictor:
                         f"{name} cannot be served: the compiled model kept for it does not fit ({reason}), and "
                         f"loading the original failed: {exc.message}",
                         why=exc.why,
-                        fix="In an image (which has no scikit-learn when it serves a compiled model): rebuild it "
-                        "with `mlship build`, which converts and checks the model again. "
+                        fix=f"In an image (which has no {self.runtime.name} framework when it serves a compiled "
+                        "model): rebuild it with `mlship build`, which converts and checks the model again. "
                         + (exc.fix or ""),
                     ) from None
                 self.warnings = self.runtime.load_warnings()
@@ -102,6 +103,8 @@ class Predictor:
                 reason = self._compile()
             if self.compiled is None:  # the compiled path's probe rows start with the same examples and rows
                 samples = self._compile_probe if self._compile_probe is not None else self._probe_rows()
+                if c.input.tensor is not None and self.runtime.scores_kind is None and len(samples):
+                    self._settle_scores(samples)
                 self.input_path = self.runtime.prepare(self.model, samples, self.features)
         if compiling and self.compiled is None:
             self._not_compiled(reason)
@@ -114,7 +117,6 @@ class Predictor:
         if c.serve.compile == "off":
             return False
         why = ("the model is loaded or called by your code (load:/predict:)" if c.load or c.predict
-               else "the input is a tensor" if c.input.tensor is not None
                else f"the {self.runtime.name} runtime has no compiled path"
                if type(self.runtime).to_onnx is Runtime.to_onnx else None)
         if why is None:
@@ -131,7 +133,8 @@ class Predictor:
         self._compile_probe = rows
         self._source_sha = artifact_sha256(self.project.artifact_path)
         try:
-            self.compiled = compiled.load(self.project.root, rows, self.features, self._source_sha)
+            self.compiled = compiled.load(self.project.root, rows, self.features, self._source_sha, self.runtime,
+                                          self._settings())
         except compiled.Missing as exc:
             return str(exc), False
         except compiled.NotCompiled as exc:
@@ -147,7 +150,7 @@ class Predictor:
         framework = ", ".join(f"{k} {v}" for k, v in versions.items()) or self.runtime.name
         try:
             onnx_bytes, record, model = compiled.compile_model(self.runtime, self.model, rows, self.features,
-                                                               self._source_sha, framework)
+                                                               self._source_sha, framework, self._settings())
         except compiled.NotCompiled as exc:
             return compiled.remember_failure(self.project.root, self._source_sha, exc, write=self.keep_compiled)
         except Exception as exc:  # the model itself failed on a probe row: the native path will say so
@@ -158,6 +161,18 @@ class Predictor:
         self.input_path = compiled.describe(model)
         return ""
 
+    def _settle_scores(self, samples: Any) -> None:
+        """A tensor classifier's outputs are decided probabilities or logits once, on the probe rows
+        (Runtime.scores_kind), not per call: a request's answer must not depend on the requests it is batched with."""
+        try:
+            self.runtime.predict(self.model, samples, self.features)
+        except Exception:  # the model fails on these rows: warm-up and validate say how
+            return
+
+    def _settings(self) -> str:
+        c = self.project.contract
+        return compiled.load_settings(c.unsafe_deserialization, c.trust)
+
     def _not_compiled(self, reason: str) -> None:
         if self.project.contract.serve.compile == "onnx":
             raise ArtifactError(f"serve.compile is onnx, but the compiled model cannot be used: {reason}.",
@@ -166,8 +181,8 @@ class Predictor:
         self.compile_note = f"compiled path not used: {reason}; serving the {self.runtime.name} model as it is"
 
     def _probe_rows(self, n: int = 64) -> Any:
-        """Validated rows for Runtime.prepare and the compiled path's checks: the examples, and for named
-        features ``n`` rows made from the schema."""
+        """Validated rows for Runtime.prepare and the compiled path's checks: the examples, and ``n`` rows made
+        from the schema (named features), or ``n`` seeded tensors of the contract's shape (mlship.compiled_tensor)."""
         c = self.project.contract
         bodies = [e.input for e in c.examples]
         if c.input.tensor is None:
@@ -180,6 +195,10 @@ class Predictor:
                 parts.append(self.validator.validate(body).rows)
             except InvalidInput:  # an invalid example fails warm-up or `mlship validate`, not this
                 continue
+        if c.input.tensor is not None:
+            base = concat_rows(parts) if parts else np.zeros((0, *c.input.tensor.instance_shape))
+            return concat_rows([np.asarray(base, dtype=c.input.tensor.dtype),
+                                probe_tensors(c.input.tensor, base, n)])
         return concat_rows(parts) if parts else []
 
     def _label_map(self) -> dict[Any, str]:
