@@ -237,3 +237,32 @@ def test_listen_when_ready_binds_once_the_model_answers(tmp_path: Path, iris_mod
     output = proc.communicate()[0]
     assert proc.returncode == 1 and not seen_open, output
     assert "model failed to load" in output
+
+
+SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(("manifest", "kind", "config", "expected"), [
+    ({"manifests": []}, "application/vnd.oci.image.index.v1+json", None, "made an OCI index or manifest list; Heroku "
+                                                                         "releases only a Docker v2 schema-2"),
+    ({"config": {"digest": "sha256:" + "cd" * 32}}, SCHEMA2, None, "names image sha256:cdcdcdcdcdcd, not the image"),
+    ({"config": {"digest": IMAGE_ID}}, SCHEMA2, {"os": "linux", "architecture": "arm64"}, "is for linux/arm64"),
+    ({"config": {"digest": IMAGE_ID}}, SCHEMA2, {"os": "linux", "architecture": "amd64"}, None),
+])
+def test_the_pushed_manifest_must_be_schema2_amd64_of_the_image(script: Any, manifest: dict[str, Any], kind: str,
+                                                                config: dict[str, Any] | None,
+                                                                expected: str | None) -> None:
+    from mlship.targets.heroku.registry import MANIFEST_FIX, check_manifest
+
+    server = script((200, {"Content-Type": kind}, manifest), (200, {"Content-Type": "application/json"}, config or {}))
+    host = server.url.removeprefix("http://")
+    if expected is None:
+        check_manifest(host, "iris-demo/web", "v1", KEY, IMAGE_ID)
+    else:
+        with pytest.raises(TargetError) as info:
+            check_manifest(host, "iris-demo/web", "v1", KEY, IMAGE_ID)
+        assert expected in info.value.message
+        assert info.value.fix == MANIFEST_FIX or kind == SCHEMA2
+    assert server.seen[0][1] == "/v2/iris-demo/web/manifests/v1"
+    assert server.seen[0][3]["Authorization"].startswith("Basic ")  # user _ with the key as password
