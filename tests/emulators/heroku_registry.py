@@ -3,8 +3,9 @@ registry.heroku.com does for ``docker login`` / ``docker push`` and stores what 
 
 * Basic auth: any user name (Heroku's docs use ``_``) and the API key as password. A request without it, or with
   a key that is not an account's, gets 401 ``UNAUTHORIZED`` with ``WWW-Authenticate: Basic realm="Heroku Registry"``,
-  so ``docker login`` asks for (and checks) credentials; Heroku's own front uses the same Basic scheme for
-  ``docker login --username=_ --password=$(heroku auth:token)``.
+  so ``docker login`` asks for (and checks) credentials. Heroku documents the same credentials (``docker login
+  --username=_ --password=$(heroku auth:token) registry.heroku.com``); that the emulator checks them as Basic auth
+  on every request, with no token exchange, is its choice.
 * Repositories are ``<app>/<process type>``; an app the key's account cannot deploy to is 401 ``UNAUTHORIZED``
   "requested access to the resource is denied" (``docker push`` stops at once: the engine retries a ``DENIED``
   answer for a minute), an app that does not exist is 404 ``NAME_UNKNOWN``.
