@@ -100,7 +100,9 @@ def test_no_key_and_bad_key_fail_before_any_build(project: Any, heroku_env: Hero
 def test_missing_app_and_an_app_the_key_may_not_deploy(project: Any, heroku_env: HerokuEmulator,
                                                        docker_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     name, root = project()  # create: false
-    failed = failed_checks(error_document(invoke("deploy", "--target", "heroku", "-f", root, "--json"), 4))
+    document = error_document(invoke("deploy", "--target", "heroku", "-f", root, "--json"), 4)
+    assert document["preflight"]["seconds"] < 5
+    failed = failed_checks(document)
     assert failed["heroku app"]["detail"] == f"app {name} does not exist"
     assert failed["heroku app"]["fix"].startswith("Set targets.heroku.create: true in mlship.yaml")
     created = httpx.post(f"{heroku_env.api_url}/apps", json={"name": name, "stack": "container"},
