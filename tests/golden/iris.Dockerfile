@@ -35,10 +35,11 @@ USER 10001:10001
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 CMD ["/opt/venv/bin/python", "-m", "mlship.serving", "/app/mlship.yaml"]
-LABEL org.opencontainers.image.title="iris"
-LABEL org.opencontainers.image.version="d4e5530910fe"
-LABEL dev.mlship.version="0.0.0+golden"
-LABEL dev.mlship.runtime="sklearn"
-LABEL dev.mlship.contract-sha256="0a28382f4d13f75826b374055d56d1dfc75505bf6497484b7163b2c4fac35283"
-LABEL dev.mlship.model-sha256="d4e5530910fef7d81429ab6e1d1d3ef5742ed8d0f164d8cc7340c6db87319af5"
-LABEL dev.mlship.compiled="no"
+
+LABEL org.opencontainers.image.title="iris" \
+      org.opencontainers.image.version="d4e5530910fe" \
+      dev.mlship.version="0.0.0+golden" \
+      dev.mlship.runtime="sklearn" \
+      dev.mlship.contract-sha256="0a28382f4d13f75826b374055d56d1dfc75505bf6497484b7163b2c4fac35283" \
+      dev.mlship.model-sha256="d4e5530910fef7d81429ab6e1d1d3ef5742ed8d0f164d8cc7340c6db87319af5" \
+      dev.mlship.compiled="no"
