@@ -45,9 +45,13 @@ def _import(ref: str) -> Any:
 
 def available(kind: str) -> dict[str, str]:
     """Every registered plugin of a kind as ``name -> "module:Class"``; duplicates are errors."""
-    builtin = BUILTIN_RUNTIMES if kind == "runtime" else BUILTIN_TARGETS
+    return with_entry_points(BUILTIN_RUNTIMES if kind == "runtime" else BUILTIN_TARGETS, GROUPS[kind], kind)
+
+
+def with_entry_points(builtin: dict[str, str], group: str, kind: str) -> dict[str, str]:
+    """``builtin`` plus the entry points of ``group``; two plugins of one name are an error naming both."""
     found = dict(builtin)
-    for ep in entry_points_of(GROUPS[kind], entry_points):  # 3.9 too
+    for ep in entry_points_of(group, entry_points):  # 3.9 too
         if ep.name in found and found[ep.name] != ep.value:
             raise PluginError(
                 f"Two {kind} plugins are named `{ep.name}`: {found[ep.name]} and {ep.value}.",

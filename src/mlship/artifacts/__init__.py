@@ -8,12 +8,11 @@ third-party ones register in the entry-point group ``mlship.fetchers`` (see :mod
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from mlship.errors import PluginError
-from mlship.pycompat import entry_points_of
+from mlship.plugins import with_entry_points
 
 #: name -> "module:Class", in the order they are asked to claim an ``artifact:`` value.
 FETCHERS: list[tuple[str, str]] = [
@@ -29,17 +28,7 @@ REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://", "models:/")
 
 def available() -> dict[str, str]:
     """Every fetcher as ``name -> "module:Class"``: the built-ins, then entry points; a clash is an error."""
-    found = dict(FETCHERS)
-    for ep in entry_points_of(GROUP, entry_points):
-        if ep.name in found and found[ep.name] != ep.value:
-            raise PluginError(
-                f"Two fetcher plugins are named `{ep.name}`: {found[ep.name]} and {ep.value}.",
-                why="Each fetcher name must be unique.",
-                fix=f"Uninstall one of the packages providing {ep.value.split(':')[0]} "
-                f"or {found[ep.name].split(':')[0]}.",
-            )
-        found[ep.name] = ep.value
-    return found
+    return with_entry_points(dict(FETCHERS), GROUP, "fetcher")
 
 
 def _load(name: str, ref: str) -> Any:
