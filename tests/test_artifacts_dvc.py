@@ -22,7 +22,7 @@ import mlship
 from conftest import IRIS, free_port, running
 from emulators import storage_fixtures
 from emulators.dvc_fixtures import DvcRepo, dvc_repo
-from emulators.storage_fixtures import sha256
+from emulators.storage_fixtures import cached_files, sha256
 from mlship.artifacts import cache, fetcher_for
 from mlship.artifacts.checks import artifact_checks
 from mlship.artifacts.dvc import DvcFetcher
@@ -34,12 +34,6 @@ from mlship.reports import DeployReport
 __all__ = ["dvc_repo"]
 artifact_cache = storage_fixtures.artifact_cache
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-
-
-def kept(root: Path) -> list[str]:
-    """Every file under the cache's blobs/ and tmp/ (what a failed fetch must not leave)."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-                  and p.relative_to(root).parts[0] in ("blobs", "tmp"))
 
 
 def init_dvc(repo: DvcRepo) -> dict[str, object]:
@@ -55,7 +49,7 @@ def test_resolve_reads_the_dvc_file_only(dvc_repo: DvcRepo, artifact_cache: Path
     resolved = fetcher.resolve(dvc_repo.name, dvc_repo.project)
     assert resolved.version == dvc_repo.md5 and resolved.size == len(dvc_repo.data)
     assert resolved.pinned == f"model.joblib@md5:{dvc_repo.md5}" and resolved.filename == "model.joblib"
-    assert resolved.sha256 is None and kept(artifact_cache) == []  # metadata only: nothing downloaded
+    assert resolved.sha256 is None and cached_files(artifact_cache) == []  # metadata only: nothing downloaded
     assert not DvcFetcher.claims("rows.csv", dvc_repo.project) and not DvcFetcher.claims("s3://b/k", dvc_repo.project)
 
 
@@ -65,7 +59,7 @@ def test_absent_file_is_fetched_by_dvc_pinned_and_served(dvc_repo: DvcRepo, arti
     assert contract["artifact"] == "model.joblib" and "artifact_sha256" not in contract  # the .dvc file pins it
     assert contract["output"] == {"labels": ["setosa", "versicolor", "virginica"]}
     assert not (dvc_repo.project / "model.joblib").exists()  # fetched into the cache, not the workspace
-    assert kept(artifact_cache) == [f"blobs/{sha256(dvc_repo.data)}/model.joblib"]
+    assert cached_files(artifact_cache) == [f"blobs/{sha256(dvc_repo.data)}/model.joblib"]
     rows = pd.read_csv(IRIS / "rows.csv")[FEATURES]
     expected = [str(v) for v in joblib.load(iris_model).predict(rows)]
     with running(dvc_repo.project) as server:
@@ -92,7 +86,7 @@ def test_remote_bytes_that_are_not_the_recorded_md5_keep_nothing(dvc_repo: DvcRe
         cache.fetch(fetcher, resolved, None)
     assert f"records {dvc_repo.md5}" in err.value.message and "Nothing was kept" in err.value.message
     assert "dvc push" in (err.value.fix or "")
-    assert kept(artifact_cache) == []
+    assert cached_files(artifact_cache) == []
 
 
 def test_a_wrong_sha256_pin_names_both_digests_and_keeps_nothing(dvc_repo: DvcRepo, artifact_cache: Path) -> None:
@@ -101,7 +95,7 @@ def test_a_wrong_sha256_pin_names_both_digests_and_keeps_nothing(dvc_repo: DvcRe
     with pytest.raises(ArtifactError) as err:
         cache.fetch(fetcher, resolved, "0" * 64)
     assert sha256(dvc_repo.data) in err.value.message and "0" * 64 in err.value.message
-    assert kept(artifact_cache) == []
+    assert cached_files(artifact_cache) == []
 
 
 def test_preflight_names_dvc_push_when_the_remote_lacks_the_object(dvc_repo: DvcRepo, artifact_cache: Path,
@@ -115,7 +109,7 @@ def test_preflight_names_dvc_push_when_the_remote_lacks_the_object(dvc_repo: Dvc
     with pytest.raises(ArtifactError) as err:  # the fetch itself says the same, not DVC's "no such path"
         fetcher = DvcFetcher()
         cache.fetch(fetcher, fetcher.resolve(dvc_repo.name, dvc_repo.project), None)
-    assert "does not hold" in err.value.message and kept(artifact_cache) == []
+    assert "does not hold" in err.value.message and cached_files(artifact_cache) == []
 
 
 def test_preflight_names_dvc_remote_add_without_a_remote(dvc_repo: DvcRepo, artifact_cache: Path) -> None:

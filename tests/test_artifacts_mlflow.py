@@ -23,6 +23,7 @@ import mlship
 from conftest import IRIS, free_port, running
 from emulators import storage_fixtures
 from emulators.mlflow_fixtures import FEATURES, MlflowServer, register, set_alias
+from emulators.storage_fixtures import cached_files
 from mlship.artifacts import fetcher_for
 from mlship.artifacts.checks import artifact_checks
 from mlship.artifacts.mlflow import MlflowFetcher, parse
@@ -57,11 +58,6 @@ def mlflow_env(registry: Registry, monkeypatch: pytest.MonkeyPatch, artifact_cac
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     set_alias(registry.url, "champion", "1")
     return registry
-
-
-def kept(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-                  and p.relative_to(root).parts[0] in ("blobs", "tmp"))
 
 
 def init_models(uri: str, directory: Path) -> dict[str, Any]:
@@ -134,7 +130,7 @@ def test_fetch_writes_the_served_file_and_a_server_predicts_like_the_model(mlflo
     contract = init_models("models:/iris/2", tmp_path / "svc")
     assert contract["artifact"] == "models:/iris/2" and contract["output"]["labels"] == [
         "setosa", "versicolor", "virginica"]
-    [blob] = kept(artifact_cache)
+    [blob] = cached_files(artifact_cache)
     assert blob.startswith("blobs/") and blob.endswith("/model.skops")
     assert contract["artifact_sha256"] == blob.split("/")[1]
     with running(tmp_path / "svc") as server:

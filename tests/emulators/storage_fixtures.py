@@ -32,6 +32,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def cached_files(root: Path) -> list[str]:
+    """Every file under an artifact cache's blobs/ and tmp/ (what a failed fetch must not leave)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+                  and p.relative_to(root).parts[0] in ("blobs", "tmp"))
+
+
 @pytest.fixture
 def artifact_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "artifact-cache"
