@@ -26,7 +26,7 @@ from emulators.mlflow_fixtures import FEATURES, MlflowServer, register, set_alia
 from emulators.storage_fixtures import cached_files
 from mlship.artifacts import fetcher_for
 from mlship.artifacts.checks import artifact_checks
-from mlship.artifacts.mlflow import MlflowFetcher, parse
+from mlship.artifacts.mlflow import MlflowFetcher, model_file, parse
 from mlship.artifacts.mlflow_registry import list_versions, moved_note, record_deployment
 from mlship.cli import app
 from mlship.contract_io import load_project
@@ -125,9 +125,10 @@ def test_a_moved_alias_resolves_to_its_new_version_and_says_so(mlflow_env: Regis
 
 
 def test_fetch_writes_the_served_file_and_a_server_predicts_like_the_model(mlflow_env: Registry,
-                                                                          artifact_cache: Path,
-                                                                          tmp_path: Path) -> None:
+                                                                          artifact_cache: Path, tmp_path: Path,
+                                                                          capfd: pytest.CaptureFixture[str]) -> None:
     contract = init_models("models:/iris/2", tmp_path / "svc")
+    assert "Downloading artifacts" not in capfd.readouterr().err  # no tqdm bar amid mlship's progress
     assert contract["artifact"] == "models:/iris/2" and contract["output"]["labels"] == [
         "setosa", "versicolor", "virginica"]
     [blob] = cached_files(artifact_cache)
@@ -135,6 +136,22 @@ def test_fetch_writes_the_served_file_and_a_server_predicts_like_the_model(mlflo
     assert contract["artifact_sha256"] == blob.split("/")[1]
     with running(tmp_path / "svc") as server:
         assert_serves(server.url, mlflow_env.versions["2"])
+
+
+def test_the_file_served_is_the_one_the_flavor_names() -> None:
+    sk = {"flavors": {"python_function": {}, "sklearn": {"pickled_model": "model.pkl",
+                                                          "serialization_format": "cloudpickle"}}}
+    assert model_file("u", sk, [("MLmodel", 1), ("model.pkl", 99)]) == ("model.pkl", 99)
+    keras = {"flavors": {"keras": {"data": "data"}}}
+    listing = [("MLmodel", 1), ("data/model.keras", 7), ("data/notes.txt", 3)]
+    assert model_file("u", keras, listing) == ("data/model.keras", 7)
+    torch = {"flavors": {"pytorch": {"model_data": "data"}}}
+    with pytest.raises(ArtifactError) as err:
+        model_file("models:/t/1", torch, [("data/a.pth", 1), ("data/b.pth", 1)])
+    assert "not one file mlship reads" in err.value.message and "mlflow.sklearn.log_model" in (err.value.fix or "")
+    with pytest.raises(ArtifactError) as err:
+        model_file("models:/x/1", {"flavors": {"python_function": {}, "xgboost": {}}}, [("MLmodel", 1)])
+    assert "python_function, xgboost" in err.value.message and "pyfunc" in (err.value.why or "")
 
 
 # --- errors and preflight ------------------------------------------------------------------------

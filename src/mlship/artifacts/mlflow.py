@@ -20,6 +20,8 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -248,6 +250,20 @@ def _listing(mlflow_artifacts: Any, base: str, path: str = "", depth: int = 0) -
     return out
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No tqdm bar from MLflow's downloads amid mlship's own progress (unless the user set the variable)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def locate(uri: str, pinned: ModelRef) -> tuple[str, int | None]:
     """Read the version's MLmodel and listing: (the served file's path in the folder, its size)."""
     import mlflow.artifacts
@@ -260,7 +276,8 @@ def locate(uri: str, pinned: ModelRef) -> tuple[str, int | None]:
             if "MLmodel" not in dict(listing):
                 raise ArtifactError(f"{uri}: version {pinned.version} holds no MLmodel file (an MLflow model "
                                     "folder).", fix=_FIX_FLAVOR)
-            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=tmp)
+            with quiet():
+                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=tmp)
         except ArtifactError:
             raise
         except Exception as exc:
@@ -307,7 +324,9 @@ class MlflowFetcher(Fetcher):
         path, _ = locate(resolved.uri, pinned)
         scratch = Path(tempfile.mkdtemp(prefix=".mlflow-", dir=dest.parent))
         try:
-            got = mlflow.artifacts.download_artifacts(artifact_uri=f"{resolved.pinned}/{path}", dst_path=str(scratch))
+            with quiet():
+                got = mlflow.artifacts.download_artifacts(artifact_uri=f"{resolved.pinned}/{path}",
+                                                          dst_path=str(scratch))
             os.replace(got, dest)
         except Exception as exc:
             raise registry_error(resolved.uri, exc, pinned) from None
