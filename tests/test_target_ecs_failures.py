@@ -68,7 +68,7 @@ def test_a_first_deploy_refused_before_its_service_exists_removes_what_it_made(
         fresh_target.deploy(v1_image, lambda _line: None)
     message = info.value.message
     assert message.startswith(f"create ECS service {name}: permission denied: AccessDeniedException"), message
-    assert f"\nRemoved what this first deploy made (nothing half-made stays): task definition revision " \
+    assert f"\nRemoved what this first deploy made: task definition revision " \
            f"mlship-{name}:1, load balancer mlship-{name} and its listener, target group mlship-{name}, security " \
            f"group mlship-{name}, log group /mlship/{name}, execution role mlship-{name}-exec, ECR repository " \
            f"{name} and its images" in message, message

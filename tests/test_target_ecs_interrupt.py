@@ -136,7 +136,7 @@ def test_transient_errors_are_retried_and_a_denied_action_fails_fast(fresh_targe
         fresh_target.deploy(v1_image, lambda _line: None)
     name = fresh_target.service
     assert info.value.message == f"create role mlship-{name}-exec: permission denied: AccessDenied: injected by the " \
-        "test: AccessDenied\nRemoved what this first deploy made (nothing half-made stays): log group " \
+        "test: AccessDenied\nRemoved what this first deploy made: log group " \
         f"/mlship/{name}, ECR repository {name} and its images."
     assert info.value.fix is not None and "or set targets.ecs.execution_role_arn" in info.value.fix
     assert [c[1] for c in ecs_env.since(mark)].count("CreateRole") == 1  # no retry of a 4xx
@@ -159,7 +159,7 @@ def test_a_first_deploy_that_fails_removes_what_it_made(fresh_target: EcsTarget,
     message, name = info.value.message, fresh_target.service
     assert message.startswith(f"Revision mlship-{name}:1 of {name} failed: ")
     assert "Essential container in task exited (exit code 1)" in message
-    assert f"\nRemoved what this first deploy made (nothing half-made stays): ECS service " \
+    assert f"\nRemoved what this first deploy made: ECS service " \
            f"mlship/{name}, task definition revision mlship-{name}:1, load balancer mlship-{name} and its " \
            f"listener, target group mlship-{name}, security group mlship-{name}, log group /mlship/{name}, " \
            f"execution role mlship-{name}-exec, ECR repository {name} and its images" in message, message

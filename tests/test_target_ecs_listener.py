@@ -163,6 +163,8 @@ def test_two_services_behind_one_listener(user_listener: dict[str, str], new_tar
         assert seen == {("host", by_host.service): 6, ("path", by_path.service): 6}
         assert client.post(f"http://{dns}/predict", json=IRIS_ROW).status_code == 404
 
+    status = by_path.status()
+    assert status.url == f"http://{dns}/b" and status.ready and status.failed is None
     mark = ecs_env.mark()
     assert not by_host.deploy(v1_image, steps.append).changed
     assert ecs_env.since(mark, mutating=True) == []

@@ -90,7 +90,7 @@ def v1_image(iris_image: tuple[Path, str], docker_engine: Any) -> Iterator[str]:
     tag = f"iris:ecs-v1-{uuid.uuid4().hex[:6]}"
     docker_engine.images.get(iris_image[1]).tag(*tag.split(":"))
     yield tag
-    docker_engine.images.remove(tag)
+    docker_engine.images.remove(tag, force=True)  # only this tag: a task the agent still stops may use the image
 
 
 @pytest.fixture(scope="module")

@@ -98,8 +98,9 @@ class EcsTarget(Target):
     # --- deploy ------------------------------------------------------------------------------------
     def deploy(self, image: str, progress: Progress) -> Deployment:
         """See the module docstring. A deploy that fails removes what it made: all of it when the service did not
-        exist before (nothing half-made stays), else only the task definition revision it registered (the serving
-        revision keeps serving). An interrupt (Ctrl-C, a kill) removes nothing: running it again converges."""
+        exist before (what an earlier, interrupted deploy made stays for the next), else only the task definition
+        revision it registered (the serving revision keeps serving). An interrupt (Ctrl-C, a kill) removes nothing:
+        running it again converges."""
         self.aws.created = []
         current = service.find_service(self.aws, self.names)
         if current is not None:
@@ -177,7 +178,7 @@ class EcsTarget(Target):
                     service.delete(aws, n)
                     removed.append(f"ECS service {n.cluster}/{n.service}")
                 removed += teardown.undo(aws, n, made)
-                return ("\nRemoved what this first deploy made (nothing half-made stays): " + ", ".join(removed)
+                return ("\nRemoved what this first deploy made: " + ", ".join(removed)
                         + ".") if removed else ""
             serving = now["taskDefinition"] if now is not None else None
             new = [str(a["taskDefinition"]["taskDefinitionArn"]) for op, a in made
