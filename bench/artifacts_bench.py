@@ -65,15 +65,20 @@ def init(uri: str, folder: Path, name: str, extra: str = "") -> None:
 
 
 def build(folder: Path, base: str, made: list[str]) -> tuple[str, float, int]:
-    """(image, seconds, bytes downloaded) of one `mlship build`."""
+    """(image, seconds, bytes downloaded) of one `mlship build`; prints its stages' seconds."""
     from mlship import pipeline
     from mlship.artifacts import cache, resolve
+    from mlship.events import Events
 
     resolve._memo.clear()  # as a new `mlship build` process would start
-    before, started = cache.downloaded_bytes[0], time.perf_counter()
-    report = pipeline.build(folder, base_image=base)
+    before, started, events = cache.downloaded_bytes[0], time.perf_counter(), Events()
+    report = pipeline.build(folder, base_image=base, events=events)
     made.append(report.image)
-    return report.image, time.perf_counter() - started, cache.downloaded_bytes[0] - before
+    seconds = time.perf_counter() - started
+    load = os.getloadavg()[0]
+    print(f"build {report.image}: {seconds:.1f} s {dict((k, round(v, 1)) for k, v in events.timings.items())}, "
+          f"load average {load:.1f}", flush=True)
+    return report.image, seconds, cache.downloaded_bytes[0] - before
 
 
 def cold_start(cli: Any, image: str, env: dict[str, str], containers: list[Any]) -> float:
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace, made: list[str], containers: list[Any]) -> dic
     base = os.environ.get("MLSHIP_BASE_IMAGE") or TEST_BASE
     work = Path(tempfile.mkdtemp(prefix="artifacts-bench-"))
     os.environ["MLSHIP_CACHE_DIR"] = str(work / "cache")
-    results: dict[str, Any] = {"base_image": base}
+    results: dict[str, Any] = {"base_image": base, "cpus": os.cpu_count()}
     with MotoServer() as moto:
         env = aws_environment(moto.endpoint, "us-east-1", str(work))
         os.environ.update(env)
