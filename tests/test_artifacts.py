@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from conftest import IRIS
 from emulators import storage_fixtures
@@ -16,6 +17,7 @@ from emulators.storage_fixtures import S3, Https, no_aws_credentials, sha256
 from mlship.artifacts import cache
 from mlship.artifacts.https import HttpsFetcher
 from mlship.artifacts.resolve import fetch_uri
+from mlship.cli import app
 from mlship.contract_io import load_project, parse_contract
 from mlship.errors import ArtifactError, ContractError
 from mlship.events import Events
@@ -48,7 +50,11 @@ def test_init_from_s3_writes_the_uri_and_its_pin_and_a_rebuild_downloads_nothing
     version = s3.put("iris/model.joblib", data)
     project_dir = tmp_path / "svc"
     project_dir.mkdir()
-    contract = init_remote(s3.uri("iris/model.joblib"), project_dir)
+    shutil.copy(IRIS / "rows.csv", project_dir / "rows.csv")
+    shown = CliRunner().invoke(app, ["init", s3.uri("iris/model.joblib"), "--dir", str(project_dir),
+                                     "--sample", str(project_dir / "rows.csv")])
+    assert shown.exit_code == 0, shown.output
+    contract = yaml.safe_load((project_dir / "mlship.yaml").read_text())
     assert contract["artifact"] == "s3://models/iris/model.joblib"
     assert contract["artifact_sha256"] == sha256(data)
     assert contract["name"] == "model" and contract["output"] == {"labels": ["setosa", "versicolor", "virginica"]}

@@ -53,7 +53,7 @@ def predict(url: str) -> httpx.Response:
     return httpx.post(f"{url}/predict", json=IRIS_ROW, timeout=10)
 
 
-def round_trip(folder: Path, uri: str, publish: Any) -> dict[str, Any]:
+def round_trip(folder: Path, uri: str, publish: Any, docker_engine: Any) -> dict[str, Any]:
     """init -> deploy -> predict -> a new object version -> deploy -> status -> rollback; what it measured."""
     v1 = publish(iris_variant(folder / "v1" / "model.joblib", c=1.0))
     init_service(uri, folder)
@@ -76,6 +76,8 @@ def round_trip(folder: Path, uri: str, publish: Any) -> dict[str, Any]:
     assert status.serving is not None and f"({v2}, sha256 {sha256(data2)[:12]}" in status.serving
     body = httpx.get(f"{second.url}/metadata", timeout=10).json()["artifact"]
     assert body["uri"] == uri and body["version"] == v2 and body["sha256"] == sha256(data2)
+    labels = docker_engine.images.get(second.image).labels
+    assert body["contract_sha256"] == labels["dev.mlship.contract-sha256"]
 
     back = pipeline.rollback(folder, "local")
     assert back.image == first.image and back.serving is not None
@@ -94,19 +96,20 @@ def round_trip(folder: Path, uri: str, publish: Any) -> dict[str, Any]:
     return {"deploy_s": seconds}
 
 
-def test_s3_init_deploy_new_version_rollback(s3: S3, service: Path) -> None:
-    measured = round_trip(service, s3.uri("iris/model.joblib"), lambda data: s3.put("iris/model.joblib", data))
+def test_s3_init_deploy_new_version_rollback(s3: S3, service: Path, docker_engine: Any) -> None:
+    measured = round_trip(service, s3.uri("iris/model.joblib"), lambda data: s3.put("iris/model.joblib", data),
+                          docker_engine)
     print(f"model-only redeploy (build + gate + deploy): {measured['deploy_s']:.1f}s")
 
 
-def test_gcs_init_deploy_new_version_rollback(gcs: Any, service: Path) -> None:
+def test_gcs_init_deploy_new_version_rollback(gcs: Any, service: Path, docker_engine: Any) -> None:
     def publish(data: bytes) -> str:
         blob = gcs.blob("iris/model.joblib")
         blob.upload_from_string(data)
         blob.reload()
         return str(blob.generation)
 
-    round_trip(service, "gs://models/iris/model.joblib", publish)
+    round_trip(service, "gs://models/iris/model.joblib", publish, docker_engine)
 
 
 def test_missing_credentials_fail_in_preflight_before_any_build(s3: S3, service: Path, docker_engine: Any,
