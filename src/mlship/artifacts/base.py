@@ -50,10 +50,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mlship.errors import MlshipError
-from mlship.reports import Check
+
+if TYPE_CHECKING:
+    from mlship.reports import Check
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class Fetcher(ABC):
 
     def checks(self, uri: str, root: Path) -> list[Check]:
         """Preflight: credentials found, read allowed. Default: :meth:`resolve`, its error as a failed check."""
+        from mlship.reports import Check  # here: the serving path reads artifacts without the reports module
+
         try:
             resolved = self.resolve(uri, root)
         except MlshipError as exc:
