@@ -147,11 +147,11 @@ def test_plan_is_pure(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_target_lists_the_available_ones(iris_dir: Path) -> None:
     assert plugins.get("target", "local") is LocalTarget
-    with pytest.raises(PluginError, match=r"^Unknown target `x`\. Available: cloudrun, ecs, local\.$"):
+    with pytest.raises(PluginError, match=r"^Unknown target `x`\. Available: cloudrun, ecs, heroku, local\.$"):
         plugins.get("target", "x")
     result = invoke("status", "--target", "x", "-f", str(iris_dir))
     assert result.exit_code == 2
-    assert "Unknown target `x`. Available: cloudrun, ecs, local." in result.output
+    assert "Unknown target `x`. Available: cloudrun, ecs, heroku, local." in result.output
 
 
 def test_cli_deploy_dry_run_builds_nothing(iris_dir: Path, docker_engine: Any) -> None:

@@ -29,9 +29,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
 try:  # only plot_scores() draws; the model predicts without it
-    import matplotlib.pyplot as plt
+    import plotly.express as px
 except ImportError:
-    plt = None
+    px = None
 {extra_import}
 
 class ThresholdClassifier(ClassifierMixin, BaseEstimator):
@@ -52,9 +52,9 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[(self.predict_proba(X)[:, 1] >= self.threshold).astype(int)]
 
     def plot_scores(self, X):
-        if plt is None:
-            raise RuntimeError("pip install matplotlib to plot")
-        plt.hist(self.predict_proba(X)[:, 1])
+        if px is None:
+            raise RuntimeError("pip install plotly to plot")
+        return px.histogram(self.predict_proba(X)[:, 1])
 
     def report(self, X):
         import seaborn  # lazily, for notebooks
@@ -143,6 +143,7 @@ def rows_json(rows: np.ndarray) -> str:
 def test_init_finds_the_package_next_to_the_contract(project: Path) -> None:
     make_project(project)
     assert importlib.util.find_spec("mymodels") is None  # mlship has to find it itself
+    assert importlib.util.find_spec("plotly") is None  # the optional import this test is about (not a dev dependency)
     path_before = list(sys.path)
 
     result = invoke("init", "model.pkl")
@@ -150,7 +151,7 @@ def test_init_finds_the_package_next_to_the_contract(project: Path) -> None:
     assert result.exit_code == 0, result.output
     out = plain(result.stdout)
     assert "uses your package mymodels (added to build.include)" in out
-    assert "note: mymodels imports matplotlib (not installed here), which the model does not need to load; " \
+    assert "note: mymodels imports plotly (not installed here), which the model does not need to load; " \
            "not added to dependencies." in out
     assert "note: mymodels imports seaborn (not installed here)" in out
     data = contract(project)
@@ -258,7 +259,7 @@ def test_an_import_the_model_needs_is_pinned(project: Path) -> None:
     assert pin in contract(project)["dependencies"]["requirements"]
     assert f"mymodels imports mpmath, which the model needs when it loads: added {pin} to dependencies." \
            in plain(result.stdout)
-    assert "mymodels imports matplotlib (not installed here)" in plain(result.stdout)
+    assert "mymodels imports plotly (not installed here)" in plain(result.stdout)
 
 
 def test_deploy_local_serves_the_users_class(project: Path, base_image_env: str, docker_engine: Any) -> None:
