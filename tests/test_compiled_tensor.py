@@ -125,14 +125,36 @@ def test_compiled_answers_equal_the_framework(project: Path, tmp_path: Path) -> 
     assert [g["label"] for g in got[:3]] == ["0", "1", "2"]
 
 
-def test_server_start_imports_no_framework(project: Path) -> None:
-    # a fresh process, as the server starts: the kept compiled model is re-checked and served by onnxruntime
+def start_imports(project: Path) -> list[Any]:
+    """[compiled?, the frameworks imported] of a fresh process that loads the project as the server does."""
     code = ("import sys, json; from pathlib import Path; from mlship.contract_io import load_project; "
             "from mlship.serving.predictor import Predictor; "
             f"p = Predictor(load_project(Path({str(project)!r}))); p.load(); p.warm_up(); "
             f"print(json.dumps([p.compiled is not None, sorted(m for m in {FRAMEWORKS!r} if m in sys.modules)]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, []], out.stderr[-2000:]
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_server_start_imports_no_framework(project: Path) -> None:
+    # a fresh process, as the server starts in the image `mlship build` made: the kept compiled model is re-checked
+    # and served by onnxruntime
+    from mlship.image.context import build_compiled
+
+    build_compiled(load_project(project))
+    assert start_imports(project) == [True, []]
+
+
+def test_state_dict_with_a_load_function_is_served_without_it(tmp_path: Path, trained: dict[str, Path]) -> None:
+    project = torch_project(tmp_path / "sd", trained["pytorch"])
+    shutil.copy(trained["pytorch"].with_name("digits_state.pt"), project / "model" / "digits_state.pt")
+    for name in ("predict.py", "net.py"):
+        shutil.copy(TORCH_EXAMPLE / name, project / name)
+    data = yaml.safe_load((project / "mlship.yaml").read_text())
+    data.update(artifact="model/digits_state.pt", load="predict.py:load", build={"include": ["net.py"]})
+    (project / "mlship.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    result = invoke("validate", "-f", str(project / "mlship.yaml"))
+    assert result.exit_code == 0 and "ok compiled: onnxruntime" in result.output, result.output
+    assert start_imports(project) == [True, []]  # predict.py (which imports torch) is never imported
 
 
 def test_probe_tensors_are_seeded_and_fit_the_contract(project: Path) -> None:

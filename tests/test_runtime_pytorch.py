@@ -212,10 +212,22 @@ def test_state_dict_through_the_load_hook(digits_models: Path, tmp_path: Path) -
     assert result.output.count("ok examples[") == 3
     from mlship.image.context import plan_project
 
+    assert "ok compiled: onnxruntime" in result.output and "torch.export" in result.output  # a module: dynamo
     project = load_project(root)
-    plan = plan_project(project, TEST_BASE_IMAGE)
-    assert plan.requirements[0] == f"torch=={rt.public_version(torch.__version__)}+cpu"
+    plan = plan_project(project, TEST_BASE_IMAGE)  # compiled: the image needs neither torch nor the load function
+    assert not [r for r in plan.requirements if r.startswith("torch")], plan.requirements
     assert "contract/net.py" in [ctx for _src, ctx in plan.files]
+    record = root / ".mlship" / "compiled" / "record.json"
+    before = json.loads(record.read_text())["source_sha256"]
+    (root / "net.py").write_text((root / "net.py").read_text() + "\n# changed\n")  # your code is part of the source
+    result = invoke("validate", "-f", str(root))
+    assert result.exit_code == 0 and "ok compiled: onnxruntime" in result.output, result.output
+    assert json.loads(record.read_text())["source_sha256"] != before  # converted again, from the changed code
+    data = yaml.safe_load((root / "mlship.yaml").read_text())
+    data["serve"] = {"compile": "off"}
+    (root / "mlship.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    plan = plan_project(load_project(root), TEST_BASE_IMAGE)
+    assert plan.requirements[0] == f"torch=={rt.public_version(torch.__version__)}+cpu"
 
 
 # --- outputs, threads, requirements ---------------------------------------------------------------

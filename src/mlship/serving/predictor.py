@@ -5,6 +5,7 @@ Used by the server, by `mlship predict --local` and by `mlship validate`: one co
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -60,15 +61,10 @@ class Predictor:
         reason = "serve.compile is off"
         kept = False  # a compiled model was kept for this project but cannot be used
         if c.load:
-            loader = load_function(self.project.root, c.load, "load")
-            try:
-                self.model = loader(self.project.artifact_path)
-            except Exception as exc:
-                raise UserCodeError(
-                    f"{c.load} raised {exc.__class__.__name__}: {exc}",
-                    why=short_traceback(exc),
-                    fix="Fix the load function; it receives the artifact path and returns the model.",
-                ) from None
+            if compiling:  # a tensor model your load function builds: its compiled model needs none of your code
+                reason, kept = self._load_compiled()
+            if self.compiled is None:
+                self._call_loader()
         else:
             if compiling:
                 reason, kept = self._load_compiled()
@@ -111,12 +107,44 @@ class Predictor:
         self._label_of = self._label_map()
         self._label_text = {}
 
+    def _call_loader(self) -> None:
+        c = self.project.contract
+        assert c.load is not None
+        loader = load_function(self.project.root, c.load, "load")
+        try:
+            self.model = loader(self.project.artifact_path)
+        except Exception as exc:
+            raise UserCodeError(
+                f"{c.load} raised {exc.__class__.__name__}: {exc}",
+                why=short_traceback(exc),
+                fix="Fix the load function; it receives the artifact path and returns the model.",
+            ) from None
+
+    def _source_digest(self) -> str:
+        """What a compiled model is made from: the artifact, and where your load function builds the model, the
+        load module and the build.include files (a changed network class makes the compiled model stale)."""
+        sha = artifact_sha256(self.project.artifact_path)
+        c = self.project.contract
+        if not c.load:
+            return sha
+        root = self.project.root
+        paths = {root / c.load.split(":")[0]}
+        for pattern in c.build.include:
+            for match in root.glob(pattern):
+                paths.update(match.rglob("*") if match.is_dir() else [match])
+        digest = hashlib.sha256(sha.encode())
+        for path in sorted(p for p in paths if p.is_file()):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
     def _compile_mode(self) -> bool:
         """Whether to try the compiled path; serve.compile: onnx where it cannot apply is a contract error."""
         c = self.project.contract
         if c.serve.compile == "off":
             return False
-        why = ("the model is loaded or called by your code (load:/predict:)" if c.load or c.predict
+        tensor_runtime = type(self.runtime).scores_output is not Runtime.scores_output
+        why = ("the model is loaded or called by your code (predict:)" if c.predict
+               else "the model is loaded or called by your code (load:)" if c.load and not tensor_runtime
                else f"the {self.runtime.name} runtime has no compiled path"
                if type(self.runtime).to_onnx is Runtime.to_onnx else None)
         if why is None:
@@ -131,7 +159,7 @@ class Predictor:
         kept (stale or broken) rather than missing."""
         rows = self._probe_rows(compiled.PROBE_ROWS)
         self._compile_probe = rows
-        self._source_sha = artifact_sha256(self.project.artifact_path)
+        self._source_sha = self._source_digest()
         try:
             self.compiled = compiled.load(self.project.root, rows, self.features, self._source_sha, self.runtime,
                                           self._settings())
