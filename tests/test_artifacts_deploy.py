@@ -1,6 +1,6 @@
-"""Remote artifacts end to end on the real Docker engine: `mlship init` on an s3:// and a gs:// URI, deploy to
-the local target, predict, a new object version, deploy again (a model-only rebuild), status naming the model
-each image serves, and rollback returning to the old code+model pair; preflight failing before any build."""
+"""Remote artifacts end to end on the real Docker engine: `mlship init` on an s3://, a gs:// and an https:// URI,
+deploy to the local target, predict, a new object version, deploy again (a model-only rebuild), status naming the
+model each image serves, and rollback returning to the old code+model pair; preflight failing before any build."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import IRIS, TEST_BASE_IMAGE, free_port
 from emulators import storage_fixtures
-from emulators.storage_fixtures import S3, iris_variant, no_aws_credentials, repin, sha256
+from emulators.storage_fixtures import S3, Https, iris_variant, no_aws_credentials, repin, sha256
 from mlship import pipeline
 from mlship.artifacts import cache
 from mlship.cli import app
@@ -28,6 +28,7 @@ from mlship.init import init_project
 artifact_cache = storage_fixtures.artifact_cache
 moto_server, s3 = storage_fixtures.moto_server, storage_fixtures.s3
 gcs_server, gcs = storage_fixtures.gcs_server, storage_fixtures.gcs
+https_server, https = storage_fixtures.https_server, storage_fixtures.https
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
@@ -110,6 +111,14 @@ def test_gcs_init_deploy_new_version_rollback(gcs: Any, service: Path, docker_en
         return str(blob.generation)
 
     round_trip(service, "gs://models/iris/model.joblib", publish, docker_engine)
+
+
+def test_https_init_deploy_new_version_rollback(https: Https, service: Path, docker_engine: Any) -> None:
+    def publish(data: bytes) -> str:  # a new file at the same URL; the server's ETag is the version mlship records
+        https.files.content["/iris/model.joblib"] = data
+        return sha256(data)[:16]
+
+    round_trip(service, f"{https.url}/iris/model.joblib", publish, docker_engine)
 
 
 def test_missing_credentials_fail_in_preflight_before_any_build(s3: S3, service: Path, docker_engine: Any,
