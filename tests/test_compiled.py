@@ -377,3 +377,10 @@ def test_image_serves_the_compiled_model_without_sklearn(iris_image: tuple[Path,
               "if u.find_spec(m)])")
     out = client.containers.run(tag, ["python", "-c", script], remove=True).decode()
     assert out.strip() == "['onnxruntime']"
+    # onnxruntime without its C API library and model-authoring tools (image/rules.py COMPILED_PRUNE): the
+    # Python module links the runtime in, so the server still starts (the session's tests serve from this image)
+    listing = client.containers.run(tag, entrypoint=["sh", "-c", "cd /opt/venv/lib/python3*/site-packages/onnxruntime"
+                                                      " && ls . capi"], remove=True).decode().split()
+    assert "capi" in listing and "onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so" in listing
+    assert not [n for n in listing if n.startswith("libonnxruntime.so") or n in ("transformers", "quantization",
+                                                                                   "tools")], listing
