@@ -185,8 +185,10 @@ def test_init_deploy_predict_destroy(kind: str, tmp_path: Path, docker_engine: A
         check(predictions)
         assert service.user_code_lines == 0  # no load:/predict: snippet was needed
         packages = installed(docker_engine, service.image)
-        if kind == "keras2_zip":  # one TensorFlow package: tf-keras came without `tensorflow`
-            assert {"tensorflow-cpu", "tf-keras"} <= set(packages) and "tensorflow" not in packages, packages
+        if kind == "keras2_zip":  # converted with tf2onnx and served by onnxruntime: no TensorFlow package at all
+            # (a native Keras 2 image's one TensorFlow package is tests/test_keras2.py's)
+            assert docker_engine.images.get(service.image).labels["dev.mlship.compiled"] == "onnx"
+            assert "onnxruntime" in packages and not {"tensorflow", "tensorflow-cpu", "tf-keras"} & set(packages)
         if kind == "torch_wrapper":  # torch's CPU build, no CUDA packages
             assert packages["torch"].endswith("+cpu") and not [p for p in packages if p.startswith("nvidia")]
         print(f"\n{kind}: {image_size_mb(docker_engine, service.image)} MB, first prediction {seconds:.0f}s "
