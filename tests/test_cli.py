@@ -98,7 +98,7 @@ def test_help_lists_commands_and_workflow() -> None:
     listed = result.stdout.split("Commands:")[1]
     names = [line.split()[0] for line in listed.splitlines() if re.match(r"  \S", line)]  # not wrapped lines
     assert names == ["init", "validate", "serve", "predict", "info", "build", "test", "push",
-                     "deploy", "status", "logs", "rollback", "destroy", "convert", "models"]
+                     "deploy", "status", "logs", "rollback", "destroy", "convert", "models", "batch"]
     text = plain(result.stdout)
     assert "Workflow: `mlship init model.joblib` writes mlship.yaml" in text
     assert "`mlship serve` starts the HTTP server" in text

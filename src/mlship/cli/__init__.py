@@ -14,6 +14,7 @@ from mlship.cli import images  # noqa: F401
 from mlship.cli import targets  # noqa: F401
 from mlship.cli import convert  # noqa: F401
 from mlship.cli import models  # noqa: F401
+from mlship.cli import batch  # noqa: F401
 # isort: on
 from mlship.cli._app import app, complete_short_help
 

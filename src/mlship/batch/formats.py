@@ -1,0 +1,208 @@
+"""Reading and writing batch files in bounded chunks with pyarrow: Parquet, CSV and JSON Lines, told by extension.
+
+A chunk is a :class:`pyarrow.Table` of exactly ``chunk_rows`` rows (the last may be shorter), so that chunk ``i``
+always holds the same input rows: that is what makes a resumed run skip the right ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from mlship.errors import ContractError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+EXTENSIONS = ", ".join(FORMATS)
+
+
+def file_format(path: Path) -> str:
+    """The format of a batch file from its extension; anything else is a clear error."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ContractError(f"{path.name}: mlship batch does not know the format of a `{path.suffix or 'no'}` file.",
+                            why=f"The format is told by the extension: {EXTENSIONS}.",
+                            fix="Rename the file with the extension of its format, or convert it to Parquet.")
+    return fmt
+
+
+def count_rows(path: Path) -> int | None:
+    """The number of rows when the file says it without a full read (Parquet); else None."""
+    if file_format(path) == "parquet":
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+def read_chunks(path: Path, chunk_rows: int, string_columns: list[str]) -> Iterator[pa.Table]:
+    """Tables of exactly ``chunk_rows`` rows, read with bounded memory. CSV ``string_columns`` (the features) are
+    read as text and converted per chunk, so that one bad value is a rejected row, not a failed read."""
+    fmt = file_format(path)
+    if fmt == "jsonl":
+        yield from _jsonl_chunks(path, chunk_rows)
+        return
+    buffered: list[pa.RecordBatch] = []
+    held = 0
+    for batch in _batches(path, fmt, chunk_rows, string_columns):
+        if fmt == "csv":
+            batch = batch.replace_schema_metadata({TEXT_KEY: b"1"})
+        buffered.append(batch)
+        held += batch.num_rows
+        while held >= chunk_rows:
+            table = pa.Table.from_batches(buffered).combine_chunks()
+            yield table.slice(0, chunk_rows)
+            rest = table.slice(chunk_rows)
+            buffered, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(buffered).combine_chunks()
+
+
+def _batches(path: Path, fmt: str, chunk_rows: int, string_columns: list[str]) -> Iterator[pa.RecordBatch]:
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+            return
+        import pyarrow.csv as pacsv  # type: ignore[import-untyped]
+
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                                convert_options=pacsv.ConvertOptions(
+                                    column_types={name: pa.string() for name in string_columns}))
+        yield from reader
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ContractError(f"{path} cannot be read as {fmt}: {exc}",
+                            fix=f"Check that the file is a complete {fmt} file (its extension says {fmt}).") from None
+
+
+def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[pa.Table]:
+    """JSON Lines: one object per line; values kept as they are (a string where a number belongs is a rejected
+    row, reported by the validator), so a chunk is a table of one binary column, ``__json``, parsed by the worker."""
+    lines: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                lines.append(line)
+                if len(lines) == chunk_rows:
+                    yield pa.table({JSON_COLUMN: pa.array(lines, pa.string())})
+                    lines = []
+    if lines:
+        yield pa.table({JSON_COLUMN: pa.array(lines, pa.string())})
+
+
+JSON_COLUMN = "__json"
+TEXT_KEY = b"mlship.text"  # schema metadata of a CSV chunk: its feature columns are text, converted per feature
+
+
+def _text_column(column: Any, kind: str | None) -> list[Any]:
+    """A CSV chunk's feature column (read as text) in its contract type; an empty cell is missing (None) and a
+    value that does not convert stays text, so that the validator rejects that row and quotes the value."""
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    column = pc.if_else(pc.equal(column, ""), None, column)
+    target = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}.get(kind or "")
+    if target is None:
+        return list(column.to_pylist())
+    try:
+        return list(pc.cast(column, target).to_pylist())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return [_convert(v, str(kind)) for v in column.to_pylist()]
+
+
+def _convert(value: str | None, kind: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            return int(value)
+        return {"true": True, "false": False}[value.strip().lower()]
+    except (ValueError, KeyError):
+        return value
+
+
+def records(table: pa.Table, columns: list[str],
+            types: Mapping[str, str]) -> tuple[dict[str, list[Any]], list[str | None]]:
+    """The chunk's columns as Python lists (a missing value is None), and per row why it could not be read
+    (a JSON line that is not an object), else None."""
+    if table.column_names == [JSON_COLUMN]:
+        values: dict[str, list[Any]] = {name: [] for name in columns}
+        problems: list[str | None] = []
+        for line in table.column(JSON_COLUMN).to_pylist():
+            problem: str | None
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                obj, problem = {}, f"not valid JSON: {exc}"
+            else:
+                problem = None if isinstance(obj, dict) else "the line is not a JSON object"
+                obj = obj if isinstance(obj, dict) else {}
+            problems.append(problem)
+            for name in columns:
+                values[name].append(obj.get(name))
+        return values, problems
+    present = set(table.column_names)
+    text = bool((table.schema.metadata or {}).get(TEXT_KEY))
+    out = {name: (_text_column(table.column(name), types.get(name)) if text and name in types
+                  else table.column(name).to_pylist()) if name in present else [None] * table.num_rows
+           for name in columns}
+    return out, [None] * table.num_rows
+
+
+def write_table(table: pa.Table, path: Path, fmt: str) -> None:
+    """Write one table to ``path`` atomically: a temporary file next to it, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("wb") as fh:
+        _write(table, fh, fmt)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write(table: pa.Table, fh: Any, fmt: str) -> None:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, fh)
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, fh)
+    else:
+        for row in table.to_pylist():
+            fh.write(json.dumps(row).encode() + b"\n")
+
+
+def concat_files(parts: list[Path], path: Path, fmt: str, schema: pa.Schema | None) -> None:
+    """Assemble part files (each in ``fmt``) into ``path`` atomically, one part in memory at a time."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("wb") as fh:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            writer = None
+            for part in parts:
+                table = pq.read_table(part)
+                if writer is None:
+                    writer = pq.ParquetWriter(fh, schema or table.schema)
+                writer.write_table(table.cast(writer.schema))
+            if writer is None and schema is not None:
+                writer = pq.ParquetWriter(fh, schema)
+            if writer is not None:
+                writer.close()
+        else:
+            for i, part in enumerate(parts):
+                with part.open("rb") as src:
+                    if fmt == "csv" and i:
+                        src.readline()  # the header once
+                    while block := src.read(1 << 20):
+                        fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
