@@ -175,3 +175,16 @@ def test_predict_fn_on_pandas_dict_and_numpy_batches(project: Path) -> None:
     frame.loc[3, "sepal_width"] = float("nan")
     with pytest.raises(PredictionError, match="Row 3 of the batch does not fit the contract: sepal_width"):
         fn(frame)
+
+
+def test_a_chunk_of_only_rejected_rows_keeps_the_output_columns(project: Path, tmp_path: Path) -> None:
+    rows = rows_table(30, seed=8).to_pylist()
+    for row in rows[:10]:
+        row["sepal_length"] = "x"
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = run_batch(project, tmp_path / "rows.jsonl", tmp_path / "p.parquet", BatchOptions(workers=1, chunk_rows=10))
+    assert (report.rows, report.rejects) == (30, 10)
+    out = pq.read_table(tmp_path / "p.parquet")
+    assert out.column("id").to_pylist() == [r["id"] for r in rows[10:]]
+    assert out.schema.field("probabilities_setosa").type == pa.float64()
+    assert pq.read_table(rejects_path(tmp_path / "p.parquet")).column("row").to_pylist() == list(range(10))

@@ -75,8 +75,8 @@ class BatchPredictFn:
                                   "feature, a pandas DataFrame or a dict of columns.")
         n = len(next(iter(columns.values())))
         out = self.predictions(columns, n)
-        key = "label" if "label" in out else "value" if "value" in out else next(iter(out))
-        return np.asarray(out[key])
+        key = "label" if "label" in out else "value" if "value" in out else next(iter(out), None)
+        return np.asarray(out[key] if key is not None else [])
 
 
 def predict_fn(contract_path: str | Path = "mlship.yaml") -> BatchPredictFn:

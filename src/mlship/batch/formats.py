@@ -179,23 +179,18 @@ def _write(table: pa.Table, fh: Any, fmt: str) -> None:
             fh.write(json.dumps(row).encode() + b"\n")
 
 
-def concat_files(parts: list[Path], path: Path, fmt: str, schema: pa.Schema | None) -> None:
+def concat_files(parts: list[Path], path: Path, fmt: str) -> None:
     """Assemble part files (each in ``fmt``) into ``path`` atomically, one part in memory at a time."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with tmp.open("wb") as fh:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            writer = None
-            for part in parts:
-                table = pq.read_table(part)
-                if writer is None:
-                    writer = pq.ParquetWriter(fh, schema or table.schema)
-                writer.write_table(table.cast(writer.schema))
-            if writer is None and schema is not None:
-                writer = pq.ParquetWriter(fh, schema)
-            if writer is not None:
-                writer.close()
+            # an id column of JSON Lines is typed by its values: null where a chunk had none
+            unified = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+            with pq.ParquetWriter(fh, unified) as writer:
+                for part in parts:
+                    writer.write_table(pq.read_table(part).cast(unified))
         else:
             for i, part in enumerate(parts):
                 with part.open("rb") as src:

@@ -239,9 +239,8 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
     while pending:
         finish(pending.popleft())
     count = index + 1
-    formats.concat_files([parts / f"part-{i:06d}{target.suffix}" for i in range(count)], target, fmt, None)
-    formats.concat_files([parts / f"rejects-{i:06d}{target.suffix}" for i in range(count)], rejects_path(target),
-                         fmt, None)
+    formats.concat_files([parts / f"part-{i:06d}{target.suffix}" for i in range(count)], target, fmt)
+    formats.concat_files([parts / f"rejects-{i:06d}{target.suffix}" for i in range(count)], rejects_path(target), fmt)
     shutil.rmtree(parts)
     report.outputs.append(target)
     report.rejects_files.append(rejects_path(target))

@@ -45,6 +45,8 @@ class Scorer:
         validator = make_validator(project.contract.input, max(chunk_rows, 1))
         assert isinstance(validator, Validator)
         self.validator = validator
+        #: the prediction columns (names and types), from the warm-up: a chunk whose rows are all rejected has them
+        self.empty = pa.table(flatten(self.predictor.warm_up())).slice(0, 0)
 
     def rows(self, values: dict[str, list[Any]], n: int,
              problems: list[str | None]) -> tuple[list[int], list[list[Any]], list[tuple[int, str]]]:
@@ -90,8 +92,10 @@ class Scorer:
         columns: dict[str, Any] = {}
         if id_column:
             columns[id_column] = _ids(table, values[id_column], id_column, keep)
-        columns.update(flatten(out))
-        predictions = pa.table(columns) if columns else pa.table({"row": pa.array([], pa.int64())})
+        flat = flatten(out)
+        for field in self.empty.schema:
+            columns[field.name] = pa.array(flat.get(field.name, []), field.type)
+        predictions = pa.table(columns)
         reject_cols: dict[str, Any] = {"row": pa.array([start + i for i, _ in bad], pa.int64())}
         if id_column:
             reject_cols[id_column] = _ids(table, values[id_column], id_column, [i for i, _ in bad])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -32,9 +33,13 @@ def batch(
     from mlship.batch import BatchOptions, run_batch
 
     with _errors():
+        progress, stop = _progress()
         options = BatchOptions(workers=workers, chunk_rows=chunk_rows, id_column=id_column, max_rejects=max_rejects,
-                               progress=_progress())
-        report = run_batch(file, input, output, options)
+                               progress=progress)
+        try:
+            report = run_batch(file, input, output, options)
+        finally:
+            stop()
         resumed = f", {report.resumed_chunks} chunks kept from an earlier run" if report.resumed_chunks else ""
         out.print(escape(f"scored {report.rows:,} rows in {report.seconds:.1f}s ({report.rows_per_s:,.0f} rows/s)"
                          f"{resumed}: {', '.join(map(str, report.outputs))}"))
@@ -43,7 +48,7 @@ def batch(
                              f"{', '.join(map(str, report.rejects_files))}"))
 
 
-def _progress() -> Progress:
+def _progress() -> tuple[Progress, Callable[[], None]]:
     """A rich progress bar with rows/s and ETA on a terminal; a line every few seconds otherwise."""
     last = [0.0]
 
@@ -58,7 +63,7 @@ def _progress() -> Progress:
         err.print(f"{stamp} [batch] {done:,}{of} rows, {rate:,.0f} rows/s{eta}", markup=False, highlight=False)
 
     if not err.is_terminal:
-        return line
+        return line, lambda: None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("batch"), BarColumn(), TextColumn("{task.completed:,} rows, {task.fields[rate]} rows/s"),
@@ -69,7 +74,5 @@ def _progress() -> Progress:
         if not bar.live.is_started:
             bar.start()
         bar.update(task, completed=done, total=total, rate=f"{done / seconds:,.0f}" if seconds else "0")
-        if total is not None and done >= total:
-            bar.stop()
 
-    return update
+    return update, bar.stop
