@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from mlship.batch.formats import records
@@ -47,6 +48,9 @@ class Scorer:
         self.validator = validator
         #: the prediction columns (names and types), from the warm-up: a chunk whose rows are all rejected has them
         self.empty = pa.table(flatten(self.predictor.warm_up())).slice(0, 0)
+        specs = project.contract.input.features.values()
+        self._array_ok = self.predictor.compiled is not None and not project.contract.predict and all(
+            f.type == "float" and f.enum is None and f.minimum is None and f.maximum is None for f in specs)
 
     def rows(self, values: dict[str, list[Any]], n: int,
              problems: list[str | None]) -> tuple[list[int], list[list[Any]], list[tuple[int, str]]]:
@@ -84,11 +88,29 @@ class Scorer:
                 parts.append(f"{name}: {error['msg']} (expected {error['expected']}, got {error['got']})")
         return "; ".join(parts)
 
+    def _clean_matrix(self, table: pa.Table) -> Any:
+        """The chunk as one float64 array when the compiled model serves, every feature is an unbounded float and
+        every value of the chunk is a finite float64 (what the validator would pass unchanged); else None."""
+        if not self._array_ok or not all(name in table.column_names for name in self.features):
+            return None
+        import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+        columns = [table.column(name) for name in self.features]
+        if any(c.type != pa.float64() or c.null_count or not pc.all(pc.is_finite(c)).as_py() for c in columns):
+            return None
+        return np.column_stack([c.to_numpy() for c in columns]) if columns else None
+
     def score(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Scored:
         n = table.num_rows
-        values, problems = records(table, self.features + ([id_column] if id_column else []), self.types)
-        keep, good, bad = self.rows(values, n, problems)
-        out = self.predictor.predict(good) if good else []
+        matrix = self._clean_matrix(table)
+        if matrix is not None:  # every value valid: checked column by column, no Python rows
+            values: dict[str, list[Any]] = {id_column: []} if id_column else {}
+            keep, bad = list(range(n)), list[tuple[int, str]]()
+            out = self.predictor.predict(matrix) if n else []
+        else:
+            values, problems = records(table, self.features + ([id_column] if id_column else []), self.types)
+            keep, good, bad = self.rows(values, n, problems)
+            out = self.predictor.predict(good) if good else []
         columns: dict[str, Any] = {}
         if id_column:
             columns[id_column] = _ids(table, values[id_column], id_column, keep)
