@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parents[1]
 IRIS = REPO / "examples" / "iris-sklearn"
@@ -57,14 +57,13 @@ def ceiling(root: Path, n: int) -> float:
     predictor = Predictor(load_project(root))
     predictor.load()
     x = np.random.default_rng(1).uniform(0, 8, (n, 4))
-    model = predictor.compiled or predictor.model
     started = time.perf_counter()
     for start in range(0, n, 65_536):
         part = x[start:start + 65_536]
         if predictor.compiled is not None:
-            predictor.compiled.predict(part.tolist())
+            predictor.compiled.predict(part)
         else:
-            model.predict_proba(part)
+            predictor.model.predict_proba(part)
     return n / (time.perf_counter() - started)
 
 

@@ -138,9 +138,9 @@ def test_worker_processes_and_a_folder_give_the_in_process_result(project: Path,
 
 
 def test_a_killed_run_resumes_to_an_identical_result(project: Path, tmp_path: Path) -> None:
-    pq.write_table(rows_table(400_000, seed=6), tmp_path / "rows.parquet")
+    pq.write_table(rows_table(600_000, seed=6), tmp_path / "rows.parquet")
     args = [sys.executable, "-m", "mlship", "batch", "-f", str(project), "-i", str(tmp_path / "rows.parquet"),
-            "--workers", "1", "--chunk-rows", "4000"]
+            "--workers", "1", "--chunk-rows", "3000"]
     subprocess.run([*args, "-o", str(tmp_path / "whole.parquet")], check=True, capture_output=True, timeout=120)
     parts = tmp_path / ".killed.parquet.parts"
     proc = subprocess.Popen([*args, "-o", str(tmp_path / "killed.parquet")], stdout=subprocess.DEVNULL,
@@ -152,7 +152,7 @@ def test_a_killed_run_resumes_to_an_identical_result(project: Path, tmp_path: Pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     done = len(list(parts.glob("part-*")))
-    assert 5 <= done < 100 and not (tmp_path / "killed.parquet").exists(), done
+    assert 5 <= done < 200 and not (tmp_path / "killed.parquet").exists(), done
     result = subprocess.run([*args, "-o", str(tmp_path / "killed.parquet")], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from mlship.batch.columns import compiled_columns
 from mlship.batch.formats import records
 from mlship.errors import ContractError
 from mlship.serving.predictor import Predictor
@@ -106,15 +107,17 @@ class Scorer:
         if matrix is not None:  # every value valid: checked column by column, no Python rows
             values: dict[str, list[Any]] = {id_column: []} if id_column else {}
             keep, bad = list(range(n)), list[tuple[int, str]]()
-            out = self.predictor.predict(matrix) if n else []
+            fast = compiled_columns(self.predictor, matrix)
+            out = [] if fast is not None or not n else self.predictor.predict(matrix)
         else:
+            fast = None
             values, problems = records(table, self.features + ([id_column] if id_column else []), self.types)
             keep, good, bad = self.rows(values, n, problems)
             out = self.predictor.predict(good) if good else []
         columns: dict[str, Any] = {}
         if id_column:
             columns[id_column] = _ids(table, values[id_column], id_column, keep)
-        flat = flatten(out)
+        flat = fast if fast is not None else flatten(out)
         for field in self.empty.schema:
             columns[field.name] = pa.array(flat.get(field.name, []), field.type)
         predictions = pa.table(columns)
