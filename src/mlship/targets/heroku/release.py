@@ -191,7 +191,9 @@ def diagnose(api: HerokuApi, app: str, reason: str, lines: int = 15) -> Failure:
         status = _EXITED.search(line)
         if status:
             exited = f"exit status {status[1]}"
-    return Failure(reason, dyno_code or exited or router_code, text.splitlines()[-lines:])
+    # the requests the serving release answered meanwhile (router at=info lines) would push out why it failed
+    shown = [line for line in text.splitlines() if "heroku[router]: at=info" not in line]
+    return Failure(reason, dyno_code or exited or router_code, shown[-lines:])
 
 
 def failure_fix(failure: Failure) -> str:
