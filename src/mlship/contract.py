@@ -289,9 +289,9 @@ class Contract(Strict):
         if self.artifact.startswith(PINNED_SCHEMES) and self.artifact_sha256 is None:
             raise ValueError(f"artifact {self.artifact} is remote: add `artifact_sha256: <64 hex>` (the digest every "
                              "fetch is checked against; `mlship init URI` writes it)")
-        if self.serve.fetch_at_start and "://" not in self.artifact:
-            raise ValueError("serve.fetch_at_start applies to s3://, gs:// and https:// artifacts only; a local "
-                             "artifact is always in the image")
+        if self.serve.fetch_at_start and "://" not in self.artifact and not self.artifact.startswith("models:/"):
+            raise ValueError("serve.fetch_at_start applies to s3://, gs://, https:// and models:/ artifacts only; "
+                             "a local artifact is always in the image")
         return self
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ class DeploySpec:
     memory_mb: float | None = None  # peak memory the test gate measured (None: not measured, e.g. --skip-test)
     memory_source: str | None = None  # how the gate measured it
     ready_s: float | None = None  # the gate's container start -> /readyz 200 (None: not measured)
+    fetch_at_start: str | None = None  # serve.fetch_at_start: the artifact the container reads when it starts
 
     def measured(self, memory_mb: float | None, source: str | None = None, ready_s: float | None = None) -> DeploySpec:
         """This spec with what the test gate measured."""
@@ -53,4 +54,5 @@ def deploy_spec(project: Project) -> DeploySpec:
     secrets = (serve.api_keys_env,) if serve.auth == "api_key" else ()
     return DeploySpec(service=contract.name, version=project.version, secrets=secrets,
                       grace_s=serve.shutdown_grace_s, request_timeout_s=serve.timeout_s,
-                      ready_timeout_s=contract.test.ready_timeout_s, examples=tuple(contract.examples))
+                      ready_timeout_s=contract.test.ready_timeout_s, examples=tuple(contract.examples),
+                      fetch_at_start=contract.artifact if serve.fetch_at_start else None)
