@@ -55,6 +55,13 @@ class CloudRunOptions(BaseModel):
     registry: str | None = Field(default=None, description="Registry host (default REGION-docker.pkg.dev).")
     artifact_registry_endpoint: str | None = Field(
         default=None, description="Artifact Registry API endpoint (default https://artifactregistry.googleapis.com).")
+    logging_endpoint: str | None = Field(
+        default=None, description="Cloud Logging API endpoint (default https://logging.googleapis.com): where "
+        "`mlship batch` reads a failed task's last lines.")
+    batch_vcpu_second_usd: float = Field(default=0.000018, ge=0, description="Batch cost estimate: USD per "
+                                         "vCPU-second (Cloud Run jobs' Tier 1 list price).")
+    batch_gib_second_usd: float = Field(default=0.000002, ge=0, description="Batch cost estimate: USD per "
+                                        "GiB-second (Cloud Run jobs' Tier 1 list price).")
 
     @field_validator("project")
     @classmethod
@@ -130,7 +137,7 @@ class CloudRunOptions(BaseModel):
                                  "63 characters (keys start with a letter)")
         return value
 
-    @field_validator("api_endpoint", "artifact_registry_endpoint")
+    @field_validator("api_endpoint", "artifact_registry_endpoint", "logging_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):

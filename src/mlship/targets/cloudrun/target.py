@@ -40,6 +40,7 @@ from mlship.reports import Check
 from mlship.targets.base import Deployment, Progress, Target, TargetStatus, parse_options
 from mlship.targets.cloudrun import registry
 from mlship.targets.cloudrun.api import Gcp, api_error
+from mlship.targets.cloudrun.jobs import CloudRunBatch
 from mlship.targets.cloudrun.options import CloudRunOptions
 from mlship.targets.cloudrun.service import ServiceApi
 from mlship.targets.cloudrun.spec import (
@@ -65,8 +66,8 @@ VERSION_LABEL = "org.opencontainers.image.version"
 SIGKILL_AFTER_S = 10  # Cloud Run: SIGTERM, then SIGKILL 10 s later
 
 
-class CloudRunTarget(Target):
-    """The service on Google Cloud Run (see the module docstring)."""
+class CloudRunTarget(CloudRunBatch, Target):
+    """The service on Google Cloud Run (see the module docstring); batch jobs as Cloud Run Jobs (``jobs``)."""
 
     name: ClassVar[str] = "cloudrun"
     tries: ClassVar[int] = 5  # API calls: 1 + 4 retries of transient errors
