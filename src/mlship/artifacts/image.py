@@ -68,6 +68,10 @@ def model_layer(project: Any, inside: Callable[[str, str], str]) -> ModelLayer:
     labels = provenance_labels(artifact)
     if c.serve.fetch_at_start:
         env = {"MLSHIP_CACHE_DIR": START_CACHE, "MLSHIP_ARTIFACT_SHA256": sha or ""}
+        if c.artifact.startswith("models:/"):  # where the registry is (never its token: the target provides that)
+            from mlship.artifacts.identity import mlflow_env
+
+            env.update(mlflow_env())
         fetcher = fetcher_for(c.artifact, project.root)
         packages = list(getattr(fetcher, "image_packages", ()))
         return ModelLayer(files=[], labels=labels, env=env,

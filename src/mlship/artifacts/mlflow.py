@@ -290,6 +290,7 @@ class MlflowFetcher(Fetcher):
     """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` and ``models:/NAME/latest`` from the MLflow Model Registry."""
 
     name = "mlflow"
+    image_packages = ("mlflow-skinny",)  # serve.fetch_at_start: MLflow's client without its server
 
     @classmethod
     def claims(cls, uri: str, root: Path) -> bool:

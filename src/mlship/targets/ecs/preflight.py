@@ -7,6 +7,7 @@ that avoids it). One try per call, short timeouts: the pipeline gives all checks
 
 from __future__ import annotations
 
+import json
 import re
 
 from mlship.errors import TargetError
@@ -32,9 +33,11 @@ ALWAYS = [
 ]
 
 
-def needed_actions(opts: EcsOptions) -> list[str]:
-    """The IAM actions a deploy with these options calls."""
+def needed_actions(opts: EcsOptions, artifact: str | None = None) -> list[str]:
+    """The IAM actions a deploy with these options calls (``artifact``: serve.fetch_at_start's)."""
     actions = list(ALWAYS)
+    if artifact and artifact.startswith("s3://") and not opts.task_role_arn:  # mlship's task role
+        actions += ["iam:GetRole", "iam:CreateRole", "iam:TagRole", "iam:GetRolePolicy", "iam:PutRolePolicy"]
     if opts.listener_arn:
         actions += [f"elasticloadbalancing:{a}" for a in ("DescribeRules", "CreateRule", "ModifyRule")]
         if opts.listener_rule is not None and opts.listener_rule.priority is not None:
@@ -51,7 +54,7 @@ def needed_actions(opts: EcsOptions) -> list[str]:
         actions.append("iam:CreateServiceLinkedRole")
     if not opts.execution_role_arn:
         actions += ["iam:GetRole", "iam:CreateRole", "iam:AttachRolePolicy", "iam:TagRole"]
-    return actions
+    return list(dict.fromkeys(actions))
 
 
 def principal_arn(caller_arn: str) -> str:
@@ -60,7 +63,8 @@ def principal_arn(caller_arn: str) -> str:
     return f"arn:{found[1]}:iam::{found[2]}:role/{found[3]}" if found else caller_arn
 
 
-def checks(opts: EcsOptions, client_factory: ClientFactory | None = None) -> list[Check]:
+def checks(opts: EcsOptions, client_factory: ClientFactory | None = None, artifact: str | None = None) -> list[Check]:
+    """``artifact``: the URI serve.fetch_at_start reads in the task (None: the image carries the model)."""
     aws = Aws(opts, client_factory=client_factory, attempts=1, timeout_s=TIMEOUT_S)
     try:
         try:
@@ -78,7 +82,9 @@ def checks(opts: EcsOptions, client_factory: ClientFactory | None = None) -> lis
         found.append(network)
         if opts.listener_arn:
             found.append(_listener(aws, vpc))
-        found.append(_permissions(aws, principal_arn(arn)))
+        found.append(_permissions(aws, principal_arn(arn), needed_actions(opts, artifact)))
+        if artifact:
+            found.append(artifact_access(aws, artifact))
         return found
     finally:
         aws.close()
@@ -130,10 +136,41 @@ def _network(aws: Aws) -> tuple[Check, str | None]:
     return Check(name="network", ok=True, detail=f"default VPC {vpc}, {len(subnets)} default subnets"), vpc
 
 
-def _permissions(aws: Aws, principal: str) -> Check:
+def artifact_access(aws: Aws, artifact: str) -> Check:
+    """Whether the task can read ``artifact`` at start: s3:// through the task role (mlship's gets the grant;
+    yours is simulated for the object's ARN), https:// needs nothing, models:/ its token as a secret, gs:// cannot."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    actions = needed_actions(aws.opts)
+    from mlship.artifacts import identity
+
+    role = aws.opts.task_role_arn
+    if identity.scheme(artifact) != "s3":
+        return identity.variable_check(artifact, "ecs", set(aws.opts.secrets))
+    statement = identity.s3_statement(artifact)
+    if not role:
+        return Check(name=identity.CHECK, ok=True, detail=f"the deploy grants the task role it makes "
+                     f"{', '.join(statement['Action'])} on {statement['Resource']}")
+    try:
+        pages = aws.client("iam").get_paginator("simulate_principal_policy").paginate(
+            PolicySourceArn=role, ActionNames=statement["Action"], ResourceArns=[statement["Resource"]])
+        results = [r for page in pages for r in page["EvaluationResults"]]
+    except (ClientError, BotoCoreError) as exc:
+        code = error_code(exc) if isinstance(exc, ClientError) else ""
+        return Check(name=identity.CHECK, ok=True, detail=f"not checked: iam:SimulatePrincipalPolicy on {role} "
+                     f"answered {code or short_error(exc)}; the task role needs {json.dumps(statement)}")
+    denied = sorted(r["EvalActionName"] for r in results if r.get("EvalDecision") != "allowed")
+    if denied:
+        return Check(name=identity.CHECK, ok=False, detail=f"serve.fetch_at_start: your task role {role} may not "
+                     f"{', '.join(denied)} on {statement['Resource']}, so the task could not read its model",
+                     fix=f"Add this statement to a policy of {role.rpartition('/')[2]}: {json.dumps(statement)} "
+                     "(or remove targets.ecs.task_role_arn: mlship then makes a task role with it).")
+    return Check(name=identity.CHECK, ok=True, detail=f"{role} may {', '.join(statement['Action'])} on "
+                 f"{statement['Resource']}")
+
+
+def _permissions(aws: Aws, principal: str, actions: list[str]) -> Check:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         pages = aws.client("iam").get_paginator("simulate_principal_policy").paginate(
             PolicySourceArn=principal, ActionNames=actions)

@@ -21,6 +21,7 @@ from mlship.targets.ecs.spec import (
     CONTAINER_PORT,
     EXECUTION_POLICY,
     LISTENER_PORT,
+    TASK_POLICY,
     TASKS_TRUST,
     Names,
     key_value,
@@ -112,10 +113,45 @@ def ensure_role(aws: Aws, n: Names, tags: dict[str, str], progress: Progress) ->
     return str(role["Arn"])
 
 
-def _role_tags(aws: Aws, n: Names) -> list[dict[str, str]]:
-    found = aws.call(f"list the tags of {n.role}", "iam", "list_role_tags", action="iam:ListRoleTags",
-                     RoleName=n.role)
+def _role_tags(aws: Aws, n: Names, name: str | None = None) -> list[dict[str, str]]:
+    found = aws.call(f"list the tags of {name or n.role}", "iam", "list_role_tags", action="iam:ListRoleTags",
+                     RoleName=name or n.role)
     return list(found["Tags"])
+
+
+def find_task_role(aws: Aws, n: Names) -> dict[str, Any] | None:
+    found = aws.call(f"get role {n.task_role}", "iam", "get_role", action="iam:GetRole", missing=("NoSuchEntity",),
+                     RoleName=n.task_role)
+    return found["Role"] if found else None
+
+
+def ensure_task_role(aws: Aws, n: Names, tags: dict[str, str], artifact: str, progress: Progress) -> str:
+    """serve.fetch_at_start without targets.ecs.task_role_arn: the task role (trusts ecs-tasks) whose one inline
+    policy reads exactly the artifact's object (s3:GetObject, + GetObjectVersion when pinned); put only when it
+    differs."""
+    from urllib.parse import unquote
+
+    from mlship.artifacts.identity import s3_policy
+
+    role = find_task_role(aws, n)
+    if role is None:
+        progress(f"creating task role {n.task_role} (reads {artifact})")
+        role = aws.call(f"create role {n.task_role}", "iam", "create_role", action="iam:CreateRole",
+                        RoleName=n.task_role, AssumeRolePolicyDocument=json.dumps(TASKS_TRUST), Tags=key_value(tags),
+                        Description=f"ECS task role of the mlship service {n.service}: reads its model")["Role"]
+    elif not owned(role.get("Tags") or _role_tags(aws, n, n.task_role), n.service):
+        raise not_ours("IAM role", n.task_role, n.service)
+    wanted = s3_policy(artifact)
+    have = aws.call(f"get the policy of {n.task_role}", "iam", "get_role_policy", action="iam:GetRolePolicy",
+                    missing=("NoSuchEntity",), RoleName=n.task_role, PolicyName=TASK_POLICY)
+    document = (have or {}).get("PolicyDocument")
+    if isinstance(document, str):  # the API answers it URL-encoded; boto3 decodes it into a dict
+        document = json.loads(unquote(document))
+    if document is None or json.dumps(document, sort_keys=True) != wanted:
+        progress(f"granting {n.task_role} read access to {artifact} ({TASK_POLICY})")
+        aws.call(f"put the policy of {n.task_role}", "iam", "put_role_policy", action="iam:PutRolePolicy",
+                 RoleName=n.task_role, PolicyName=TASK_POLICY, PolicyDocument=wanted)
+    return str(role["Arn"])
 
 
 # --- network ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ destroy find them by name and check the tags before touching anything (no local 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ LISTENER_PORT = 80
 STOP_TIMEOUT_S = 30  # seconds between SIGTERM and SIGKILL of a task's container
 HEALTH_START_MAX_S = 300  # ECS: a container health check's startPeriod is 0 to 300 s
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+TASK_POLICY = "mlship-artifact-read"  # the inline policy of the task role mlship makes for serve.fetch_at_start
 SERVICE_TAG, MANAGED_TAG, VERSION_TAG = "mlship:service", "mlship:managed-by", "mlship:model-version"
 TASKS_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service":
                "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
@@ -49,6 +51,7 @@ class Names:
     family: str
     log_group: str
     role: str
+    task_role: str  # made only for serve.fetch_at_start without targets.ecs.task_role_arn
     load_balancer: str
     target_group: str
     security_group: str
@@ -58,7 +61,8 @@ def names(opts: EcsOptions, service: str) -> Names:
     elb = _short_name("mlship", re.sub(r"[^A-Za-z0-9-]", "-", service), 32)  # ALB/target group: 32, [A-Za-z0-9-]
     return Names(service=service, cluster=opts.cluster, repository=opts.repository or service.lower(),
                  family=_short_name("mlship", service, 255), log_group=f"/mlship/{service}",
-                 role=_short_name("mlship", service, 64 - 5) + "-exec", load_balancer=elb, target_group=elb,
+                 role=_short_name("mlship", service, 64 - 5) + "-exec",
+                 task_role=_short_name("mlship", service, 64 - 5) + "-task", load_balancer=elb, target_group=elb,
                  security_group=_short_name("mlship", service, 255))
 
 
@@ -136,7 +140,7 @@ def task_differences(desired: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, ready_timeout_s: float,
-               drain_s: int) -> list[str]:
+               drain_s: int, artifact: str | None = None) -> list[str]:
     """Human-readable steps of a deploy: the resources, and the calls that make or change them."""
     name, _, version = image.rpartition(":")
     where = region or "<your AWS region: AWS_REGION or your profile's>"
@@ -155,6 +159,7 @@ def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, re
         "ecr:GetAuthorizationToken; the token goes to the engine only)",
         f"CloudWatch Logs group {n.log_group} with {opts.log_retention_days} days' retention if missing",
         f"execution role: {role}",
+        *([task_role_line(opts, n, artifact)] if artifact else []),
         f"network: subnets {subnets}; {groups}",
         f"ECS cluster {n.cluster} if missing (FARGATE)",
         f"task definition family {n.family}: register a revision only if the spec differs from the serving one "
@@ -178,6 +183,21 @@ def plan_lines(opts: EcsOptions, n: Names, *, image: str, region: str | None, re
         "a deploy that fails removes what it made (a first deploy: everything; a later one: its new revision)",
         "print the service's URL",
     ]
+
+
+def task_role_line(opts: EcsOptions, n: Names, artifact: str) -> str:
+    """The plan's line for the identity a fetch_at_start task reads its artifact with."""
+    from mlship.artifacts import identity
+
+    if identity.scheme(artifact) != "s3":
+        need = identity.NEEDS.get(identity.scheme(artifact), {}).get("ecs")
+        return identity.plan_line(artifact, "ecs", need.text if need else "(no fetcher for it)")
+    statement = json.dumps(identity.s3_statement(artifact), sort_keys=True)
+    if opts.task_role_arn:
+        return identity.plan_line(artifact, "ecs", f"your task role {opts.task_role_arn} (checked in preflight "
+                                  f"with iam:SimulatePrincipalPolicy) must allow {statement}")
+    return identity.plan_line(artifact, "ecs", f"task role {n.task_role} (created: trusts ecs-tasks.amazonaws.com, "
+                              f"tagged) with the inline policy {TASK_POLICY} {statement}; destroy removes it")
 
 
 def rule_text(rule: ListenerRule) -> str:

@@ -83,12 +83,12 @@ class EcsTarget(Target):
     def preflight(self) -> list[Check]:
         from mlship.targets.ecs import preflight
 
-        return preflight.checks(self.opts, type(self).client_factory)
+        return preflight.checks(self.opts, type(self).client_factory, artifact=self.spec.fetch_at_start)
 
     def plan(self, image: str) -> list[str]:
         region = self.opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         return plan_lines(self.opts, self.names, image=image, region=region, ready_timeout_s=self.ready_timeout,
-                          drain_s=self.drain_s)
+                          drain_s=self.drain_s, artifact=self.spec.fetch_at_start)
 
     def runtime_env(self) -> dict[str, str]:
         """For the test gate: PORT and targets.ecs.env. The secrets (targets.ecs.secrets) are injected by ECS from
@@ -123,12 +123,16 @@ class EcsTarget(Target):
         progress(f"pushed {ref}")
         resources.ensure_log_group(aws, n, tag_map, self.opts.log_retention_days, progress)
         role = self.opts.execution_role_arn or resources.ensure_role(aws, n, tag_map, progress)
+        fetch = self.spec.fetch_at_start  # the task reads its model from S3 with a role that may read it
+        task_opts = self.opts if self.opts.task_role_arn or not (fetch or "").startswith("s3://") else \
+            self.opts.model_copy(update={"task_role_arn": resources.ensure_task_role(aws, n, tag_map, fetch or "",
+                                                                                     progress)})
         yours = listener.lookup(aws) if self.opts.listener_arn else None
         net = resources.ensure_network(aws, n, tag_map, progress, yours.security_groups if yours else None)
         route = (listener.ensure(aws, n, yours, net, tag_map, self.drain_s, progress) if yours is not None else
                  resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress))
         service.ensure_cluster(aws, n, tag_map, progress)
-        desired = task_definition(self.opts, n, image=ref, region=aws.region, execution_role=role, version=version,
+        desired = task_definition(task_opts, n, image=ref, region=aws.region, execution_role=role, version=version,
                                   ready_timeout_s=self.ready_timeout)
         serving = service.task_definition(aws, current["taskDefinition"]) if current is not None else None
         diff = task_differences(desired, serving) if serving is not None else ["new service"]

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from mlship.targets.common import poll
-from mlship.targets.ecs import listener, resources, scaling, service
+from mlship.targets.ecs import jobs, listener, resources, scaling, service
 from mlship.targets.ecs.api import Aws
-from mlship.targets.ecs.spec import EXECUTION_POLICY, Names, owned
+from mlship.targets.ecs.spec import EXECUTION_POLICY, TASK_POLICY, Names, owned
 
 #: A create call -> the kind of resource it made (the keys of REMOVERS).
 MADE_BY = {"create_listener": "load balancer", "create_rule": "listener rule", "create_load_balancer": "load balancer",
@@ -32,9 +32,11 @@ def destroy(aws: Aws, n: Names, *, keep_role: str | None) -> list[str]:
         service.delete(aws, n)
         removed.append(f"ECS service {n.cluster}/{n.service}")
     removed += deregister(aws, n, service.revisions(aws, n))
+    removed += jobs.remove(aws, n)  # what `mlship batch --target ecs` made
     for remove in REMOVERS.values():
         removed += remove(aws, n)
     removed += [f"kept: execution role {keep_role} (yours)"] if keep_role else []
+    removed += _task_role(aws, n)
     return sorted(removed, key=lambda line: line.startswith("kept: "))  # what was removed, then what was left
 
 
@@ -48,6 +50,8 @@ def undo(aws: Aws, n: Names, created: list[tuple[str, Any]]) -> list[str]:
     for kind, remove in REMOVERS.items():
         if kind in kinds:
             removed += [r for r in remove(aws, n) if not r.startswith("kept: ")]
+    if "role" in kinds:
+        removed += _task_role(aws, n)
     return removed
 
 
@@ -117,6 +121,17 @@ def _role(aws: Aws, n: Names) -> list[str]:
              missing=("NoSuchEntity",), RoleName=n.role, PolicyArn=EXECUTION_POLICY)
     aws.call(f"delete role {n.role}", "iam", "delete_role", action="iam:DeleteRole", RoleName=n.role)
     return [f"execution role {n.role}"]
+
+
+def _task_role(aws: Aws, n: Names) -> list[str]:
+    """The task role of serve.fetch_at_start (its inline policy first: IAM deletes no role that has one)."""
+    role = resources.find_task_role(aws, n)
+    if role is None or not owned(role.get("Tags") or [], n.service):
+        return []
+    aws.call(f"delete the policy of {n.task_role}", "iam", "delete_role_policy", action="iam:DeleteRolePolicy",
+             missing=("NoSuchEntity",), RoleName=n.task_role, PolicyName=TASK_POLICY)
+    aws.call(f"delete role {n.task_role}", "iam", "delete_role", action="iam:DeleteRole", RoleName=n.task_role)
+    return [f"task role {n.task_role} and its policy {TASK_POLICY}"]
 
 
 def _repository(aws: Aws, n: Names) -> list[str]:
