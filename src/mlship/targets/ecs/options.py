@@ -97,6 +97,16 @@ class ListenerRule(BaseModel):
         return self
 
 
+class EcsBatchOptions(BaseModel):
+    """``targets.ecs.batch``: the prices of ``mlship batch --target ecs``'s cost estimate (Fargate Linux/x86 list
+    prices of us-east-1 by default; set your region's or your discounted ones)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vcpu_hour_usd: float = Field(default=0.04048, ge=0, description="Price of one vCPU for one hour, in USD.")
+    gb_hour_usd: float = Field(default=0.004445, ge=0, description="Price of one GB of memory for one hour, in USD.")
+
+
 class EcsOptions(BaseModel):
     """``targets.ecs`` in mlship.yaml."""
 
@@ -137,6 +147,8 @@ class EcsOptions(BaseModel):
         "load balancer requests per task.")
     scale_target: int = Field(default=60, ge=1, le=100000, description="The metric's target: percent for cpu and "
                               "memory, requests per task per minute for requests.")
+    batch: EcsBatchOptions = Field(default_factory=EcsBatchOptions, description="mlship batch --target ecs: the "
+                                   "cost estimate's prices.")
 
     @field_validator("region")
     @classmethod

@@ -63,8 +63,11 @@ def principal_arn(caller_arn: str) -> str:
     return f"arn:{found[1]}:iam::{found[2]}:role/{found[3]}" if found else caller_arn
 
 
-def checks(opts: EcsOptions, client_factory: ClientFactory | None = None, artifact: str | None = None) -> list[Check]:
-    """``artifact``: the URI serve.fetch_at_start reads in the task (None: the image carries the model)."""
+def checks(opts: EcsOptions, client_factory: ClientFactory | None = None, *, actions: list[str] | None = None,
+           zones: int = 2, artifact: str | None = None) -> list[Check]:
+    """The checks of a deploy, or (``actions``: the IAM actions to simulate; ``zones``: the Availability Zones the
+    subnets need) of another operation: a batch job's tasks need no load balancer, so one zone will do.
+    ``artifact``: the URI serve.fetch_at_start reads in the task (None: the image carries the model)."""
     aws = Aws(opts, client_factory=client_factory, attempts=1, timeout_s=TIMEOUT_S)
     try:
         try:
@@ -78,11 +81,11 @@ def checks(opts: EcsOptions, client_factory: ClientFactory | None = None, artifa
             return [*found, Check(name="credentials", ok=False, detail=exc.message, fix=exc.fix)]
         arn = str(identity["Arn"])
         found.append(Check(name="credentials", ok=True, detail=f"{arn} (account {identity['Account']})"))
-        network, vpc = _network(aws)
+        network, vpc = _network(aws, zones)
         found.append(network)
         if opts.listener_arn:
             found.append(_listener(aws, vpc))
-        found.append(_permissions(aws, principal_arn(arn), needed_actions(opts, artifact)))
+        found.append(_permissions(aws, principal_arn(arn), actions or needed_actions(opts, artifact)))
         if artifact:
             found.append(artifact_access(aws, artifact))
         return found
@@ -103,7 +106,7 @@ def _listener(aws: Aws, vpc: str | None) -> Check:
                  f"({'internal' if yours.internal else 'internet-facing'}, {yours.vpc})")
 
 
-def _network(aws: Aws) -> tuple[Check, str | None]:
+def _network(aws: Aws, zones_needed: int = 2) -> tuple[Check, str | None]:
     """The network check, and the VPC of the subnets (None when unknown)."""
     opts = aws.opts
     try:
@@ -111,7 +114,7 @@ def _network(aws: Aws) -> tuple[Check, str | None]:
             subnets = aws.call("ec2:DescribeSubnets", "ec2", "describe_subnets", action="ec2:DescribeSubnets",
                                SubnetIds=list(opts.subnets))["Subnets"]
             zones = {s["AvailabilityZone"] for s in subnets}
-            if len(zones) < 2:
+            if len(zones) < zones_needed:
                 return Check(name="network", ok=False, detail=f"the subnets are all in {', '.join(zones)}",
                              fix="An Application Load Balancer needs subnets in two Availability Zones: add one to "
                              "targets.ecs.subnets."), None
@@ -128,7 +131,7 @@ def _network(aws: Aws) -> tuple[Check, str | None]:
                                     {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
     except TargetError as exc:
         return Check(name="network", ok=False, detail=exc.message, fix=exc.fix), None
-    if len(subnets) < 2:
+    if len(subnets) < zones_needed:
         return Check(name="network", ok=False, detail=f"the default VPC {vpcs[0]['VpcId']} has {len(subnets)} default "
                      "subnet(s); an Application Load Balancer needs two",
                      fix="Set targets.ecs.subnets in mlship.yaml."), None

@@ -24,12 +24,13 @@ import math
 import os
 from typing import Any, ClassVar
 
+from mlship.batch.jobs import BatchJob, BatchTarget, JobRun
 from mlship.contract_io import Project
 from mlship.errors import TargetError
 from mlship.reports import Check
 from mlship.targets.base import CONTAINER_PORT, Deployment, Progress, Target, TargetStatus, parse_options
 from mlship.targets.common import smoke_test
-from mlship.targets.ecs import lifecycle, listener, resources, scaling, service, teardown
+from mlship.targets.ecs import jobs, jobs_spec, lifecycle, listener, resources, scaling, service, teardown
 from mlship.targets.ecs.api import Aws, ClientFactory
 from mlship.targets.ecs.options import EcsOptions
 from mlship.targets.ecs.spec import (
@@ -45,8 +46,8 @@ from mlship.targets.ecs.spec import (
 VERSION_LABEL = "org.opencontainers.image.version"
 
 
-class EcsTarget(Target):
-    """The service on AWS ECS Fargate (see the module docstring)."""
+class EcsTarget(Target, BatchTarget):
+    """The service on AWS ECS Fargate (see the module docstring); batch jobs as RunTask fan-out (``jobs``)."""
 
     name: ClassVar[str] = "ecs"
     poll_s: ClassVar[float] = 5.0  # rollout polling (grows to 5 s)
@@ -264,6 +265,17 @@ class EcsTarget(Target):
         arn = service.register(self.aws, desired)
         progress(f"registered task definition {arn.rpartition('/')[2]}")
         return arn
+
+    # --- batch jobs (mlship batch --target ecs) ------------------------------------------------------
+    def batch_preflight(self, job: BatchJob) -> list[Check]:
+        return jobs.checks(self.opts, type(self).client_factory, job)
+
+    def batch_plan(self, job: BatchJob, image: str) -> list[str]:
+        region = self.opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return jobs_spec.plan_lines(self.opts, self.names, job, image=image, region=region, poll_s=self.poll_s)
+
+    def run_batch(self, job: BatchJob, image: str, progress: Progress) -> JobRun:
+        return jobs.run(self.aws, self.opts, self.names, job, image, progress, poll_s=self.poll_s)
 
     # --- status / logs / rollback / destroy ----------------------------------------------------------
     def status(self) -> TargetStatus:
