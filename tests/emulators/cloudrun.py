@@ -25,6 +25,9 @@ Each revision runs as a container (image pulled from ``registry``; PORT and K_* 
 ``dev.mlship.emulator=cloudrun``) and is Ready once its startup probe passes. Each service has a reverse
 proxy at ``uri`` (http://127.0.0.1:PORT) that routes by the applied traffic split; a failed revision
 never takes traffic, and an operation finishes once its revision is Ready or failed.
+
+Jobs, executions and tasks (really run as containers) and their Cloud Logging entries: ``jobs``
+(tests/emulators/cloudrun_jobs.py).
 """
 
 from __future__ import annotations
@@ -151,6 +154,9 @@ class CloudRunEmulator:
         self._threads: list[threading.Thread] = []
         self._server: ThreadingHTTPServer | None = None
         self.endpoint = ""
+        from emulators.cloudrun_jobs import CloudRunJobs  # it imports this module's helpers
+
+        self.jobs = CloudRunJobs(self)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> CloudRunEmulator:
@@ -274,6 +280,7 @@ class CloudRunEmulator:
             (("GET",), rf"/v[12]/({_LOC}/operations/[^/:]+)", self._get_operation),
             (("POST",), rf"/v1/{_LOC}/repositories", self._create_repository),
             (("GET",), rf"/v1/({_LOC}/repositories/[^/:]+)", self._get_repository),
+            *self.jobs.routes(),
         ]
 
     # --- services ---------------------------------------------------------------------------------
