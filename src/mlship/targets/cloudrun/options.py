@@ -49,6 +49,9 @@ class CloudRunOptions(BaseModel):
     secrets: dict[EnvName, str] = Field(
         default_factory=dict, description="Environment variables from Secret Manager: NAME: SECRET:VERSION.")
     service_account: str | None = Field(default=None, description="Service account the service runs as.")
+    grant_artifact_access: bool = Field(default=False, description="serve.fetch_at_start with a gs:// artifact: "
+                                        "grant the service account roles/storage.objectViewer on the bucket "
+                                        "(default: preflight checks it and names the command).")
     public: bool = Field(default=False, description="Grant roles/run.invoker to allUsers (default: private).")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the service.")
     api_endpoint: str | None = Field(default=None, description="Cloud Run Admin API endpoint (default Google's).")

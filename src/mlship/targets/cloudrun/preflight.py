@@ -21,10 +21,14 @@ DEPLOY_PERMISSIONS = ["run.services.get", "run.services.update", "run.services.g
 CONNECT_TIMEOUT_S = 2.0
 
 
-def checks(opts: CloudRunOptions, service: str, api_key_check: Check | None) -> list[Check]:
+def checks(opts: CloudRunOptions, service: str, api_key_check: Check | None,
+           artifact: str | None = None) -> list[Check]:
+    """``artifact``: the URI serve.fetch_at_start reads in the container (None: the image carries the model)."""
     found = [Check(name="options", ok=True, detail=f"project {opts.project}, region {opts.region}")]
     if api_key_check is not None:
         found.append(api_key_check)
+    if artifact:
+        found.append(artifact_access(opts, artifact))
     gcp = Gcp(opts, tries=1, retry_delay_s=0.0, poll_s=1.0, op_timeout_s=5.0)
     try:
         credentials = _credentials(gcp)
@@ -37,6 +41,72 @@ def checks(opts: CloudRunOptions, service: str, api_key_check: Check | None) -> 
     finally:
         gcp.close()
     return found
+
+
+def artifact_access(opts: CloudRunOptions, artifact: str) -> Check:
+    """Whether the service can read ``artifact`` at start: gs:// through its service account (the bucket's IAM
+    policy read; granted by the deploy with grant_artifact_access), s3:// / models:/ with their secrets."""
+    from mlship.artifacts import identity
+
+    if identity.scheme(artifact) != "gs":
+        return identity.variable_check(artifact, "cloudrun", set(opts.secrets))
+    member = identity.gcs_member(opts.service_account, opts.project)
+    command = identity.gcs_grant_command(artifact, member)
+    if not opts.service_account:
+        if opts.grant_artifact_access:
+            return Check(name=identity.CHECK, ok=False, detail="grant_artifact_access needs targets.cloudrun."
+                         "service_account: the default compute account's email holds the project number, which "
+                         "mlship does not look up", fix="Set targets.cloudrun.service_account (e.g. PROJECT_NUMBER-"
+                         f"compute@developer.gserviceaccount.com), or grant it yourself: {command}")
+        return Check(name=identity.CHECK, ok=True, detail="not checked: the service runs as the default compute "
+                     f"account; it needs {identity.GCS_READER} on gs://{identity.gcs_bucket(artifact)}: {command}")
+    try:
+        reads = identity.gcs_can_read(artifact, member)
+    except Exception as exc:  # the bucket's policy could not be read (network, no such bucket): say what to grant
+        return Check(name=identity.CHECK, ok=False, detail=f"cannot read the IAM policy of "
+                     f"gs://{identity.gcs_bucket(artifact)}: {str(exc).splitlines()[0][:200]}",
+                     fix=f"Check the bucket name; the service account needs: {command}")
+    if reads:
+        return Check(name=identity.CHECK, ok=True, detail=f"{opts.service_account} reads "
+                     f"gs://{identity.gcs_bucket(artifact)} (a role with storage.objects.get)")
+    if opts.grant_artifact_access and reads is False:
+        return Check(name=identity.CHECK, ok=True, detail=f"the deploy grants {identity.GCS_READER} on "
+                     f"gs://{identity.gcs_bucket(artifact)} to {opts.service_account} (grant_artifact_access)")
+    return Check(name=identity.CHECK, ok=False,
+                 detail=f"serve.fetch_at_start: {opts.service_account} has no role that reads "
+                 f"gs://{identity.gcs_bucket(artifact)}" + (" (its IAM policy is not readable to you)"
+                                                            if reads is None else ""),
+                 fix=f"{command}" + ("" if reads is None else
+                                     " (or set targets.cloudrun.grant_artifact_access: true)"))
+
+
+def grant_artifact_access(opts: CloudRunOptions, artifact: str | None, progress: Any) -> None:
+    """The deploy's grant (grant_artifact_access, a gs:// artifact fetched at start), before any revision starts."""
+    from mlship.artifacts import identity
+
+    if not (opts.grant_artifact_access and opts.service_account and artifact and artifact.startswith("gs://")):
+        return
+    member = identity.gcs_member(opts.service_account, opts.project)
+    if identity.gcs_grant(artifact, member):
+        progress(f"granted {identity.GCS_READER} on gs://{identity.gcs_bucket(artifact)} to {member}")
+
+
+def access_plan(opts: CloudRunOptions, artifact: str | None) -> list[str]:
+    """The plan's line for the artifact's access (none without serve.fetch_at_start)."""
+    from mlship.artifacts import identity
+
+    if not artifact:
+        return []
+    if identity.scheme(artifact) != "gs":
+        need = identity.NEEDS.get(identity.scheme(artifact), {}).get("cloudrun")
+        return [identity.plan_line(artifact, "cloudrun", need.text if need else "(no fetcher for it)")]
+    member = identity.gcs_member(opts.service_account, opts.project)
+    if opts.grant_artifact_access:
+        return [identity.plan_line(artifact, "cloudrun", f"grant {identity.GCS_READER} on "
+                                   f"gs://{identity.gcs_bucket(artifact)} to {member} (bucket IAM policy), before "
+                                   "the revision starts")]
+    return [identity.plan_line(artifact, "cloudrun", "the service account must read the bucket (checked in "
+                               f"preflight): {identity.gcs_grant_command(artifact, member)}")]
 
 
 def _credentials(gcp: Gcp) -> Check:

@@ -122,14 +122,17 @@ class CloudRunTarget(CloudRunBatch, Target):
                                      "test will be skipped"))
             except TargetError as exc:
                 key_check = Check(name="api keys", ok=False, detail=exc.message, fix=exc.fix)
-        return preflight.checks(self.opts, self.service, key_check)
+        return preflight.checks(self.opts, self.service, key_check, self.spec.fetch_at_start)
 
     # --- plan (pure) ------------------------------------------------------------------------------
     def plan(self, image: str) -> list[str]:
         self._api_key()
         serve = self.project.contract.serve
+        from mlship.targets.cloudrun.preflight import access_plan
+
         return plan_lines(self.opts, service=self.service, image=image, ready_timeout_s=self.ready_timeout,
-                          api_keys_env=serve.api_keys_env if serve.auth == "api_key" else None)
+                          api_keys_env=serve.api_keys_env if serve.auth == "api_key" else None) + access_plan(
+                              self.opts, self.spec.fetch_at_start)
 
     def runtime_env(self) -> dict[str, str]:
         """For the test gate: PORT and targets.cloudrun.env. The secrets (targets.cloudrun.secrets) live in
@@ -170,6 +173,9 @@ class CloudRunTarget(CloudRunBatch, Target):
         image_labels = engine.inspect(image).labels
         version = image_labels.get(VERSION_LABEL) or image.rpartition(":")[2]
         labels = service_labels(self.opts, version=version, model_sha=image_labels.get("dev.mlship.model-sha256", ""))
+        from mlship.targets.cloudrun.preflight import grant_artifact_access
+
+        grant_artifact_access(self.opts, self.spec.fetch_at_start, progress)  # before a revision fetches it
         registry.ensure_repository(self.gcp, progress)
         progress(f"pushing {image} to {self.opts.registry_path}")
         ref = registry.push(self.gcp, image, progress)

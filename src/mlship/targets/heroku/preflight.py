@@ -36,7 +36,31 @@ def checks(opts: HerokuOptions, spec: DeploySpec) -> list[Check]:
                                   fix=exc.fix)]
         found.append(Check(name="heroku api key", ok=True, detail=f"from {key[1]}: {account.get('email', '?')}"))
         found.append(_app(api, opts, spec))
+        if spec.fetch_at_start:
+            found.append(artifact_access(api, opts, spec.fetch_at_start))
     return found
+
+
+def artifact_access(api: HerokuApi, opts: HerokuOptions, artifact: str) -> Check:
+    """serve.fetch_at_start: a dyno has no platform identity, so the credentials the artifact needs must be config
+    vars of the app (https:// needs none; gs:// cannot work: ADC reads a key file)."""
+    from mlship.artifacts.identity import variable_check
+
+    try:
+        have = apps.config_vars(api, opts.app) if apps.find(api, opts.app) is not None else {}
+    except TargetError as exc:
+        return Check(name="artifact access", ok=False, detail=exc.message, fix=exc.fix)
+    check = variable_check(artifact, "heroku", {name for name, value in have.items() if value})
+    return check.model_copy(update={"fix": check.fix.replace("<app>", opts.app)}) if check.fix else check
+
+
+def access_plan(artifact: str | None) -> list[str]:
+    """The plan's line for the artifact's access (none without serve.fetch_at_start)."""
+    from mlship.artifacts.identity import NEEDS, plan_line, scheme
+
+    need = NEEDS.get(scheme(artifact or ""), {}).get("heroku")
+    return [plan_line(artifact, "heroku", need.text + (f" ({', '.join(need.variables)}; checked in preflight)"
+                                                      if need.variables else ""))] if artifact and need else []
 
 
 def _app(api: HerokuApi, opts: HerokuOptions, spec: DeploySpec) -> Check:

@@ -81,7 +81,10 @@ class HerokuTarget(Target):
         return preflight.checks(self.opts, self.spec)
 
     def plan(self, image: str) -> list[str]:
-        return plan_lines(self.opts, self.spec, image=image, registry=registry_host())
+        from mlship.targets.heroku.preflight import access_plan
+
+        return plan_lines(self.opts, self.spec, image=image, registry=registry_host()) + access_plan(
+            self.spec.fetch_at_start)
 
     def runtime_env(self) -> dict[str, str]:
         """For the test gate: PORT, DYNO, MLSHIP_LISTEN_WHEN_READY=1 and targets.heroku.env. Config vars you set
