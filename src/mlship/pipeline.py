@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlship.artifacts.checks import serving_of
+from mlship.artifacts.resolve import one_resolution
 from mlship.contract_io import Project, load_project
 from mlship.events import Events
 from mlship.reports import (
@@ -58,6 +59,7 @@ def open_target(target: TargetLike, project: Project) -> Iterator[Target]:
         yield tgt
 
 
+@one_resolution()  # each call resolves the artifact afresh (a moved alias), once
 def preflight(project: ProjectLike = ".", target: TargetLike = "local", *, base_image: str | None = None,
               events: Events | None = None) -> PreflightReport:
     """Run the checks ``deploy`` runs before building (read-only); the report says which failed and how to fix."""
@@ -68,6 +70,7 @@ def preflight(project: ProjectLike = ".", target: TargetLike = "local", *, base_
         return run_preflight(proj, tgt, base_image=base_image, events=events or Events())
 
 
+@one_resolution()  # each call resolves the artifact afresh (a moved alias), once
 def build(project: ProjectLike = ".", *, base_image: str | None = None, dry_run: bool = False,
           events: Events | None = None) -> BuildReport:
     """Build the image: tagged with its content tag NAME:VERSION-<12 hex of the build inputs> (never moved; the
@@ -115,6 +118,7 @@ def _build(project: Project, base_image: str | None, dry_run: bool, ev: Events) 
     return report, new
 
 
+@one_resolution()  # each call resolves the artifact afresh (a moved alias), once
 def test(project: ProjectLike = ".", image: str | None = None, *, events: Events | None = None,
          env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> GateResult:
     """`mlship test`: run the image, replay the examples, check the budgets; GateError (exit 3) if it fails.
@@ -132,6 +136,7 @@ def test(project: ProjectLike = ".", image: str | None = None, *, events: Events
     return gate.result()
 
 
+@one_resolution()  # each call resolves the artifact afresh (a moved alias), once
 def deploy(project: ProjectLike = ".", target: TargetLike = "local", *, base_image: str | None = None,
            skip_test: bool = False, dry_run: bool = False, events: Events | None = None) -> DeployReport:
     """Preflight -> build -> test gate -> deploy. A dry run runs the preflight and plans, and changes nothing:
@@ -198,7 +203,7 @@ def status(project: ProjectLike = ".", target: TargetLike = "local") -> StatusRe
         st = tgt.status()
         return StatusReport(service=proj.contract.name, target=tgt.name, deployed=st.image is not None, url=st.url,
                             image=st.image, version=st.version, state=st.state, ready=st.ready, history=st.history,
-                            events=st.events, failed_deployment=st.failed, serving=serving_of(st.image))
+                            events=st.events, failed_deployment=st.failed, serving=st.serving or serving_of(st.image))
 
 
 def rollback(project: ProjectLike = ".", target: TargetLike = "local", *,
@@ -208,7 +213,7 @@ def rollback(project: ProjectLike = ".", target: TargetLike = "local", *,
     with open_target(target, proj) as tgt, ev.stage("rollback", f"rolling back {proj.contract.name} on "
                                                                   f"{tgt.name}") as stage:
         dep = tgt.rollback(stage.step)
-        serving = serving_of(dep.image)  # the code+model pair it returns to
+        serving = dep.serving or serving_of(dep.image)  # the code+model pair it returns to
         stage.summary = f"rolled back to {dep.image} (version {dep.version})" + (f": {serving}" if serving else "")
         return RollbackReport(service=proj.contract.name, target=tgt.name, url=dep.url, image=dep.image,
                               digest=dep.digest or _digest_of(dep.image), version=dep.version,

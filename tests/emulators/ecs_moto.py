@@ -125,6 +125,10 @@ class MotoServer:
             code, status = self.failures[action].pop(0)
             return _error(code, status, json_protocol=bool(environ.get("HTTP_X_AMZ_TARGET")),
                           start_response=start_response)
+        bad_tags = _ecs_tag_problem(params) if service == "ecs" else None
+        if bad_tags:  # moto keeps any tag; ECS refuses what breaks its tag rules
+            return _error("InvalidParameterException", 400, json_protocol=True, start_response=start_response,
+                          message=bad_tags)
         if service == "iam" and action == "SimulatePrincipalPolicy":
             return self._simulate(params, start_response)
         result: Iterable[bytes] = self._app(environ, start_response)
@@ -153,8 +157,25 @@ class MotoServer:
                  f"{request}</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>").encode()]
 
 
-def _error(code: str, status: int, *, json_protocol: bool, start_response: Any) -> list[bytes]:
-    message = f"injected by the test: {code}"
+_ECS_TAG = re.compile(r"[\w\s+\-=.:/@]*")
+
+
+def _ecs_tag_problem(params: dict[str, Any]) -> str | None:
+    """What ECS says of the request's tags: at most 50, keys 1-128 and values 0-256 characters of letters, digits,
+    spaces and ``+ - = . _ : / @`` (the ECS API reference, Tag)."""
+    tags = params.get("tags") or []
+    if len(tags) > 50:
+        return f"Too many tags: {len(tags)} (at most 50 per resource)."
+    for tag in tags:
+        key, value = str(tag.get("key", "")), str(tag.get("value", ""))
+        if not 1 <= len(key) <= 128 or len(value) > 256 or not _ECS_TAG.fullmatch(key) or not _ECS_TAG.fullmatch(value):
+            return (f"Invalid tag {key!r}: keys are 1-128 and values 0-256 characters of letters, digits, spaces "
+                    "and +-=._:/@.")
+    return None
+
+
+def _error(code: str, status: int, *, json_protocol: bool, start_response: Any, message: str = "") -> list[bytes]:
+    message = message or f"injected by the test: {code}"
     if json_protocol:
         start_response(f"{status} Error", [("Content-Type", "application/x-amz-json-1.1"),
                                            ("x-amzn-ErrorType", code)])

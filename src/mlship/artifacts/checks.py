@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from mlship.artifacts import cache, fetcher_for
+from mlship.artifacts.provenance import LABEL_PINNED as LABEL_PINNED  # re-exported: the label names live there
+from mlship.artifacts.provenance import LABEL_SHA as LABEL_SHA
+from mlship.artifacts.provenance import LABEL_URI as LABEL_URI
+from mlship.artifacts.provenance import LABEL_VERSION as LABEL_VERSION
+from mlship.artifacts.provenance import serving_text
 from mlship.errors import MlshipError
 from mlship.reports import Check
-
-LABEL_URI, LABEL_PINNED = "dev.mlship.artifact.uri", "dev.mlship.artifact.pinned"
-LABEL_VERSION, LABEL_SHA = "dev.mlship.artifact.version", "dev.mlship.artifact.sha256"
 
 
 def artifact_checks(project: Any) -> list[Check]:
@@ -37,18 +39,6 @@ def artifact_checks(project: Any) -> list[Check]:
 def artifact_group(project: Any) -> dict[str, Callable[[], list[Check]]]:
     """The preflight group for a remote artifact (none for a local file)."""
     return {"artifact": lambda: artifact_checks(project)} if project.remote else {}
-
-
-def serving_text(labels: dict[str, str]) -> str | None:
-    """"<uri> (<version>, sha256 9f2c...), git 1a2b3c" from an image's labels; None without mlship labels."""
-    sha = labels.get(LABEL_SHA) or labels.get("dev.mlship.model-sha256")
-    if not sha:
-        return None
-    where = labels.get(LABEL_URI) or "the model baked into the image"
-    version = labels.get(LABEL_VERSION)
-    text = f"{where} ({version + ', ' if version else ''}sha256 {sha[:12]}...)"
-    revision = labels.get("org.opencontainers.image.revision")
-    return text + (f", git {revision[:7]}" if revision else "")
 
 
 def serving_of(image: str | None) -> str | None:

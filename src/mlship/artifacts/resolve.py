@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlship.artifacts import cache, fetcher_for, looks_remote
 from mlship.artifacts.base import Resolved
+from mlship.artifacts.provenance import LABEL_PINNED, LABEL_SHA, LABEL_URI, LABEL_VERSION
 from mlship.contract_io import artifact_sha256
 from mlship.errors import ArtifactError
 
@@ -35,8 +38,27 @@ class Artifact:
 
 
 PROJECT_CACHE = ".mlship/cache"  # a project's own cache, beside mlship.yaml: where an image carries its model
+# one resolution per artifact and pipeline call (see one_resolution); the serving process keeps its one
 _memo: dict[tuple[str, str, str | None], Artifact] = {}
 _lock = threading.Lock()
+_depth = [0]  # pipeline calls in progress in this process
+
+
+@contextmanager
+def one_resolution() -> Iterator[None]:
+    """The scope of one pipeline call (``mlship.deploy``, ``build``, ``test``, ``preflight``; also a decorator):
+    within it each artifact is resolved once (the build, the gate and the registry round trip see the same
+    version); the outermost call starts afresh, so the next call in the same process sees where a
+    ``models:/name@alias`` (or an unpinned ``latest``) points then. Nested calls share the outer one's."""
+    with _lock:
+        if _depth[0] == 0:
+            _memo.clear()
+        _depth[0] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth[0] -= 1
 
 
 def is_remote(uri: str, root: Path) -> bool:
@@ -148,8 +170,7 @@ def provenance_labels(artifact: Artifact) -> dict[str, str]:
     if artifact.resolved is None:
         return {}
     r = artifact.resolved
-    labels = {"dev.mlship.artifact.uri": r.uri, "dev.mlship.artifact.pinned": r.pinned,
-              "dev.mlship.artifact.sha256": artifact.sha256 or r.sha256 or ""}
+    labels = {LABEL_URI: r.uri, LABEL_PINNED: r.pinned, LABEL_SHA: artifact.sha256 or r.sha256 or ""}
     if r.version:
-        labels["dev.mlship.artifact.version"] = r.version
+        labels[LABEL_VERSION] = r.version
     return labels

@@ -132,6 +132,7 @@ class Deployment:
     previous: str | None = None
     changed: bool = True  # False when the same image was already serving (an idempotent no-op)
     digest: str | None = None  # content digest of what runs (sha256:...), when the target knows it
+    serving: str | None = None  # the code+model pair it serves, as the platform recorded it (artifacts.provenance)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class TargetStatus:
     ready: bool | None = None  # /readyz answered 200 (None when not checked)
     events: list[str] = field(default_factory=list)  # the platform's latest events about the service, newest first
     failed: str | None = None  # the last deploy the platform rolled back: its revision and why (None: none)
+    serving: str | None = None  # the code+model pair that serves, as the platform recorded it (artifacts.provenance)
 
 
 class Target(ABC):

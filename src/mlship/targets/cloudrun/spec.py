@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from mlship import __version__
+from mlship.artifacts.provenance import CLOUDRUN
 from mlship.targets.cloudrun.options import CloudRunOptions
 
 CONTAINER_PORT = 8080
@@ -40,8 +41,9 @@ def startup_failure_threshold(ready_timeout_s: float) -> int:
 
 
 def render_template(opts: CloudRunOptions, image: str, labels: dict[str, str], *, ready_timeout_s: float,
-                    revision: str = "") -> dict[str, Any]:
-    """The revision template (``run_v2.RevisionTemplate`` field names) for ``image`` (a digest reference)."""
+                    revision: str = "", annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The revision template (``run_v2.RevisionTemplate`` field names) for ``image`` (a digest reference);
+    ``annotations``: the image's provenance (:func:`mlship.artifacts.provenance.record`), kept per revision."""
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(opts.environment().items())]
     for name, ref in sorted(opts.secrets.items()):
         secret, _, secret_version = ref.rpartition(":")
@@ -62,6 +64,7 @@ def render_template(opts: CloudRunOptions, image: str, labels: dict[str, str], *
     return {
         "revision": revision,
         "labels": dict(labels),
+        "annotations": dict(annotations or {}),
         "scaling": {"min_instance_count": opts.min_instances, "max_instance_count": opts.max_instances},
         "timeout": timedelta(seconds=opts.timeout_s),
         "service_account": opts.service_account or "",
@@ -83,6 +86,7 @@ def template_view(template: Any, *, service_account: bool = True) -> dict[str, A
     """
     view: dict[str, Any] = {
         "labels": own_labels(template.labels),
+        "annotations": {k: v for k, v in dict(template.annotations).items() if k.startswith(CLOUDRUN.prefix)},
         "scaling": (template.scaling.min_instance_count, template.scaling.max_instance_count),
         "timeout_s": int(template.timeout.total_seconds()),
         "concurrency": template.max_instance_request_concurrency,

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from google.cloud import run_v2
 
+from mlship.artifacts.provenance import CLOUDRUN, record, recorded_text
 from mlship.contract_io import Project
 from mlship.errors import TargetError
 from mlship.image import engine
@@ -180,7 +181,8 @@ class CloudRunTarget(CloudRunBatch, Target):
         progress(f"pushing {image} to {self.opts.registry_path}")
         ref = registry.push(self.gcp, image, progress)
         progress(f"pushed {ref}")
-        desired = run_v2.RevisionTemplate(render_template(self.opts, ref, labels, ready_timeout_s=self.ready_timeout))
+        desired = run_v2.RevisionTemplate(render_template(self.opts, ref, labels, ready_timeout_s=self.ready_timeout,
+                                                          annotations=record(image_labels, CLOUDRUN)))
 
         service, previous, op_error = api.get(), None, None  # previous: the revision serving before
         if service is None:
@@ -293,7 +295,7 @@ class CloudRunTarget(CloudRunBatch, Target):
         revisions, split, serving = api.revisions(), traffic_split(service), serving_revision(service)
         history = [f"{short(r.name)} ({r.labels.get('model-version', '?')}, {ready_state(r)[0]}"
                    + (f", {split[short(r.name)]}% traffic" if split.get(short(r.name)) else "") + ")"
-                   for r in revisions]
+                   + _model_of(r, ": ") for r in revisions]
         current = next((r for r in revisions if short(r.name) == serving), None)
         state = ready_state(current)[0] if current is not None else "not serving"
         state = "serving" if state == "ready" else state
@@ -304,7 +306,8 @@ class CloudRunTarget(CloudRunBatch, Target):
         return TargetStatus(
             url=str(service.uri) or None, image=current.containers[0].image if current is not None else None,
             version=current.labels.get("model-version") if current is not None else None,
-            state=state, history=history, ready=state.startswith("serving"))
+            state=state, history=history, ready=state.startswith("serving"),
+            serving=(_model_of(current) or None) if current is not None else None)
 
     def logs(self, tail: int = 100) -> str:
         raise TargetError(
@@ -336,7 +339,8 @@ class CloudRunTarget(CloudRunBatch, Target):
         api.set_traffic(service, name, f"roll back {self.service} to {name}")
         return Deployment(url=str(service.uri), image=target.containers[0].image,
                           version=target.labels.get("model-version", "?"),
-                          previous=current.containers[0].image if current is not None else None)
+                          previous=current.containers[0].image if current is not None else None,
+                          serving=_model_of(target) or None)
 
     def destroy(self) -> list[str]:
         api = self.api
@@ -351,3 +355,10 @@ class CloudRunTarget(CloudRunBatch, Target):
         return [f"Cloud Run service {self.full_name} ({count} revision{'s' * (count != 1)}); the Artifact "
                 f"Registry repository {self.opts.registry_path} and its images are kept (delete them with "
                 + " and ".join(f"`gcloud artifacts docker images delete {i}`" for i in images) + ")"]
+
+
+def _model_of(revision: Any, prefix: str = "") -> str:
+    """``prefix`` + the code+model pair a revision's annotations record ("" when they record none: a revision
+    made before mlship recorded it, or not by mlship)."""
+    text = recorded_text(dict(revision.annotations), CLOUDRUN)
+    return prefix + text if text else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mlship.artifacts.provenance import ECS, recorded_text
 from mlship.errors import TargetError
 from mlship.targets.base import Deployment, Progress, TargetStatus
 from mlship.targets.ecs import listener, resources, service
@@ -25,6 +26,11 @@ _COMPLETED = re.compile(r"\(deployment (ecs-svc/\d+)\) deployment completed")
 
 def _version(td: dict[str, Any]) -> str:
     return next((t["value"] for t in td.get("tags", []) if t.get("key") == VERSION_TAG), "?")
+
+
+def _model(td: dict[str, Any]) -> str | None:
+    """The code+model pair the task definition's tags record (None: none recorded, e.g. a revision made before)."""
+    return recorded_text({str(t.get("key")): str(t.get("value")) for t in td.get("tags", [])}, ECS)
 
 
 def _url(aws: Aws, n: Names) -> str | None:
@@ -71,8 +77,8 @@ def status(aws: Aws, n: Names) -> TargetStatus:
     history = []
     for arn in service.revisions(aws, n)[:5]:
         other = td if arn == td["taskDefinitionArn"] else service.task_definition(aws, arn)
-        history.append(f"{arn.rpartition('/')[2]} ({_version(other)}"
-                       + (", serving" if arn == td["taskDefinitionArn"] else "") + ")")
+        model, mark = _model(other), ", serving" if arn == td["taskDefinitionArn"] else ""
+        history.append(f"{arn.rpartition('/')[2]} ({_version(other)}{mark})" + (f": {model}" if model else ""))
     tg = resources.find_target_group(aws, n)
     healthy = len(service.healthy_targets(aws, tg["TargetGroupArn"])) if tg else 0
     primary: dict[str, Any] = next((d for d in current.get("deployments", []) if d.get("status") == "PRIMARY"), {})
@@ -82,7 +88,7 @@ def status(aws: Aws, n: Names) -> TargetStatus:
              "in the target group")
     return TargetStatus(url=_url(aws, n), image=td["containerDefinitions"][0]["image"], version=_version(td),
                         state=state, history=history, ready=rollout == "COMPLETED" and healthy > 0,
-                        events=_events(current), failed=failed_deployment(aws, n, current))
+                        events=_events(current), failed=failed_deployment(aws, n, current), serving=_model(td))
 
 
 def logs(aws: Aws, n: Names, tail: int) -> str:
@@ -126,4 +132,5 @@ def rollback(aws: Aws, n: Names, count: int, *, timeout_s: float, poll_s: float,
     td, before = service.task_definition(aws, target), service.task_definition(aws, serving)
     image = str(td["containerDefinitions"][0]["image"])
     return Deployment(url=_url(aws, n), image=image, version=_version(td),
-                      previous=str(before["containerDefinitions"][0]["image"]), digest=image.partition("@")[2] or None)
+                      previous=str(before["containerDefinitions"][0]["image"]), digest=image.partition("@")[2] or None,
+                      serving=_model(td))

@@ -89,8 +89,9 @@ def health_start_period(ready_timeout_s: float) -> int:
 
 
 def task_definition(opts: EcsOptions, n: Names, *, image: str, region: str, execution_role: str, version: str,
-                    ready_timeout_s: float) -> dict[str, Any]:
-    """The ``register_task_definition`` arguments for ``image`` (a reference by digest)."""
+                    ready_timeout_s: float, provenance: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``register_task_definition`` arguments for ``image`` (a reference by digest); ``provenance``: the image's
+    code+model pair as tags (:func:`mlship.artifacts.provenance.record`), read back by status and rollback."""
     env = [{"name": "PORT", "value": str(CONTAINER_PORT)}]
     env += [{"name": k, "value": v} for k, v in sorted(opts.environment().items())]
     container = {
@@ -108,7 +109,7 @@ def task_definition(opts: EcsOptions, n: Names, *, image: str, region: str, exec
         "family": n.family, "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
         "cpu": str(opts.cpu), "memory": str(opts.memory), "executionRoleArn": execution_role,
         "containerDefinitions": [container],
-        "tags": key_value({**tags(opts, n.service), VERSION_TAG: version}, "key", "value"),
+        "tags": key_value({**tags(opts, n.service), VERSION_TAG: version, **(provenance or {})}, "key", "value"),
     }
     if opts.task_role_arn:
         spec["taskRoleArn"] = opts.task_role_arn

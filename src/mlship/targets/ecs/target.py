@@ -24,6 +24,7 @@ import math
 import os
 from typing import Any, ClassVar
 
+from mlship.artifacts.provenance import ECS, record
 from mlship.batch.jobs import BatchJob, BatchTarget, JobRun
 from mlship.contract_io import Project
 from mlship.errors import TargetError
@@ -118,7 +119,8 @@ class EcsTarget(Target, BatchTarget):
         from mlship.image import engine
 
         aws, n, tag_map = self.aws, self.names, tags(self.opts, self.service)
-        version = engine.inspect(image).labels.get(VERSION_LABEL) or image.rpartition(":")[2]
+        image_labels = engine.inspect(image).labels
+        version = image_labels.get(VERSION_LABEL) or image.rpartition(":")[2]
         repository = resources.ensure_repository(aws, n, tag_map, progress)
         ref = resources.push(aws, image, repository, n, progress)
         progress(f"pushed {ref}")
@@ -134,7 +136,7 @@ class EcsTarget(Target, BatchTarget):
                  resources.ensure_load_balancer(aws, n, net, tag_map, self.drain_s, progress))
         service.ensure_cluster(aws, n, tag_map, progress)
         desired = task_definition(task_opts, n, image=ref, region=aws.region, execution_role=role, version=version,
-                                  ready_timeout_s=self.ready_timeout)
+                                  ready_timeout_s=self.ready_timeout, provenance=record(image_labels, ECS))
         serving = service.task_definition(aws, current["taskDefinition"]) if current is not None else None
         diff = task_differences(desired, serving) if serving is not None else ["new service"]
         resize = current is not None and not self.opts.scaling and current.get("desiredCount") != \

@@ -11,7 +11,7 @@ import httpx
 
 from mlship.errors import TargetError
 from mlship.targets.base import Deployment, Progress, TargetStatus
-from mlship.targets.heroku import apps, release
+from mlship.targets.heroku import apps, labels, release
 from mlship.targets.heroku.api import HerokuApi
 from mlship.targets.heroku.options import HerokuOptions
 from mlship.targets.heroku.spec import MARKER_CREATED
@@ -29,10 +29,11 @@ def served_version(url: str, path: str) -> str | None:
         return None
 
 
-def _line(r: dict[str, Any], found: list[dict[str, Any]]) -> str:
+def _line(r: dict[str, Any], found: list[dict[str, Any]], models: dict[str, str]) -> str:
     image = release.image_of(r, found)
+    model = models.get(image or "")
     return (f"v{r.get('version')} {r.get('status')}: {r.get('description')}" + (f" [image {image}]" if image else "")
-            + (" (current)" if r.get("current") else ""))
+            + (" (current)" if r.get("current") else "") + (f": {model}" if model else ""))
 
 
 def status(api: HerokuApi, opts: HerokuOptions, spec: DeploySpec, registry: str) -> TargetStatus:
@@ -49,9 +50,13 @@ def status(api: HerokuApi, opts: HerokuOptions, spec: DeploySpec, registry: str)
     states = ", ".join(f"{d.get('name')} {d.get('state')} ({d.get('size')}, v{(d.get('release') or {}).get('version')})"
                        for d in sorted(dynos, key=lambda d: str(d.get("name")))) or "no web dynos (scaled to 0)"
     assert serving is not None
+    shown = found[:6]
+    models = labels.serving_of(registry, opts.app, api.key, [image, *filter(None, (release.image_of(r, found)
+                                                                                   for r in shown))])
     return TargetStatus(url=url, image=f"{registry}/{opts.app}/web (image {image})", version=version,
                         state=f"release v{serving.get('version')}: {states}",
-                        history=[_line(r, found) for r in found[:6]], ready=version is not None)
+                        history=[_line(r, found, models) for r in shown], ready=version is not None,
+                        serving=models.get(image))
 
 
 def logs(api: HerokuApi, app: str, tail: int) -> str:
@@ -106,7 +111,8 @@ def rollback(api: HerokuApi, opts: HerokuOptions, spec: DeploySpec, registry: st
     progress(f"v{made['version']} serves what v{target['version']} ran (image {image})")
     return Deployment(url=url, image=f"{registry}/{app}/web (image {image})",
                       version=served_version(url, spec.readiness_path) or "?",
-                      previous=f"{registry}/{app}/web (image {before})")
+                      previous=f"{registry}/{app}/web (image {before})",
+                      serving=labels.serving_of(registry, app, api.key, [image] if image else []).get(image or ""))
 
 
 def destroy(api: HerokuApi, app: str) -> list[str]:

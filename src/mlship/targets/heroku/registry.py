@@ -69,9 +69,12 @@ def _base(host: str) -> str:
     return f"{'http' if loopback else 'https'}://{host}"
 
 
-def _get(http: httpx.Client, url: str, key: str, accept: str) -> httpx.Response:
-    """GET with Basic ``_:key``; a Bearer challenge (a token service) is answered with a token fetched with it."""
-    resp = http.get(url, headers={"Accept": accept}, auth=("_", key))
+def _get(http: httpx.Client, url: str, key: str, accept: str, *, method: str = "GET",
+         content: bytes | None = None) -> httpx.Response:
+    """GET (or ``method`` with ``content``, as ``accept``'s type) with Basic ``_:key``; a Bearer challenge (a token
+    service) is answered with a token fetched with it."""
+    headers = {"Accept": accept} if content is None else {"Content-Type": accept}
+    resp = http.request(method, url, headers=headers, content=content, auth=("_", key))
     challenge = resp.headers.get("WWW-Authenticate", "")
     if resp.status_code == 401 and challenge.lower().startswith("bearer "):
         params = dict(part.split("=", 1) for part in challenge[7:].replace('"', "").split(",") if "=" in part)
@@ -80,7 +83,7 @@ def _get(http: httpx.Client, url: str, key: str, accept: str) -> httpx.Response:
         if token.status_code == 200:
             body = token.json()
             bearer = body.get("token") or body.get("access_token")
-            resp = http.get(url, headers={"Accept": accept, "Authorization": f"Bearer {bearer}"})
+            resp = http.request(method, url, headers={**headers, "Authorization": f"Bearer {bearer}"}, content=content)
     return resp
 
 

@@ -29,7 +29,7 @@ from mlship.errors import TargetError
 from mlship.reports import Check
 from mlship.targets.base import CONTAINER_PORT, Deployment, Progress, Target, TargetStatus, parse_options
 from mlship.targets.common import smoke_test
-from mlship.targets.heroku import apps, lifecycle, registry, release
+from mlship.targets.heroku import apps, labels, lifecycle, registry, release
 from mlship.targets.heroku.api import HerokuApi, find_key, no_key, registry_host
 from mlship.targets.heroku.options import HerokuOptions
 from mlship.targets.heroku.spec import (
@@ -114,6 +114,7 @@ class HerokuTarget(Target):
             return Deployment(url=url, image=f"{host}/{app}/web (image {image_id[7:19]})", version=self.spec.version,
                               changed=False)
         pushed = registry.push(image, app, api.key, host, progress)
+        labels.remember(host, app, api.key, image.rpartition(":")[2], pushed.image_id)  # status reads the model
         after = max((int(r.get("version", 0)) for r in history), default=0)
         made = release.create(api, app, pushed.image_id, after, quantity=self.opts.quantity, size=self.opts.dyno)
         progress(f"release v{made['version']} of image {pushed.image_id[7:19]} on {self.opts.quantity} x "
