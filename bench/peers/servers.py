@@ -1,7 +1,9 @@
 """The peer servers: how each one is started, what it is sent and how its answer is read; the process tree.
 
 Every server is one process (plus the helper processes the tool itself starts) pinned to one CPU and bound
-to 127.0.0.1 on a free port. A server serves one model; the bench starts it once per model.
+to 127.0.0.1 on a free port. A server serves one model; the bench starts it once per model. A Suite is one
+table: its models, its points and its peers (scikit-learn here and in suite_sklearn.py; the tensor models in
+suite_tensor.py and tensor_servers.py).
 """
 
 from __future__ import annotations
@@ -17,23 +19,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from serve_bench import HOST, free_port, http_post, memory_mb, proc_cpu_seconds
 
 APPS = Path(__file__).resolve().parent / "apps"
+NATIVE_CONTRACT = "mlship-native.yaml"  # the contract with serve.compile: off (peer `mlship-native`)
 
 
 @dataclass(frozen=True)
 class Model:
     """One trained artifact and the rows the requests are built from."""
 
-    key: str  # "iris" or "rf"
+    key: str  # "iris", "rf", "torch", "keras"
     title: str
     artifact: Path
     mlship_yaml: Path
-    features: list[str]
-    rows: list[list[float]]
+    features: list[str]  # [] for a tensor model
+    rows: list[Any]  # feature rows (list[float]) or tensor instances (nested lists)
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    rows: int
+    concurrency: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}-{self.rows}-c{self.concurrency}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} {self.rows} row{'s' if self.rows > 1 else ''} c={self.concurrency}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,30 @@ def _records(model: Model, batch: list[list[float]]) -> list[dict[str, float]]:
 
 def _dumps(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def compile_like_build(contract: Path) -> None:
+    """Convert and check the model as `mlship build` does, so that the server starts the way it does in an image
+    (with the compiled model beside the artifact); also write mlship-native.yaml, the same contract with
+    serve.compile: off, served by the `mlship-native` peer."""
+    from mlship.contract_io import load_project
+    from mlship.serving.predictor import Predictor
+
+    predictor = Predictor(load_project(contract))
+    predictor.load()
+    if predictor.compiled is None:
+        raise SystemExit(f"{contract}: {predictor.compile_note}")
+    write_native_contract(contract)
+
+
+def write_native_contract(contract: Path) -> None:
+    """mlship-native.yaml beside `contract`: the same contract with serve.compile: off."""
+    import yaml
+
+    data = yaml.safe_load(contract.read_text())
+    data.setdefault("serve", {})["compile"] = "off"
+    contract.with_name(NATIVE_CONTRACT).write_text(yaml.safe_dump(data, sort_keys=False))
+
 
 
 class Peer(abc.ABC):
@@ -95,7 +137,7 @@ class Mlship(Peer):
                        + "; a bare instance for 1 row, else {instances}")
 
     def launch(self, python: Path, model: Model, port: int, work: Path) -> Launch:
-        contract = model.mlship_yaml.with_name("mlship-native.yaml") if self.native else model.mlship_yaml
+        contract = model.mlship_yaml.with_name(NATIVE_CONTRACT) if self.native else model.mlship_yaml
         return Launch([sys.executable, "-m", "mlship.serving", str(contract), "--host", HOST,
                        "--port", str(port)], cwd=work)
 
@@ -200,6 +242,31 @@ class MLServer(Peer):
     def parse(self, payload: Any) -> Answer:
         (output,) = [o for o in payload["outputs"] if o["name"] == "predict"]
         return Answer([str(v) for v in output["data"]], None)
+
+
+class Reference(Protocol):
+    """The models loaded in the bench's own process: expected answers and what the framework does without HTTP."""
+
+    def expected(self, key: str, batch: list[Any]) -> Answer: ...
+
+    def ceilings(self, seconds: float, windows: int = 1, model: str | None = None) -> dict[str, float]:
+        """Rows/s of the model's own call per point key (of `model`, or all), on this core."""
+        ...
+
+    def latency_ms(self, seconds: float) -> dict[str, float]:
+        """Median ms of the model's own call on one instance, per model key, on this core."""
+        ...
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    points: list[Point]
+    peers: dict[str, Peer]
+    default: list[str]
+    ceiling: str  # what the in-process row of the table measures
+    # train the models of these keys into a temp dir; the reference loaded in this process
+    prepare: Callable[[Path, list[str]], tuple[dict[str, Model], Reference]]
 
 
 ALL_PEERS: dict[str, Peer] = {p.name: p for p in (

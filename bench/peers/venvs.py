@@ -1,9 +1,10 @@
 """One virtual environment per peer, built with `python -m venv` + pip under a cache dir and reused.
 
 scikit-learn, joblib, numpy and pandas are pinned to the versions of the interpreter running the bench, so
-every peer loads the same pickle with the same code. A venv is reused when its marker file records the same
-requirements and Python; otherwise (or with fresh=True) it is rebuilt. A failed install is reported, not
-raised: the peers that need it are skipped.
+every peer loads the same pickle with the same code; the tensor peers' venvs (`*-tensor`, `litserve`) pin numpy,
+torch (this interpreter's CPU build, e.g. 2.13.0+cpu: never a CUDA one), tensorflow-cpu and keras instead.
+A venv is reused when its marker file records the same requirements and Python; otherwise (or with fresh=True)
+it is rebuilt. A failed install is reported, not raised: the peers that need it are skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlship-bench" / "venvs"
 MARKER = "mlship-bench.json"
 PINNED_FROM_HERE = ("scikit-learn", "joblib", "numpy", "pandas")
+TENSOR_PINNED = ("numpy", "torch", "tensorflow-cpu", "keras")  # the exact versions, local version label included
 
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "flask": ("flask", "gunicorn"),
@@ -30,13 +32,21 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "bentoml": ("bentoml==1.4.39",),  # 1.4.40 needs a certifi release the package index lacks
     # newer uvloop crashes MLServer's worker: every request gets a 404
     "mlserver": ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0"),
+    # the tensor workloads: keras-digits and torch-digits, both frameworks in each venv
+    "fastapi-tensor": ("fastapi", "uvicorn[standard]"),
+    "bentoml-tensor": ("bentoml==1.4.39",),
+    "litserve": ("litserve==0.2.19",),
 }
+TENSOR_VENVS = ("fastapi-tensor", "bentoml-tensor", "litserve")
 # versions to report: the peer's own packages plus the pinned ones
 REPORTED: dict[str, tuple[str, ...]] = {
     "flask": ("flask", "gunicorn", "werkzeug"),
     "fastapi": ("fastapi", "uvicorn", "pydantic", "uvloop", "httptools"),
     "bentoml": ("bentoml", "starlette", "uvicorn", "pydantic"),
     "mlserver": ("mlserver", "mlserver-sklearn", "fastapi", "uvicorn", "uvloop", "pydantic"),
+    "fastapi-tensor": ("fastapi", "uvicorn", "pydantic", "uvloop", "httptools"),
+    "bentoml-tensor": ("bentoml", "starlette", "uvicorn", "pydantic"),
+    "litserve": ("litserve", "fastapi", "uvicorn", "uvloop", "pyzmq"),
 }
 
 
@@ -51,8 +61,12 @@ class Venv:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+def pinned(name: str) -> tuple[str, ...]:
+    return TENSOR_PINNED if name in TENSOR_VENVS else PINNED_FROM_HERE
+
+
 def requirements(name: str) -> list[str]:
-    pins = [f"{dist}=={importlib.metadata.version(dist)}" for dist in PINNED_FROM_HERE]
+    pins = [f"{dist}=={importlib.metadata.version(dist)}" for dist in pinned(name)]
     return [*REQUIREMENTS[name], *pins]
 
 
@@ -83,7 +97,7 @@ def ensure(name: str, cache: Path, fresh: bool = False, timeout: float = 900.0) 
     path = cache / name
     python = path / "bin" / "python"
     wanted = {"requirements": requirements(name), "python": platform.python_version()}
-    dists = (*REPORTED[name], *PINNED_FROM_HERE)
+    dists = (*REPORTED[name], *pinned(name))
     marker = path / MARKER
     if not fresh and marker.exists() and python.exists():
         try:
