@@ -48,9 +48,10 @@ ENV_JOB = "MLSHIP_BATCH_JOB"  # the job's run id (recorded in the manifests)
 ENV_TASK_COUNT = "MLSHIP_BATCH_TASK_COUNT"  # in job.env: AWS Batch gives only the index
 # set per task by a target that fans out itself (never in job.env)
 ENV_TASK_INDEX = "MLSHIP_BATCH_TASK_INDEX"
-#: object-storage endpoint overrides carried from this machine into job.env when set (MinIO, emulators); never
-#: credentials: a cloud task gets its platform's role, the local target passes this machine's credentials itself
-ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST")
+#: object-storage endpoint overrides and client settings carried from this machine into job.env when set (MinIO,
+#: emulators; moto needs AWS_REQUEST_CHECKSUM_CALCULATION=WHEN_REQUIRED for pyarrow's uploads); never credentials:
+#: a cloud task gets its platform's role, the local target passes this machine's credentials itself
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST", "AWS_REQUEST_CHECKSUM_CALCULATION")
 
 # labels every resource a job creates carries (lowercase keys and values: valid as GCP labels and AWS tags)
 LABEL_SERVICE = "mlship-service"
