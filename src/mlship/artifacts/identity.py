@@ -1,9 +1,9 @@
 """``serve.fetch_at_start`` on a platform: what the container needs to read its artifact when it starts, by scheme
 and platform, in one table (:data:`NEEDS`), and the checks and plan lines the targets build from it.
 
-* ``s3://``: on ECS the task role needs ``s3:GetObject`` (+ ``s3:GetObjectVersion`` when pinned) on the object's
-  ARN (mlship's task role gets exactly that inline; yours is simulated in preflight); Cloud Run and Heroku have no
-  AWS identity: the keys ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` as secrets / config vars.
+* ``s3://``: on ECS the task role needs ``s3:GetObject`` and ``s3:GetObjectVersion`` on the object's ARN
+  (mlship's task role gets exactly that inline; yours is simulated in preflight); Cloud Run and Heroku have no AWS
+  identity: the keys ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` as secrets / config vars.
 * ``gs://``: on Cloud Run the service account needs ``roles/storage.objectViewer`` on the bucket (granted with
   ``grant_artifact_access``, else the command is named); ECS and Heroku cannot (ADC reads a key *file*).
 * ``https://``: nothing (a public URL; a token in the URL travels with it).
@@ -78,10 +78,10 @@ def s3_object(uri: str) -> tuple[str, str, bool]:
 
 
 def s3_statement(uri: str) -> dict[str, Any]:
-    """The one IAM statement that lets a role read ``uri`` (and only it)."""
-    bucket, key, pinned = s3_object(uri)
-    actions = ["s3:GetObject", *(["s3:GetObjectVersion"] if pinned else [])]
-    return {"Sid": "MlshipArtifactRead", "Effect": "Allow", "Action": actions,
+    """The one IAM statement that lets a role read ``uri`` (and only it). GetObjectVersion too: the fetcher reads
+    the version it resolved (``?versionId=``) whenever the bucket keeps versions."""
+    bucket, key, _ = s3_object(uri)
+    return {"Sid": "MlshipArtifactRead", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
             "Resource": f"arn:aws:s3:::{bucket}/{key}"}
 
 
@@ -204,8 +204,9 @@ def variable_check(uri: str, platform: str, provided: set[str]) -> Check:
     missing = [v for v in wanted if v not in provided]
     if missing:
         return Check(name=CHECK, ok=False, detail=f"serve.fetch_at_start: the container on {platform} needs "
-                     f"{', '.join(missing)} to read {uri} ({need.text}), and {_PLACES[platform]} has no "
-                     f"{' or '.join(missing)}", fix=set_fix(platform, missing))
+                     f"{', '.join(missing)} to read {uri} ({need.text}); {' and '.join(missing)} "
+                     f"{'is' if len(missing) == 1 else 'are'} not in {_PLACES[platform]}",
+                     fix=set_fix(platform, missing))
     given = f"; {', '.join(wanted)} from {_PLACES[platform].split(' (')[0]}" if wanted else ""
     return Check(name=CHECK, ok=True, detail=f"{uri}: the container reads it at start{given}")
 

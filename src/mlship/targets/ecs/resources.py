@@ -89,9 +89,10 @@ def ensure_log_group(aws: Aws, n: Names, tags: dict[str, str], days: int, progre
 
 
 # --- IAM ----------------------------------------------------------------------------------------------------
-def find_role(aws: Aws, n: Names) -> dict[str, Any] | None:
-    found = aws.call(f"get role {n.role}", "iam", "get_role", action="iam:GetRole", missing=("NoSuchEntity",),
-                     RoleName=n.role)
+def find_role(aws: Aws, n: Names, name: str | None = None) -> dict[str, Any] | None:
+    """Role ``name`` (default: the execution role's name), or None."""
+    found = aws.call(f"get role {name or n.role}", "iam", "get_role", action="iam:GetRole", missing=("NoSuchEntity",),
+                     RoleName=name or n.role)
     return found["Role"] if found else None
 
 
@@ -119,21 +120,15 @@ def _role_tags(aws: Aws, n: Names, name: str | None = None) -> list[dict[str, st
     return list(found["Tags"])
 
 
-def find_task_role(aws: Aws, n: Names) -> dict[str, Any] | None:
-    found = aws.call(f"get role {n.task_role}", "iam", "get_role", action="iam:GetRole", missing=("NoSuchEntity",),
-                     RoleName=n.task_role)
-    return found["Role"] if found else None
-
-
 def ensure_task_role(aws: Aws, n: Names, tags: dict[str, str], artifact: str, progress: Progress) -> str:
     """serve.fetch_at_start without targets.ecs.task_role_arn: the task role (trusts ecs-tasks) whose one inline
-    policy reads exactly the artifact's object (s3:GetObject, + GetObjectVersion when pinned); put only when it
+    policy reads exactly the artifact's object (s3:GetObject, s3:GetObjectVersion); put only when it
     differs."""
     from urllib.parse import unquote
 
     from mlship.artifacts.identity import s3_policy
 
-    role = find_task_role(aws, n)
+    role = find_role(aws, n, n.task_role)
     if role is None:
         progress(f"creating task role {n.task_role} (reads {artifact})")
         role = aws.call(f"create role {n.task_role}", "iam", "create_role", action="iam:CreateRole",

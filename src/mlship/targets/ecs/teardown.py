@@ -114,24 +114,27 @@ def _log_group(aws: Aws, n: Names) -> list[str]:
 
 
 def _role(aws: Aws, n: Names) -> list[str]:
-    role = resources.find_role(aws, n)
-    if role is None or not owned(role.get("Tags") or [], n.service):
-        return []
-    aws.call(f"detach the policy of {n.role}", "iam", "detach_role_policy", action="iam:DetachRolePolicy",
-             missing=("NoSuchEntity",), RoleName=n.role, PolicyArn=EXECUTION_POLICY)
-    aws.call(f"delete role {n.role}", "iam", "delete_role", action="iam:DeleteRole", RoleName=n.role)
-    return [f"execution role {n.role}"]
+    return _drop_role(aws, n, n.role, {"PolicyArn": EXECUTION_POLICY}, f"execution role {n.role}")
 
 
 def _task_role(aws: Aws, n: Names) -> list[str]:
     """The task role of serve.fetch_at_start (its inline policy first: IAM deletes no role that has one)."""
-    role = resources.find_task_role(aws, n)
+    return _drop_role(aws, n, n.task_role, {"PolicyName": TASK_POLICY},
+                      f"task role {n.task_role} and its policy {TASK_POLICY}")
+
+
+def _drop_role(aws: Aws, n: Names, name: str, policy: dict[str, str], what: str) -> list[str]:
+    """Remove role ``name`` and its ``policy`` (a managed one, PolicyArn: detached; an inline one, PolicyName:
+    deleted) when its tags say mlship made it for the service."""
+    role = resources.find_role(aws, n, name)
     if role is None or not owned(role.get("Tags") or [], n.service):
         return []
-    aws.call(f"delete the policy of {n.task_role}", "iam", "delete_role_policy", action="iam:DeleteRolePolicy",
-             missing=("NoSuchEntity",), RoleName=n.task_role, PolicyName=TASK_POLICY)
-    aws.call(f"delete role {n.task_role}", "iam", "delete_role", action="iam:DeleteRole", RoleName=n.task_role)
-    return [f"task role {n.task_role} and its policy {TASK_POLICY}"]
+    operation, action = (("detach_role_policy", "iam:DetachRolePolicy") if "PolicyArn" in policy else
+                         ("delete_role_policy", "iam:DeleteRolePolicy"))
+    aws.call(f"remove the policy of {name}", "iam", operation, action=action, missing=("NoSuchEntity",),
+             RoleName=name, **policy)
+    aws.call(f"delete role {name}", "iam", "delete_role", action="iam:DeleteRole", RoleName=name)
+    return [what]
 
 
 def _repository(aws: Aws, n: Names) -> list[str]:
