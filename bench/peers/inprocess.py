@@ -30,7 +30,7 @@ def point_ceilings(points: list[Point], call_for: Callable[[str, int], Call], se
 
 def median_call_ms(call: Call, seconds: float, max_calls: int = 100_000) -> float:
     """Median ms of `call()` over `seconds` (at most `max_calls` calls)."""
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline and len(times) < max_calls:
         t = time.perf_counter()

@@ -184,6 +184,7 @@ class FastAPI(Peer):
 
 class BentoML(Peer):
     venv = "bentoml"
+    service = "bentoml_service:PeerService"  # the app in apps/
 
     def __init__(self, batchable: bool = False) -> None:
         self.batchable = batchable
@@ -195,7 +196,7 @@ class BentoML(Peer):
     def launch(self, python: Path, model: Model, port: int, work: Path) -> Launch:
         env = {"PEER_MODEL": str(model.artifact), "PEER_BATCHABLE": "1" if self.batchable else "0",
                "BENTOML_HOME": str(work / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
-        return Launch([str(python), "-m", "bentoml", "serve", "bentoml_service:PeerService", "--host", HOST,
+        return Launch([str(python), "-m", "bentoml", "serve", self.service, "--host", HOST,
                        "--port", str(port)], cwd=work / "apps", env=env)
 
     def parse(self, payload: Any) -> Answer:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_bench import HOST
-from servers import Answer, Launch, Mlship, Model, Peer, _answer, _dumps
+from servers import BentoML, Launch, Mlship, Model, Peer, _dumps
 
 
 class MlshipTensor(Mlship):
@@ -22,11 +22,15 @@ class MlshipTensor(Mlship):
         return _dumps({"input": batch[0]} if len(batch) == 1 else {"instances": batch})
 
 
+def instances_body(batch: list[Any]) -> bytes:
+    return _dumps({"instances": batch})
+
+
 class TensorPeer(Peer):
     """A peer that runs apps/peer_tensor.py on the file $PEER_MODEL names."""
 
     def body(self, model: Model, batch: list[Any]) -> bytes:
-        return _dumps({"instances": batch})
+        return instances_body(batch)
 
     def env(self, model: Model, work: Path) -> dict[str, str]:
         return {"PEER_MODEL": str(model.artifact), "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow",
@@ -45,19 +49,19 @@ class FastAPITensor(TensorPeer):
                        "--workers", "1", "--no-access-log"], cwd=work / "apps", env=self.env(model, work))
 
 
-class BentoMLTensor(TensorPeer):
-    name = "bentoml-batch"
+class BentoMLTensor(BentoML):
+    """apps/bentoml_tensor.py: always batchable (the sklearn BentoML peer's launch, another service)."""
+
     venv = "bentoml-tensor"
-    config = ("bentoml serve, @bentoml.service(workers=1), sync @bentoml.api(batchable=True, batch_dim=0, "
-              "max_batch_size=64, max_latency_ms=1000) on an np.ndarray (adaptive batching); access log off")
+    service = "bentoml_tensor:TensorService"
 
-    def launch(self, python: Path, model: Model, port: int, work: Path) -> Launch:
-        env = {**self.env(model, work), "BENTOML_HOME": str(work / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
-        return Launch([str(python), "-m", "bentoml", "serve", "bentoml_tensor:TensorService", "--host", HOST,
-                       "--port", str(port)], cwd=work / "apps", env=env)
+    def __init__(self) -> None:
+        super().__init__(batchable=True)
+        self.config = ("bentoml serve, @bentoml.service(workers=1), sync @bentoml.api(batchable=True, batch_dim=0, "
+                       "max_batch_size=64, max_latency_ms=1000) on an np.ndarray (adaptive batching); access log off")
 
-    def parse(self, payload: Any) -> Answer:
-        return _answer(payload)
+    def body(self, model: Model, batch: list[Any]) -> bytes:
+        return instances_body(batch)
 
 
 class LitServeTensor(TensorPeer):
