@@ -126,6 +126,23 @@ def test_max_rejects_stops_with_exit_1_naming_the_count(project: Path, tmp_path:
     assert "10 rows were rejected" in result.stderr and "fix:" in result.stderr
 
 
+def test_max_rejects_leaves_the_rejects_so_far_and_a_part_cut_short_is_scored_again(project: Path,
+                                                                                      tmp_path: Path) -> None:
+    table = rows_table(200, seed=3)
+    bad = pa.array([None if i % 20 == 0 else v for i, v in enumerate(table.column("petal_length").to_pylist())])
+    pq.write_table(table.set_column(3, "petal_length", bad), tmp_path / "rows.parquet")
+    out, opts = tmp_path / "p.parquet", BatchOptions(workers=1, chunk_rows=50)
+    with pytest.raises(PredictionError, match="5 rows were rejected, more than --max-rejects 3"):
+        run_batch(project, tmp_path / "rows.parquet", out, BatchOptions(workers=1, chunk_rows=50, max_rejects=3))
+    assert pq.read_table(rejects_path(out)).column("row").to_pylist() == [0, 20, 40, 60, 80]
+    part = tmp_path / ".p.parquet.parts" / "part-000000.arrow"  # parts are not fsynced: a crash may cut one short
+    part.write_bytes(part.read_bytes()[:100])
+    report = run_batch(project, tmp_path / "rows.parquet", out, opts)
+    assert (report.resumed_chunks, report.rows, report.rejects) == (1, 200, 10)
+    run_batch(project, tmp_path / "rows.parquet", tmp_path / "fresh.parquet", opts)
+    assert out.read_bytes() == (tmp_path / "fresh.parquet").read_bytes()
+
+
 def test_worker_processes_and_a_folder_give_the_in_process_result(project: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     pq.write_table(rows_table(5000, seed=4), tmp_path / "in" / "a.parquet")

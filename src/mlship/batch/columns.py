@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from mlship.serving.predictor import Predictor
 
@@ -27,7 +28,23 @@ def compiled_columns(predictor: Predictor, matrix: Any) -> dict[str, Any] | None
     if proba.shape != (len(matrix), len(out.classes)) or not np.isfinite(proba).all():
         return None
     text = {c: predictor._label_str(c) for c in out.classes}  # the strings Predictor.predict answers
-    columns: dict[str, Any] = {"label": [text[v] if v in text else predictor._label_str(v) for v in out.values]}
+    columns: dict[str, Any] = {"label": _labels(out.values, out.classes, text)}
+    if columns["label"] is None:
+        columns["label"] = [text[v] if v in text else predictor._label_str(v) for v in out.values]
     for j, name in enumerate(text[c] for c in out.classes):
         columns[f"probabilities_{name}"] = proba[:, j]
     return columns
+
+
+def _labels(values: list[Any], classes: list[Any], text: dict[Any, str]) -> Any:
+    """The label strings of ``values`` (each one of ``classes``) as one Arrow array, built in C: the values'
+    positions among the classes, then a take from the classes' strings. None when a value is not a class."""
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    try:
+        positions = pc.index_in(pa.array(values), value_set=pa.array(classes))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if positions.null_count:
+        return None
+    return pa.array([text[c] for c in classes], pa.string()).take(positions)

@@ -155,21 +155,58 @@ def records(table: pa.Table, columns: list[str],
     return out, [None] * table.num_rows
 
 
-def write_table(table: pa.Table, path: Path, fmt: str) -> None:
-    """Write one table to ``path`` atomically: a temporary file next to it, fsync, rename."""
+def write_table(table: pa.Table, path: Path, fmt: str, durable: bool = True) -> None:
+    """Write one table to ``path`` atomically: a temporary file next to it, fsync (unless not ``durable``: a
+    process killed at any point still leaves the whole file or none), rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with tmp.open("wb") as fh:
         _write(table, fh, fmt)
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
+#: the format of `mlship batch`'s part files (in the parts folder, not a user format): Arrow IPC, written and read
+#: back at memory speed, so that the output's own format is encoded once, when the parts are assembled
+PART_FORMAT = "arrow"
+PART_SUFFIX = ".arrow"
+
+
+def read_part(path: Path) -> pa.Table:
+    """A part file written with ``PART_FORMAT`` (memory-mapped: no copy)."""
+    import pyarrow.ipc as ipc  # type: ignore[import-untyped]
+
+    with pa.memory_map(str(path)) as source:
+        return ipc.open_file(source).read_all()
+
+
+def part_rows(path: Path) -> int | None:
+    """The rows of a complete part file; None when it is missing or not whole (parts are not fsynced: after a
+    machine crash a part may be cut short, and its chunk is scored again)."""
+    try:
+        return int(read_part(path).num_rows)
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: text (labels repeat). Numbers (ids, probabilities) are
+    mostly distinct: the writer would build a dictionary, find it too large and fall back, at 3x the cost."""
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_dictionary(f.type)]
+
+
 def _write(table: pa.Table, fh: Any, fmt: str) -> None:
-    if fmt == "parquet":
+    if fmt == PART_FORMAT:
+        import pyarrow.ipc as ipc
+
+        with ipc.new_file(fh, table.schema) as writer:
+            writer.write_table(table)
+    elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(table, fh)
+        pq.write_table(table, fh, use_dictionary=dictionary_columns(table.schema))
     elif fmt == "csv":
         import pyarrow.csv as pacsv
 
@@ -180,17 +217,26 @@ def _write(table: pa.Table, fh: Any, fmt: str) -> None:
 
 
 def concat_files(parts: list[Path], path: Path, fmt: str) -> None:
-    """Assemble part files (each in ``fmt``) into ``path`` atomically, one part in memory at a time."""
+    """Assemble part files into ``path`` (in ``fmt``) atomically, one part in memory at a time. Parts in ``fmt``
+    (CSV, JSON Lines) are copied as bytes; parts in ``PART_FORMAT`` are encoded into ``fmt`` here, once."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    ipc_parts = bool(parts) and parts[0].suffix == PART_SUFFIX
     with tmp.open("wb") as fh:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
+            def read(part: Path) -> pa.Table:
+                return read_part(part) if ipc_parts else pq.read_table(part)
+
             # an id column of JSON Lines is typed by its values: null where a chunk had none
-            unified = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-            with pq.ParquetWriter(fh, unified) as writer:
+            schemas = [read(p).schema if ipc_parts else pq.read_schema(p) for p in parts]
+            unified = pa.unify_schemas(schemas, promote_options="permissive")
+            with pq.ParquetWriter(fh, unified, use_dictionary=dictionary_columns(unified)) as writer:
                 for part in parts:
-                    writer.write_table(pq.read_table(part).cast(unified))
+                    writer.write_table(read(part).cast(unified))
+        elif ipc_parts:
+            for i, part in enumerate(parts):
+                _write_more(read_part(part), fh, fmt, header=not i)
         else:
             for i, part in enumerate(parts):
                 with part.open("rb") as src:
@@ -201,3 +247,13 @@ def concat_files(parts: list[Path], path: Path, fmt: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _write_more(table: pa.Table, fh: Any, fmt: str, header: bool) -> None:
+    """One more part of a CSV or JSON Lines file (the CSV header with the first)."""
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=header))
+    else:
+        _write(table, fh, fmt)

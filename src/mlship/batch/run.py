@@ -28,6 +28,7 @@ from mlship.batch import formats, score
 from mlship.errors import ContractError, PredictionError
 
 DEFAULT_CHUNK_ROWS = 65_536
+PART = formats.PART_SUFFIX  # parts are Arrow IPC files: the output's format is encoded once, on assembly
 Progress = Callable[[int, int | None, float], None]  # rows done, rows in all (if known), seconds so far
 
 
@@ -207,8 +208,8 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
     def finish(future: Future[score.Scored]) -> None:
         nonlocal done_rows, rejected
         scored = future.result()
-        formats.write_table(scored.rejects, parts / f"rejects-{scored.index:06d}{target.suffix}", fmt)
-        formats.write_table(scored.predictions, parts / f"part-{scored.index:06d}{target.suffix}", fmt)
+        formats.write_table(scored.rejects, parts / f"rejects-{scored.index:06d}{PART}", formats.PART_FORMAT, False)
+        formats.write_table(scored.predictions, parts / f"part-{scored.index:06d}{PART}", formats.PART_FORMAT, False)
         _count(scored.predictions.num_rows + scored.rejects.num_rows, scored.rejects.num_rows)
 
     def _count(rows: int, bad: int) -> None:
@@ -217,19 +218,21 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
         rejected += bad
         report.chunks += 1
         if opts.max_rejects is not None and report.rejects + rejected > opts.max_rejects:
+            so_far = sorted(parts.glob(f"rejects-*{PART}"))
+            formats.concat_files(so_far, rejects_path(target), fmt)
             raise PredictionError(
                 f"{report.rejects + rejected} rows were rejected, more than --max-rejects {opts.max_rejects}; "
                 f"stopped after {done_rows:,} rows.",
                 why="Rows that do not fit the contract's input are written to the rejects file with the reason.",
-                fix=f"Read {parts} (rejects-*.{fmt}) for the reasons, fix the input, and run again: finished "
-                "chunks are kept; or raise --max-rejects.")
+                fix=f"Read {rejects_path(target)} (the rejects so far) for the reasons, fix the input, and run "
+                "again: finished chunks are kept; or raise --max-rejects.")
         if opts.progress is not None:
             opts.progress(done_rows, None if total is None else report.rows + total, time.perf_counter() - started)
 
     for index, table in enumerate(formats.read_chunks(source, opts.chunk_rows, features)):
-        part = parts / f"part-{index:06d}{target.suffix}"
-        if part.exists():
-            bad = _rows_in(parts / f"rejects-{index:06d}{target.suffix}")
+        bad = formats.part_rows(parts / f"rejects-{index:06d}{PART}")
+        kept = formats.part_rows(parts / f"part-{index:06d}{PART}") if bad is not None else None
+        if bad is not None and kept is not None and kept + bad == table.num_rows:
             report.resumed_chunks += 1
             _count(table.num_rows, bad)
             continue
@@ -239,14 +242,10 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
     while pending:
         finish(pending.popleft())
     count = index + 1
-    formats.concat_files([parts / f"part-{i:06d}{target.suffix}" for i in range(count)], target, fmt)
-    formats.concat_files([parts / f"rejects-{i:06d}{target.suffix}" for i in range(count)], rejects_path(target), fmt)
+    formats.concat_files([parts / f"part-{i:06d}{PART}" for i in range(count)], target, fmt)
+    formats.concat_files([parts / f"rejects-{i:06d}{PART}" for i in range(count)], rejects_path(target), fmt)
     shutil.rmtree(parts)
     report.outputs.append(target)
     report.rejects_files.append(rejects_path(target))
     report.rows = done_rows
     report.rejects += rejected
-
-
-def _rows_in(path: Path) -> int:
-    return sum(t.num_rows for t in formats.read_chunks(path, DEFAULT_CHUNK_ROWS, []))

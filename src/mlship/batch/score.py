@@ -119,7 +119,9 @@ class Scorer:
             columns[id_column] = _ids(table, values[id_column], id_column, keep)
         flat = fast if fast is not None else flatten(out)
         for field in self.empty.schema:
-            columns[field.name] = pa.array(flat.get(field.name, []), field.type)
+            value = flat.get(field.name, [])
+            columns[field.name] = value if isinstance(value, pa.Array) and value.type == field.type else pa.array(
+                value, field.type)
         predictions = pa.table(columns)
         reject_cols: dict[str, Any] = {"row": pa.array([start + i for i, _ in bad], pa.int64())}
         if id_column:
@@ -130,6 +132,8 @@ class Scorer:
 
 def _ids(table: pa.Table, ids: list[Any], name: str, positions: list[int]) -> Any:
     """The id column at ``positions``, in the input's own type."""
+    if name in table.column_names and len(positions) == table.num_rows:  # every row (positions are increasing)
+        return table.column(name)
     if name in table.column_names:
         return table.column(name).take(pa.array(positions, pa.int64()))
     return [ids[i] for i in positions]
