@@ -6,7 +6,7 @@ How a batch job runs (``run_batch``):
 1. create the Artifact Registry repository if it is missing; push the batch image; the job references it by
    digest;
 2. create the job ``projects/P/locations/R/jobs/<service>-batch`` (labelled ``managed-by=mlship`` plus the batch
-   job's labels), or update it when it exists and mlship manages it: image, command ``mlship-batch``, env (input,
+   job's labels), or update it when it exists and mlship manages it: image (its command is the worker), env (input,
    output, run id...), cpu / memory, task count, parallelism, retries, task timeout, the service account;
 3. run it: one execution, ``taskCount`` tasks; Cloud Run gives each its CLOUD_RUN_TASK_INDEX / COUNT (the shard)
    and retries a failed task up to ``maxRetries`` times;

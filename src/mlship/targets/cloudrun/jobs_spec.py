@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from mlship import __version__
-from mlship.batch.jobs import WORKER_COMMAND, BatchJob
+from mlship.batch.jobs import WORKER_MODULE_COMMAND, BatchJob
 from mlship.targets.cloudrun.options import CloudRunOptions
 from mlship.targets.cloudrun.spec import CONTAINER_NAME, MANAGED_BY, label_value
 
@@ -61,7 +61,7 @@ def job_labels(opts: CloudRunOptions, job: BatchJob) -> dict[str, str]:
 def job_template(opts: CloudRunOptions, job: BatchJob, image: str) -> dict[str, Any]:
     """The job's ``template`` (``run_v2.ExecutionTemplate`` field names) for ``image`` (a digest reference)."""
     env = [{"name": k, "value": v} for k, v in sorted({**opts.environment(), **job.env}.items())]
-    container = {"name": CONTAINER_NAME, "image": image, "command": list(WORKER_COMMAND), "env": env,
+    container = {"name": CONTAINER_NAME, "image": image, "env": env,  # the batch image's command: the worker
                  "resources": {"limits": {"cpu": cpu_text(job.cpu), "memory": f"{job.memory_mib}Mi"}}}
     return {"labels": job_labels(opts, job), "task_count": job.tasks, "parallelism": job.parallelism,
             "template": {"containers": [container], "max_retries": job.max_retries,
@@ -86,7 +86,8 @@ def plan_lines(opts: CloudRunOptions, job: BatchJob, image: str) -> list[str]:
                                         "Application Default Credentials' access token)"),
         f"Cloud Run job {job_path(opts, job)} via {endpoint}: create it, or update it (it must carry "
         f"{MANAGED_BY[0]}={MANAGED_BY[1]})",
-        f"  image {remote.rpartition(':')[0]}@sha256:<digest of the push>, command {' '.join(WORKER_COMMAND)}",
+        f"  image {remote.rpartition(':')[0]}@sha256:<digest of the push>, its command ("
+        f"{' '.join(WORKER_MODULE_COMMAND)})",
         f"  {job.tasks} task(s), at most {job.parallelism} at once, up to {job.max_retries} retries per task, "
         f"task timeout {job.timeout_s}s, cpu {cpu_text(job.cpu)}, memory {job.memory_mib}Mi, service account "
         f"{opts.service_account or '(the default compute account)'}",
