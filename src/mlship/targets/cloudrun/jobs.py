@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from mlship.batch.jobs import BatchJob, BatchTarget, JobRun, Progress
 from mlship.errors import ContractError, TargetError
@@ -53,7 +53,7 @@ class CloudRunBatch(BatchTarget):
     """The batch half of ``CloudRunTarget`` (see the module docstring); it uses the target's ``opts``, ``gcp``."""
 
     opts: CloudRunOptions
-    poll_s: float
+    poll_s: ClassVar[float] = 1.0  # the target's
 
     @property
     def gcp(self) -> Gcp:  # the target's (overridden there); declared for the type checker
