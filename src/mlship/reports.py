@@ -135,6 +135,33 @@ class DestroyReport(Report):
     removed: list[str] = Field(default_factory=list)
 
 
+class BatchRunReport(Report):
+    """`mlship batch`: in-process (``target`` null) or a job of ``tasks`` tasks on a target (docs/batch.md)."""
+
+    kind: Literal["batch"] = "batch"
+    target: str | None = Field(default=None, description="null: scored in this process")
+    input: str
+    output: str
+    rows: int = Field(default=0, description="rows read (scored + rejected)")
+    rejects: int = 0
+    seconds: float = Field(default=0.0, description="in-process: the run; a job: submit -> all tasks done")
+    rows_per_s: float = 0.0
+    outputs: list[str] = Field(default_factory=list, description="the prediction files (a job: its parts, in order)")
+    rejects_files: list[str] = Field(default_factory=list)
+    resumed_chunks: int = Field(default=0, description="in-process: chunks kept from an earlier run")
+    tasks: int = 1
+    succeeded: int = Field(default=1, description="tasks that finished (their manifest is in the output)")
+    failed: int = 0
+    retries: int = 0
+    failed_logs: dict[str, list[str]] = Field(default_factory=dict, description="task index -> its last log lines")
+    job_id: str | None = None
+    image: str | None = Field(default=None, description="the batch image the tasks ran (the local tag)")
+    cost_usd: float | None = Field(default=None, description="the target's estimate from list prices; null: none")
+    console: str | None = Field(default=None, description="where to look at the job on the platform")
+    dry_run: bool = False
+    plan: list[str] = Field(default_factory=list, description="the target's resources and calls (a dry run)")
+
+
 class ErrorDetail(BaseModel):
     type: str = Field(description="the error class, e.g. GateError, PreflightError, ContractError")
     message: str
@@ -155,4 +182,4 @@ class ErrorReport(Report):
 
 
 DOCUMENTS: list[type[Report]] = [DeployReport, BuildReport, GateResult, StatusReport, RollbackReport, DestroyReport,
-                                 PreflightReport, ErrorReport]
+                                 PreflightReport, BatchRunReport, ErrorReport]

@@ -134,10 +134,23 @@ def list_files(loc: Location) -> list[Any]:
         found = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
     except (OSError, ValueError) as exc:
         raise storage_error(loc, "list", exc) from None
+    if not found and loc.remote:
+        _bucket_exists(loc)
     prefix = loc.path.rstrip("/") + "/"
     keep = [f for f in found if f.type == pafs.FileType.File
             and not any(part.startswith((".", "_")) for part in f.path[len(prefix):].split("/"))]
     return sorted(keep, key=lambda f: str(f.path))
+
+
+def _bucket_exists(loc: Location) -> None:
+    bucket = loc.path.split("/", 1)[0]
+    try:
+        missing = loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except (OSError, ValueError) as exc:
+        raise storage_error(loc, "list", exc) from None
+    if missing:
+        raise StorageError(f"Cannot read {loc.uri}: the bucket `{bucket}` does not exist.",
+                           fix=f"Create the bucket, or fix the bucket name in {loc.uri}.")
 
 
 def read_bytes(loc: Location) -> bytes | None:

@@ -82,6 +82,7 @@ from mlship.targets.local_containers import (
     LABEL_TARGET,
     LocalContainers,
 )
+from mlship.targets.local_jobs import LocalBatch  # batch jobs: N task containers (mlship batch --target local)
 from mlship.targets.local_options import LocalOptions, host_port, logs_tail, short, url_of
 
 __all__ = ["CONTAINER_PORT", "LABEL_CONFIG", "LABEL_IMAGE", "LABEL_PREVIOUS", "LABEL_ROLE", "LABEL_SERVICE",
@@ -90,7 +91,7 @@ __all__ = ["CONTAINER_PORT", "LABEL_CONFIG", "LABEL_IMAGE", "LABEL_PREVIOUS", "L
 VERSION_LABEL = "org.opencontainers.image.version"
 
 
-class LocalTarget(LocalContainers, Target):
+class LocalTarget(LocalContainers, LocalBatch, Target):
     """The service as a container on the local Docker engine (see the module docstring)."""
 
     name: ClassVar[str] = "local"
