@@ -91,6 +91,22 @@ class Chunk:
 
 def column_names(loc: Location, f: InputFile) -> list[str] | None:
     """The file's column names (the id column's default); None for a JSON Lines file that does not say."""
+    try:
+        return _column_names(loc, f)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise _read_error(loc, f, exc) from None
+
+
+def _read_error(loc: Location, f: InputFile, exc: Exception) -> StorageError:
+    uri = loc.uri if loc.uri.rstrip("/").endswith("/" + f.name) or loc.uri == f.name else \
+        f"{loc.uri.rstrip('/')}/{f.name}"
+    if isinstance(exc, pa.ArrowInvalid):
+        return StorageError(f"{uri} cannot be read as {f.fmt}: {str(exc).splitlines()[0]}",
+                            fix=f"Check that the file is a complete {f.fmt} file (its extension says {f.fmt}).")
+    return storage_error(Location(uri, loc.fs, f.path, loc.scheme), "read", exc)
+
+
+def _column_names(loc: Location, f: InputFile) -> list[str] | None:
     if f.fmt == "parquet":
         return list(_parquet(loc, f).physical_schema.names)
     first = _first_line(loc, f)
@@ -111,8 +127,7 @@ def read_piece(loc: Location, piece: Piece, chunk_rows: int, features: list[str]
         else:
             yield from _text_rows(loc, piece, chunk_rows, features)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise storage_error(Location(f"{loc.uri.rstrip('/')}/{piece.file.name}", loc.fs, piece.file.path,
-                                     loc.scheme), "read", exc) from None
+        raise _read_error(loc, piece.file, exc) from None
 
 
 def _parquet(loc: Location, f: InputFile) -> Any:

@@ -271,6 +271,8 @@ def mlship_wheel(dest: Path) -> Path:
         for path in files:
             add("mlship/" + path.relative_to(package).as_posix(), path.read_bytes())
         add(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: mlship\nVersion: {ver}\n".encode())
+        # every image can run a batch task as `mlship-batch` (the batch image adds pyarrow; docs/batch.md)
+        add(f"{dist}/entry_points.txt", b"[console_scripts]\nmlship-batch = mlship.batch.worker:main\n")
         add(f"{dist}/WHEEL", f"Wheel-Version: 1.0\nGenerator: mlship\nRoot-Is-Purelib: true\nBuild: {build_tag}\n"
             "Tag: py3-none-any\n".encode())
         record.append(f"{dist}/RECORD,,")
