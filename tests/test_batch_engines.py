@@ -217,3 +217,27 @@ def test_ray_map_batches_numpy_format(ray_runtime: Any, project: Path, rows: pa.
                    .iter_batches(batch_format="numpy", batch_size=None))
     out = {k: np.concatenate([b[k] for b in batches]).tolist() for k in batches[0]}
     assert_rows_equal(out["id"], out["label"], {c: out[f"probabilities_{c}"] for c in CLASSES}, rows, want)
+
+
+def test_predict_fn_refuses_a_tensor_contract_bad_options_and_shapes_before_any_engine(project: Path) -> None:
+    from mlship.errors import ContractError, PredictionError
+
+    with pytest.raises(ContractError, match="predict_fn scores rows of named features") as info:
+        predict_fn(Path(__file__).resolve().parents[1] / "examples" / "torch-digits" / "mlship.yaml")
+    assert "mlship serve" in str(info.value.fix)
+    with pytest.raises(ContractError, match=r"predict_fn\(inputs='rows', output='label'\) is not an option"):
+        predict_fn(project / "mlship.yaml", inputs="rows")  # type: ignore[arg-type]
+    fn = predict_fn(project / "mlship.yaml", inputs="array")
+    assert list(inspect_params(fn)) == ["features"]
+    assert list(inspect_params(predict_fn(project / "mlship.yaml"))) == FEATURES  # what Spark counts
+    with pytest.raises(PredictionError, match=r"got 1 input\(s\) of shapes \[\(5, 3\)\]; the contract has 4"):
+        fn(np.zeros((5, 3)))
+    mixed = {**{f: np.full(3, 1.0) for f in FEATURES}, "sepal_width": np.array([1.0, "wide", 2.0], dtype=object)}
+    with pytest.raises(PredictionError, match="Row 1 of the batch does not fit the contract: sepal_width"):
+        predict_fn(project / "mlship.yaml")(mixed)
+
+
+def inspect_params(fn: Any) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(fn).parameters)

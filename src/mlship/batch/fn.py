@@ -44,7 +44,12 @@ def _features(contract: Path) -> list[str]:
     from mlship.contract_io import find_contract, parse_contract
 
     path = find_contract(contract)
-    return list(parse_contract(path.read_text(encoding="utf-8"), path.name).feature_names)
+    parsed = parse_contract(path.read_text(encoding="utf-8"), path.name)
+    if parsed.input.tensor is not None:
+        raise ContractError(f"{path}: predict_fn scores rows of named features; this contract's input is a tensor.",
+                            fix="Send tensors to the HTTP server (`mlship serve`: concurrent requests are batched "
+                            "into model calls), or call the model's own framework on the cluster.")
+    return list(parsed.feature_names)
 
 
 class BatchPredictFn:

@@ -38,8 +38,8 @@ class Scorer:
         project = load_project(contract_path)
         if project.contract.input.tensor is not None:
             raise ContractError("mlship batch scores tables of named features; this contract's input is a tensor.",
-                                fix="Send tensors to the HTTP server (`mlship serve`), or use "
-                                "mlship.batch.predict_fn on arrays of the contract's shape.")
+                                fix="Send tensors to the HTTP server (`mlship serve`: concurrent requests are "
+                                "batched into model calls); mlship batch and predict_fn score named features.")
         self.predictor = Predictor(project)
         self.predictor.load()
         self.features = project.contract.feature_names
