@@ -67,7 +67,9 @@ def _batches(path: Path, fmt: str, chunk_rows: int, string_columns: list[str]) -
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+            # pre_buffer off: with it, pyarrow keeps every column chunk it read until the file is closed (memory
+            # grew by the input's size: 1.3 GB of RSS at 20M rows); without it, flat and as fast
+            yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows)
             return
         import pyarrow.csv as pacsv  # type: ignore[import-untyped]
 

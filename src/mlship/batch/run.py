@@ -110,22 +110,25 @@ def _pairs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
 
 
 class _Pool:
-    """In-process scoring (workers=1) or a process pool, one loaded model per process."""
+    """In-process scoring (workers=1) or a process pool, one loaded model per process. While the workers start
+    (a Python and a model load each: seconds on a busy machine), this process scores the chunks itself."""
 
     def __init__(self, contract: Path, chunk_rows: int, workers: int) -> None:
         self.contract, self.chunk_rows, self.workers = contract, chunk_rows, workers
         self.local: score.Scorer | None = None
         self.executor: ProcessPoolExecutor | None = None
+        self.starting: list[Future[bool]] = []
 
     def __enter__(self) -> _Pool:
-        first = score.Scorer(self.contract, self.chunk_rows)  # a model that does not load fails before any worker
-        self.features = first.features
+        self.first = score.Scorer(self.contract, self.chunk_rows)  # a model that does not load fails before any worker
+        self.features = self.first.features
         if self.workers == 1:
-            self.local = first
+            self.local = self.first
         else:
             self.executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
                                                 initializer=score.init_worker,
                                                 initargs=(self.contract, self.chunk_rows))
+            self.starting = [self.executor.submit(score.worker_ready) for _ in range(self.workers)]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,11 +136,10 @@ class _Pool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Future[score.Scored]:
-        if self.executor is not None:
+        if self.executor is not None and all(f.done() for f in self.starting):
             return self.executor.submit(score.score_in_worker, index, start, table, id_column)
         done: Future[score.Scored] = Future()
-        assert self.local is not None
-        done.set_result(self.local.score(index, start, table, id_column))
+        done.set_result(self.first.score(index, start, table, id_column))
         return done
 
 

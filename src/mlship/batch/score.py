@@ -159,6 +159,11 @@ def init_worker(contract_path: Path, chunk_rows: int) -> None:
     _WORKER = Scorer(contract_path, chunk_rows)
 
 
+def worker_ready() -> bool:
+    """A no-op the pool submits once per worker: done when the workers have loaded their model."""
+    return _WORKER is not None
+
+
 def score_in_worker(index: int, start: int, table: pa.Table, id_column: str | None) -> Scored:
     assert _WORKER is not None, "init_worker runs first"
     return _WORKER.score(index, start, table, id_column)
