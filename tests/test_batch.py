@@ -154,6 +154,23 @@ def test_worker_processes_and_a_folder_give_the_in_process_result(project: Path,
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+def test_the_pool_gives_chunks_to_ready_workers_and_scores_the_rest_itself(project: Path) -> None:
+    from mlship.batch.run import _Pool
+
+    table = rows_table(6000, seed=9)
+    with _Pool(project / "mlship.yaml", 1000, 3) as pool:  # this process + 2 spawned workers
+        local = pool.first.score(0, 0, table, "id").predictions
+        for ready in pool.starting:
+            ready.result(timeout=120)
+        futures, at_once = [], []
+        for i in range(6):
+            futures.append(pool.submit(i, i * 1000, table.slice(i * 1000, 1000), "id"))
+            at_once.append(futures[-1].done())  # a chunk scored here is done on return; a worker's is not
+        got = pa.concat_tables([f.result(timeout=120).predictions for f in futures])
+    assert at_once.count(False) >= 2  # handed to the ready workers
+    assert got.equals(local)
+
+
 def test_a_killed_run_resumes_to_an_identical_result(project: Path, tmp_path: Path) -> None:
     pq.write_table(rows_table(600_000, seed=6), tmp_path / "rows.parquet")
     args = [sys.executable, "-m", "mlship", "batch", "-f", str(project), "-i", str(tmp_path / "rows.parquet"),

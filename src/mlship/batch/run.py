@@ -110,14 +110,17 @@ def _pairs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
 
 
 class _Pool:
-    """In-process scoring (workers=1) or a process pool, one loaded model per process. While the workers start
-    (a Python and a model load each: seconds on a busy machine), this process scores the chunks itself."""
+    """``workers`` scoring processes, one loaded model each: this one and ``workers - 1`` spawned ones. A chunk goes
+    to a spawned worker when one is ready and has fewer than two chunks queued; otherwise this process scores it
+    itself (while the workers start, a Python and a model load each, and whenever they are all busy), so no core
+    waits and no more processes score than ``workers``."""
 
     def __init__(self, contract: Path, chunk_rows: int, workers: int) -> None:
         self.contract, self.chunk_rows, self.workers = contract, chunk_rows, workers
         self.local: score.Scorer | None = None
         self.executor: ProcessPoolExecutor | None = None
         self.starting: list[Future[bool]] = []
+        self.queued: list[Future[score.Scored]] = []
 
     def __enter__(self) -> _Pool:
         self.first = score.Scorer(self.contract, self.chunk_rows)  # a model that does not load fails before any worker
@@ -125,10 +128,10 @@ class _Pool:
         if self.workers == 1:
             self.local = self.first
         else:
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+            self.executor = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("spawn"),
                                                 initializer=score.init_worker,
                                                 initargs=(self.contract, self.chunk_rows))
-            self.starting = [self.executor.submit(score.worker_ready) for _ in range(self.workers)]
+            self.starting = [self.executor.submit(score.worker_ready) for _ in range(self.workers - 1)]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -137,7 +140,10 @@ class _Pool:
 
     def submit(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Future[score.Scored]:
         if self.executor is not None and all(f.done() for f in self.starting):
-            return self.executor.submit(score.score_in_worker, index, start, table, id_column)
+            self.queued = [f for f in self.queued if not f.done()]
+            if len(self.queued) < 2 * (self.workers - 1):
+                self.queued.append(self.executor.submit(score.score_in_worker, index, start, table, id_column))
+                return self.queued[-1]
         done: Future[score.Scored] = Future()
         done.set_result(self.first.score(index, start, table, id_column))
         return done
