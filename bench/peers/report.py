@@ -56,6 +56,7 @@ def summarize(suite: Suite, rounds: list[dict[str, Any]], names: list[str],
             cell: dict[str, Any] = {
                 k: median_of([d[k] for d in ok])
                 for k in ("req_per_s", "rows_per_s", "p50_ms", "p99_ms", "server_cpu", "generator_cpu")}
+            cell["rows_per_cpu_s"] = median_of([d["rows_per_s"] / d["server_cpu"] for d in ok if d["server_cpu"]])
             cell["errors"] = sum(d["errors"] for d in ok)
             cell["rounds"] = len(ok)
             cell["noise"] = median_of([(d["other_on_server_cpu"] or 0) + (d["steal_on_server_cpu"] or 0) for d in ok])
@@ -142,13 +143,15 @@ def headline(suite: Suite, summary: dict[str, Any], names: list[str]) -> list[st
     for key in model_keys(suite):
         busy = max((p for p in suite.points if p.model == key and p.rows == 1), key=lambda p: p.concurrency)
         mine = servers.get("mlship", {}).get("points", {}).get(busy.key, {})
-        rates = {n: servers[n]["points"][busy.key]["req_per_s"] for n in peers
-                 if "req_per_s" in servers[n]["points"].get(busy.key, {})}
-        if "req_per_s" in mine and rates:
-            best = max(rates, key=lambda n: rates[n])
-            lines.append(f"{key} 1 row c={busy.concurrency}: mlship {serve_bench.fmt_rate(mine['req_per_s'])} req/s "
-                         f"= {mine['req_per_s'] / rates[best]:.2f}x the best peer ({best}, "
-                         f"{serve_bench.fmt_rate(rates[best])} req/s)")
+        for what, unit, field in (("req/s", "req/s", "req_per_s"),
+                                  ("per second of the server's CPU", "req/cpu-s", "rows_per_cpu_s")):
+            rates = {n: servers[n]["points"][busy.key][field] for n in peers
+                     if servers[n]["points"].get(busy.key, {}).get(field)}
+            if mine.get(field) and rates:
+                best = max(rates, key=lambda n: rates[n])
+                lines.append(f"{key} 1 row c={busy.concurrency}, {what}: mlship {serve_bench.fmt_rate(mine[field])} "
+                             f"{unit} = {mine[field] / rates[best]:.2f}x the best peer ({best}, "
+                             f"{serve_bench.fmt_rate(rates[best])} {unit})")
         lone = next((p for p in suite.points if p.model == key and p.rows == 1 and p.concurrency == 1), None)
         floor = summary["in_process_latency_ms"].get(key)
         if lone is None or floor is None:
