@@ -230,12 +230,14 @@ def concat_files(parts: list[Path], path: Path, fmt: str) -> None:
             def read(part: Path) -> pa.Table:
                 return read_part(part) if ipc_parts else pq.read_table(part)
 
-            # an id column of JSON Lines is typed by its values: null where a chunk had none
-            schemas = [read(p).schema if ipc_parts else pq.read_schema(p) for p in parts]
-            unified = pa.unify_schemas(schemas, promote_options="permissive")
-            with pq.ParquetWriter(fh, unified, use_dictionary=dictionary_columns(unified)) as writer:
-                for part in parts:
-                    writer.write_table(read(part).cast(unified))
+            if not _parquet_one_schema(parts, read, fh):
+                fh.seek(0)
+                fh.truncate()
+                # an id column of JSON Lines is typed by its values: null where a chunk had none
+                unified = pa.unify_schemas([read(p).schema for p in parts], promote_options="permissive")
+                with pq.ParquetWriter(fh, unified, use_dictionary=dictionary_columns(unified)) as writer:
+                    for part in parts:
+                        writer.write_table(read(part).cast(unified))
         elif ipc_parts:
             for i, part in enumerate(parts):
                 _write_more(read_part(part), fh, fmt, header=not i)
@@ -249,6 +251,23 @@ def concat_files(parts: list[Path], path: Path, fmt: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _parquet_one_schema(parts: list[Path], read: Any, fh: Any) -> bool:
+    """Write the parts into one Parquet file in one pass, each part read once; False (and a partial file) as soon as
+    a part's schema differs from the first's."""
+    import pyarrow.parquet as pq
+
+    if not parts:
+        return False
+    schema = read(parts[0]).schema
+    with pq.ParquetWriter(fh, schema, use_dictionary=dictionary_columns(schema)) as writer:
+        for part in parts:
+            table = read(part)
+            if table.schema != schema:
+                return False
+            writer.write_table(table)
+    return True
 
 
 def _write_more(table: pa.Table, fh: Any, fmt: str, header: bool) -> None:
