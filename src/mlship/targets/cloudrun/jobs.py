@@ -242,7 +242,7 @@ class JobsApi:
                                   fix=f"gcloud run jobs executions describe {short(name)} --region "
                                   f"{self.gcp.opts.region} --project {self.gcp.opts.project}")
             time.sleep(delay)
-            delay = min(delay * 1.5, 5.0)
+            delay = min(delay * 1.5, 5.0, poll_s * 10)
 
     def cancel(self, name: str) -> None:
         with contextlib.suppress(TargetError):  # finished meanwhile, or gone
