@@ -21,11 +21,33 @@ from mlship.errors import BuildError, PluginError
 #: framework (pip package, as the scan names it) -> the runtime whose image rules it brings along
 FRAMEWORK_RUNTIMES = {"torch": "pytorch"}
 _PRUNE_GLOB = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.*/-]*$")
-#: what an image serving a compiled model removes from onnxruntime (43 MB of its 78): the C API library (the
-#: Python module links the runtime in and never loads it) and the model-authoring tools the server never imports
-#: (onnxruntime imports `transformers` only in a debug helper)
-COMPILED_PRUNE = ("onnxruntime/capi/libonnxruntime.so.*", "onnxruntime/transformers", "onnxruntime/quantization",
-                  "onnxruntime/tools")
+#: ELF symbol tables and DWARF debug information dropped from every image (image/elfstrip.py), in the server's own
+#: packages: some wheels ship them (uvloop's loop module is 13.6 MB, 12 MB of it DWARF; PyYAML, httptools, Pillow and
+#: numpy's OpenBLAS likewise): 20 MB of the torch-digits image. The loader never reads them.
+SERVER_STRIP = ("uvloop", "httptools", "yaml", "orjson", "pydantic_core", "numpy", "numpy.libs", "PIL", "pillow.libs")
+#: a compiled image holds the server's packages and onnxruntime's: every shared library in it is stripped
+COMPILED_STRIP = ("*",)
+#: what an image serving a compiled model removes: only the server runs in it (no user code, no framework), and it
+#: never imports these (tests/test_compiled*.py serve from such images and check that the files are gone).
+#: onnxruntime (43 MB of its 78): the C API library (the Python module links the runtime in and never loads it) and
+#: the model-authoring tools (onnxruntime imports `transformers` only in a debug helper)
+ONNXRUNTIME_UNUSED = ("onnxruntime/capi/libonnxruntime.so.*", "onnxruntime/transformers", "onnxruntime/quantization",
+                      "onnxruntime/tools")
+#: numpy's build and packaging tools, C headers and static library, typing stubs, and the extension modules only its
+#: test suite and `numpy.show_runtime` load (6.1 MB)
+NUMPY_UNUSED = ("numpy/f2py", "numpy/distutils", "numpy/_pyinstaller", "numpy/_core/include", "numpy/_core/lib",
+                "numpy/_core/_*_tests.cpython-*", "numpy/_core/_simd.cpython-*", "numpy/*.pyi", "numpy/*/*.pyi",
+                "numpy/*/*/*.pyi")
+#: Pillow decodes the PNGs of `input.tensor.image` with its core module (`_imaging`) alone: the AVIF, WebP, font,
+#: colour-management, Tk, ImageMath and morphology modules and the libraries only they link go (10.3 MB; Pillow's
+#: plugins for those formats catch the ImportError themselves)
+PILLOW_UNUSED = ("PIL/_avif.*", "PIL/_webp.*", "PIL/_imagingft.*", "PIL/_imagingcms.*", "PIL/_imagingtk.*",
+                 "PIL/_imagingmath.*", "PIL/_imagingmorph.*", "pillow.libs/libavif-*", "pillow.libs/libwebp*",
+                 "pillow.libs/libsharpyuv-*", "pillow.libs/libfreetype-*", "pillow.libs/libharfbuzz-*",
+                 "pillow.libs/libpng16-*", "pillow.libs/libbrotli*", "pillow.libs/liblcms2-*")
+#: pydantic's bundled 1.x API (1.1 MB) and the Cython sources uvloop ships beside its compiled modules
+OTHER_UNUSED = ("pydantic/v1", "uvloop/*.pyx", "uvloop/*.pxd", "uvloop/handles/*.pyx", "uvloop/handles/*.pxd")
+COMPILED_PRUNE = ONNXRUNTIME_UNUSED + NUMPY_UNUSED + PILLOW_UNUSED + OTHER_UNUSED
 
 
 @dataclass(frozen=True)
@@ -35,6 +57,7 @@ class ImageRules:
     runtimes: list[tuple[str, Any]] = field(default_factory=list)  # (name, runtime class)
     notes: list[str] = field(default_factory=list)
     prune: tuple[str, ...] = ()  # removed whatever the runtimes say (COMPILED_PRUNE for a compiled model)
+    strip: tuple[str, ...] = SERVER_STRIP  # stripped whatever the runtimes say
 
 
 def artifact_frameworks(path: Path) -> set[str]:
@@ -76,7 +99,7 @@ def rules_for(runtime: str, frameworks: set[str] | None = None, compiled: bool =
         found.append((other, other_cls))
         notes.append(f"the artifact references {framework} (read from the file): the image follows the {other} "
                      f"runtime's rules for it")
-    return ImageRules(found, notes, COMPILED_PRUNE if compiled else ())
+    return ImageRules(found, notes, COMPILED_PRUNE if compiled else (), COMPILED_STRIP if compiled else SERVER_STRIP)
 
 
 def image_requirements(rules: ImageRules, requirements: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -97,7 +120,7 @@ def image_requirements(rules: ImageRules, requirements: list[str]) -> tuple[list
 def image_tweaks(rules: ImageRules) -> tuple[list[str], list[str]]:
     """The runtimes' ``image_prune`` and ``image_strip`` paths (relative to site-packages), checked to be inert:
     removed from the image, and shared libraries whose symbol tables are dropped (see image/elfstrip.py)."""
-    found: list[list[str]] = [list(rules.prune), []]
+    found: list[list[str]] = [list(rules.prune), list(rules.strip)]
     for name, cls in rules.runtimes:
         for slot, attr in enumerate(("image_prune", "image_strip")):
             for glob in getattr(cls, attr, ()):
