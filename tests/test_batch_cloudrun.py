@@ -294,3 +294,15 @@ def test_a_lost_instance_is_retried_and_the_job_succeeds(make_target: Any, worke
     starts = sorted(line.split()[1:3] for line in lines_of(emu, result.job_id) if line.startswith("start "))
     ends = sorted(line.split()[1:3] for line in lines_of(emu, result.job_id) if line.startswith("end "))
     assert starts == [["0", "0"], ["0", "1"], ["1", "0"]] and ends == [["0", "1"], ["1", "0"]]
+
+
+def test_a_second_run_updates_the_job_and_adds_an_execution(make_target: Any, worker_image: str,
+                                                            emu: CloudRunEmulator) -> None:
+    target = make_target()
+    first, _ = run(target, job_for(target, tasks=1), worker_image)
+    second, progress = run(target, job_for(target, tasks=2, env={"SLEEP_S": "0.1"}), worker_image)
+    assert (first.succeeded, second.succeeded) == (1, 2) and first.job_id != second.job_id
+    assert any(p.startswith("updating Cloud Run job ") for p in progress)
+    job = emu.jobs.jobs[second.job_id.rsplit("/executions/", 1)[0]]
+    assert job.generation == 2 and job.executions == [first.job_id, second.job_id]
+    assert job.spec["template"]["taskCount"] == 2
