@@ -8,20 +8,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from conftest import make_iris_project
 from mlship.batch import BatchOptions, run_batch
-from mlship.batch.jobs import manifest_name, part_name, rejects_name
+from mlship.batch.image import layer_mb
+from mlship.batch.jobs import LABEL_JOB, manifest_name, part_name, rejects_name
+from mlship.batch.remote import JobFlags, batch_targets, run_on_target
 from mlship.batch.worker import run_task, task_slot
+from mlship.cli import app
 from mlship.contract_io import load_project
 from mlship.errors import ContractError
+from mlship.events import Event, Events
 from mlship.serving.predictor import Predictor
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -170,3 +177,95 @@ def test_the_module_runs_as_a_command_and_fails_with_what_why_fix(project: Path,
                             timeout=120)
     assert failed.returncode == 1 and "holds no batch files" in failed.stderr and "Fix:" in failed.stderr
 
+
+
+# --- the core: --json, refusal, dry run (no Docker) ------------------------------------------------------------
+def test_in_process_batch_prints_a_json_report(project: Path, tmp_path: Path) -> None:
+    pq.write_table(rows_table(1_000, seed=10), tmp_path / "rows.parquet")
+    result = CliRunner().invoke(app, ["batch", "-f", str(project), "-i", str(tmp_path / "rows.parquet"), "-o",
+                                      str(tmp_path / "preds.parquet"), "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["kind"], report["ok"], report["target"], report["rows"], report["rejects"]) == \
+        ("batch", True, None, 1_000, 0)
+    assert report["outputs"] == [str(tmp_path / "preds.parquet")] and report["rows_per_s"] > 0
+    assert report["schema_version"] == 1 and report["tasks"] == 1
+
+
+def test_a_target_without_batch_support_is_refused_naming_those_with_it(project: Path, tmp_path: Path) -> None:
+    pq.write_table(rows_table(10, seed=11), tmp_path / "rows.parquet")
+    result = CliRunner().invoke(app, ["batch", "-f", str(project), "-i", str(tmp_path / "rows.parquet"), "-o",
+                                      str(tmp_path / "out"), "--target", "heroku", "--tasks", "2", "--json"])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["message"] == "The `heroku` target does not run batch jobs."
+    assert "--target local" in error["fix"] and "heroku" not in batch_targets()
+    assert not (tmp_path / "out").exists()  # nothing was made
+
+
+def test_dry_run_prints_the_job_without_building(project: Path, tmp_path: Path) -> None:
+    pq.write_table(rows_table(10, seed=12), tmp_path / "rows.parquet")
+    result = CliRunner().invoke(app, ["batch", "-f", str(project), "-i", str(tmp_path / "rows.parquet"), "-o",
+                                      str(tmp_path / "out"), "--target", "local", "--tasks", "4", "--parallelism",
+                                      "2", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dry_run"] and report["image"].endswith("-batch") and report["rows"] == 0
+    plan = "\n".join(report["plan"])
+    assert "run 4 container(s)" in plan and "at most 2 at once" in plan and "retry a failed task up to 3" in plan
+    assert f"mount {tmp_path / 'rows.parquet'} at the same path (ro)" in plan
+    assert not (tmp_path / "out").exists()
+
+
+# --- the local target: task containers of the real batch image -------------------------------------------------
+def test_local_target_runs_three_tasks_of_the_batch_image_equal_to_in_process(
+        project: Path, tmp_path: Path, docker_engine: Any, base_image_env: str) -> None:
+    table = rows_table(30_000, seed=13)
+    pq.write_table(table, tmp_path / "rows.parquet", row_group_size=4_000)
+    run_batch(project, tmp_path / "rows.parquet", tmp_path / "want.parquet", BatchOptions(workers=1))
+    want = pq.read_table(tmp_path / "want.parquet")
+    lines: list[str] = []
+    report = run_on_target(project, "local", JobFlags(str(tmp_path / "rows.parquet"), str(tmp_path / "out"),
+                                                      tasks=3, parallelism=3),
+                           events=Events(lambda e: lines.append(e.message)))
+    assert report.ok and (report.rows, report.rejects, report.succeeded, report.failed) == (30_000, 0, 3, 0)
+    assert report.outputs == [str(tmp_path / "out" / part_name(i, 3, "parquet")) for i in range(3)]
+    assert_same(pa.concat_tables([pq.read_table(p) for p in report.outputs]), want)
+    assert any("3/3 tasks done, 0 failed, 0 running" in line for line in lines)
+    assert report.image is not None and layer_mb(report.image) > 0
+    left = docker_engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={report.job_id}"})
+    assert left == []  # every task container removed
+    print(f"\nbatch layer: +{layer_mb(report.image)} MB; 3 local tasks over 30,000 rows: {report.seconds:.1f}s "
+          f"(in-process {lines and ''}{_in_process_seconds(project, tmp_path):.1f}s)")
+
+
+def _in_process_seconds(project: Path, tmp_path: Path) -> float:
+    started = time.perf_counter()
+    run_batch(project, tmp_path / "rows.parquet", tmp_path / "again.parquet", BatchOptions(workers=1))
+    return time.perf_counter() - started
+
+
+def test_a_task_that_fails_once_is_retried_and_the_job_succeeds(
+        project: Path, tmp_path: Path, docker_engine: Any, base_image_env: str) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tables = [rows_table(2_000, seed=14 + i, first_id=i * 2_000) for i in range(3)]
+    for name, table in zip("abc", tables, strict=True):
+        pq.write_table(table, folder / f"{name}.parquet")
+    good = (folder / "b.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(good[:-4] + b"XXXX")  # same size (same shards), no Parquet footer magic
+    fixed: list[str] = []
+
+    def listen(event: Event) -> None:
+        if "failed (exit 1)" in event.message and not fixed:  # the first failure: the file is complete again
+            fixed.append(event.message)
+            (folder / "b.parquet").write_bytes(good)
+
+    report = run_on_target(project, "local", JobFlags(str(folder), str(tmp_path / "out"), tasks=3, max_retries=2),
+                           events=Events(listen))
+    # the tasks whose shard touches b.parquet fail until it is fixed (task 1's shard is b; a neighbour's may reach a
+    # few bytes into it), then succeed on their retry
+    assert report.ok and (report.succeeded, report.failed, report.rows) == (3, 0, 6_000) and 1 <= report.retries <= 3
+    assert fixed and "b.parquet cannot be read as parquet" in fixed[0] and "retry 1 of 2" in fixed[0]
+    got = pa.concat_tables([pq.read_table(p) for p in report.outputs])
+    assert got.column("id").to_pylist() == list(range(6_000))

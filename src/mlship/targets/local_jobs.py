@@ -120,7 +120,7 @@ class LocalBatch(BatchTarget):
                         if attempts[index] <= job.max_retries:
                             retries += 1
                             pause = 2.0 * attempts[index]
-                            progress(f"task {index} failed (exit {code}): {lines[-1] if lines else 'no output'}; "
+                            progress(f"task {index} failed (exit {code}): {_why(lines)}; "
                                      f"retry {attempts[index]} of {job.max_retries} in {pause:g}s")
                             queue.append((index, time.monotonic() + pause))
                         else:
@@ -163,6 +163,12 @@ class LocalBatch(BatchTarget):
             container.wait(timeout=30)
             return 137
         return None
+
+
+def _why(lines: list[str]) -> str:
+    """The worker's error line (`mlship-batch: what`) of a failed task's log, else its last line."""
+    said = [line for line in lines if line.startswith("mlship-batch: ")]
+    return (said or lines or ["no output"])[-1]
 
 
 def _tail(container: Any) -> list[str]:
