@@ -171,6 +171,7 @@ def ray_runtime() -> Iterator[Any]:
 
     started = time.perf_counter()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    others = {p.pid for p in psutil.Process().children(recursive=True)}  # a Spark JVM of this module, say
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
@@ -179,7 +180,7 @@ def ray_runtime() -> Iterator[Any]:
 
         ray.data.DataContext.get_current().enable_progress_bars = False
         print(f"ray runtime started in {time.perf_counter() - started:.1f}s")
-        ours = {p.pid for p in psutil.Process().children(recursive=True)}
+        ours = {p.pid for p in psutil.Process().children(recursive=True)} - others
         try:
             yield ray
         finally:
