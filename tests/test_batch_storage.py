@@ -20,7 +20,7 @@ from conftest import make_iris_project
 from emulators import storage_fixtures
 from mlship.batch import BatchOptions, run_batch
 from mlship.batch.jobs import batch_job, manifest_name, part_name
-from mlship.batch.remote import JobFlags, run_in_process, storage_checks
+from mlship.batch.remote import JobFlags, run_in_process, run_on_target, storage_checks
 from mlship.batch.report import collect
 from mlship.batch.storage import StorageError, locate, put_bytes
 from mlship.batch.worker import run_task
@@ -157,3 +157,15 @@ def test_an_s3_server_that_keeps_an_empty_object_is_an_error(s3: Any, monkeypatc
     with pytest.raises(StorageError, match="holds 0 bytes after an upload of 5") as info:
         put_bytes(b"hello", locate(s3.uri("x/probe")))
     assert info.value.fix and "AWS_REQUEST_CHECKSUM_CALCULATION=WHEN_REQUIRED" in info.value.fix
+
+
+def test_local_target_tasks_read_and_write_s3_from_their_containers(project: Path, tmp_path: Path, s3: Any,
+                                                                   checksums: None, docker_engine: Any,
+                                                                   base_image_env: str) -> None:
+    table = rows_table(4_000, seed=4)
+    s3.put("jobin/rows.parquet", parquet_bytes(table, row_group_size=1_000))
+    report = run_on_target(project, "local", JobFlags(s3.uri("jobin/"), s3.uri("jobout/"), tasks=2))
+    assert report.ok and (report.rows, report.succeeded, report.failed) == (4_000, 2, 0)
+    assert report.outputs == [s3.uri(f"jobout/{part_name(i, 2, 'parquet')}") for i in range(2)]
+    parts = [pq.read_table(io.BytesIO(read_s3(s3, f"jobout/{part_name(i, 2, 'parquet')}"))) for i in range(2)]
+    assert_same(pa.concat_tables(parts), local_want(project, tmp_path, table))
