@@ -154,6 +154,20 @@ def test_worker_processes_and_a_folder_give_the_in_process_result(project: Path,
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+def test_clean_csv_and_float32_chunks_take_the_column_path_with_the_row_paths_values(project: Path,
+                                                                                   tmp_path: Path) -> None:
+    table = rows_table(100_000, seed=10)
+    pacsv.write_csv(table, tmp_path / "rows.csv")  # shortest round-trip text: the same doubles read back
+    narrow = table.cast(pa.schema([("id", pa.int64())] + [(f, pa.float32()) for f in FEATURES]))
+    pq.write_table(narrow, tmp_path / "narrow.parquet")
+    opts = BatchOptions(workers=1)
+    for name in ("rows.csv", "narrow.parquet"):
+        run_batch(project, tmp_path / name, tmp_path / f"{name}.out.parquet", opts)
+    assert_same(pq.read_table(tmp_path / "rows.csv.out.parquet"), expected(project, table))
+    widened = narrow.cast(table.schema)
+    assert_same(pq.read_table(tmp_path / "narrow.parquet.out.parquet"), expected(project, widened))
+
+
 def test_the_pool_gives_chunks_to_ready_workers_and_scores_the_rest_itself(project: Path) -> None:
     from mlship.batch.run import _Pool
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from mlship.batch.columns import compiled_columns
-from mlship.batch.formats import records
+from mlship.batch.formats import TEXT_KEY, records
 from mlship.errors import ContractError
 from mlship.serving.predictor import Predictor
 from mlship.serving.validation import InvalidInput, Validator, make_validator
@@ -91,12 +91,17 @@ class Scorer:
 
     def _clean_matrix(self, table: pa.Table) -> Any:
         """The chunk as one float64 array when the compiled model serves, every feature is an unbounded float and
-        every value of the chunk is a finite float64 (what the validator would pass unchanged); else None."""
+        every value of the chunk is a finite float64 (what the validator would pass unchanged); else None. A CSV
+        chunk's text and float32 columns are cast as the row path casts them (a text that is not a number: None)."""
         if not self._array_ok or not all(name in table.column_names for name in self.features):
             return None
         import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-        columns = [table.column(name) for name in self.features]
+        text = bool((table.schema.metadata or {}).get(TEXT_KEY))
+        try:
+            columns = [_as_float64(table.column(name), text) for name in self.features]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
         if any(c.type != pa.float64() or c.null_count or not pc.all(pc.is_finite(c)).as_py() for c in columns):
             return None
         return np.column_stack([c.to_numpy() for c in columns]) if columns else None
@@ -128,6 +133,16 @@ class Scorer:
             reject_cols[id_column] = _ids(table, values[id_column], id_column, [i for i, _ in bad])
         reject_cols["reason"] = pa.array([why for _, why in bad], pa.string())
         return Scored(index, predictions, pa.table(reject_cols))
+
+
+def _as_float64(column: Any, text: bool) -> Any:
+    """float32 widened, and a CSV chunk's text parsed by Arrow's cast (the row path's conversion: the same
+    float64); anything else as it is."""
+    import pyarrow.compute as pc
+
+    if column.type == pa.float32() or (text and pa.types.is_string(column.type)):
+        return pc.cast(column, pa.float64())
+    return column
 
 
 def _ids(table: pa.Table, ids: list[Any], name: str, positions: list[int]) -> Any:
