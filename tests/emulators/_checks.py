@@ -78,6 +78,26 @@ def template_defaults(template: dict[str, Any]) -> dict[str, Any]:
     return t
 
 
+_RESERVED_ANNOTATIONS = ("run.googleapis.com", "cloud.googleapis.com", "serving.knative.dev",
+                         "autoscaling.knative.dev")
+_ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def check_annotations(annotations: dict[str, str], where: str) -> None:
+    """Kubernetes' annotation rules, which the v2 API follows (keys ``[prefix/]name``, 256 KiB in all), and the
+    namespaces it rejects."""
+    for key in annotations:
+        prefix, _, name = key.rpartition("/")
+        if prefix.endswith(_RESERVED_ANNOTATIONS):
+            raise bad(where, f"Annotation {key!r}: the {prefix} namespace is not supported in the v2 API.")
+        if not _ANNOTATION_NAME.fullmatch(name) or (prefix and (len(prefix) > 253 or not
+                                                                _DNS_SUBDOMAIN.fullmatch(prefix))):
+            raise bad(where, f"Annotation key {key!r} is not a valid [prefix/]name.")
+    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
+        raise bad(where, "Annotations may hold at most 256 KiB in all.")
+
+
 def check_template(t: dict[str, Any], registry: str) -> None:
     where = "service.template"
     if len(t["containers"]) != 1:
@@ -86,6 +106,7 @@ def check_template(t: dict[str, Any], registry: str) -> None:
         raise bad(f"{where}.max_instance_request_concurrency", "must be between 1 and 1000.")
     if not 1 <= float(t["timeout"].rstrip("s")) <= 3600:
         raise bad(f"{where}.timeout", "must be between 1s and 3600s.")
+    check_annotations(t.get("annotations") or {}, f"{where}.annotations")
     c, where = t["containers"][0], f"{where}.containers[0]"
     image = c.get("image", "")
     if not image:

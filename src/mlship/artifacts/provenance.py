@@ -3,7 +3,8 @@
 The build writes the provenance as the image's OCI labels (docs/artifacts.md): the artifact URI, its pinned form,
 the registry/object version, the sha256, the contract hash and the git commit. A cloud platform does not read an
 image's labels, and a machine that did not build the image has none of them, so each target records the same
-fields on the revision it creates, within what the platform keeps:
+fields on the revision it creates (for an image of a remote artifact; one of a model file next to mlship.yaml
+is named by its version, as before), within what the platform keeps:
 
 * Cloud Run: revision template annotations (Kubernetes rules: any value, 256 KiB in all), ``mlship.dev/<field>``;
 * ECS: task definition tags (values of at most 256 characters of ``[A-Za-z0-9 +-=._:/@]``),
@@ -81,11 +82,17 @@ def _fits(value: str, limits: Limits) -> bool:
     return not limits.allowed or re.fullmatch(f"[{limits.allowed}]*", value) is not None
 
 
+def remote(labels: Mapping[str, str]) -> Provenance | None:
+    """The provenance of an image of a remote artifact (its labels carry ``dev.mlship.artifact.sha256``); None for
+    an image of a model file next to mlship.yaml, which the targets name by its version, as before."""
+    return Provenance.from_labels(labels) if labels.get(LABEL_SHA) else None
+
+
 def record(labels: Mapping[str, str], limits: Limits) -> dict[str, str]:
-    """The provenance of an image with ``labels``, as keys and values a platform keeps on a revision (empty when
-    the labels carry none). A value the platform cannot hold as it is goes in base64url; one longer than a key
+    """The provenance of an image of a remote artifact, as keys and values a platform keeps on a revision (empty
+    for any other image). A value the platform cannot hold as it is goes in base64url; one longer than a key
     holds continues in ``<key>.2``...; beyond ``parts_max`` keys it is cut (ending in ``...``)."""
-    found = Provenance.from_labels(labels)
+    found = remote(labels)
     if found is None:
         return {}
     out: dict[str, str] = {}

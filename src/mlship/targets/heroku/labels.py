@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from mlship.artifacts.provenance import serving_text
+from mlship.artifacts.provenance import remote
 from mlship.errors import TargetError
 from mlship.targets.heroku.api import REGISTRY_ENV
 from mlship.targets.heroku.registry import SCHEMA2, _base, _get
@@ -52,18 +52,18 @@ def remember(host: str, app: str, key: str, tag: str, image_id: str) -> None:
 
 
 def serving_of(host: str, app: str, key: str, short_ids: list[str]) -> dict[str, str]:
-    """The code+model pair of each image (12 hex ids, as releases name them): read from the registry, one
-    client for all; an image without the tag (pushed before mlship tagged it) or an unreachable registry is left
-    out (a status never fails for want of it)."""
+    """The code+model pair of each image of a remote artifact (12 hex ids, as releases name them): read from the
+    registry, one client for all; an image without the tag (pushed before mlship tagged it), of a model file next
+    to mlship.yaml, or an unreachable registry is left out (a status never fails for want of it)."""
     found: dict[str, str] = {}
     name, base = f"{app}/web", _base(host)
     try:
         with httpx.Client(timeout=10.0) as http:
             for short in dict.fromkeys(short_ids):
                 labels = _labels(http, f"{base}/v2/{name}", key, tag_of(short))
-                text = serving_text(labels) if labels is not None else None
-                if text is not None:
-                    found[short] = text
+                prov = remote(labels) if labels is not None else None
+                if prov is not None:
+                    found[short] = prov.text()
     except httpx.HTTPError:
         pass
     return found
