@@ -163,6 +163,19 @@ def test_a_retried_task_finds_its_manifest_and_does_nothing(project: Path, tmp_p
     assert "skipped" not in run_task(env, contract=project, workers=1, say=lambda _line: None)
 
 
+@pytest.mark.parametrize("slot", [{"CLOUD_RUN_TASK_INDEX": "1", "CLOUD_RUN_TASK_COUNT": "2"},
+                                  {"AWS_BATCH_JOB_ARRAY_INDEX": "1", "MLSHIP_BATCH_TASK_COUNT": "2"},
+                                  {"MLSHIP_BATCH_TASK_INDEX": "1", "MLSHIP_BATCH_TASK_COUNT": "2"}])
+def test_each_platforms_task_index_picks_the_same_shard(project: Path, tmp_path: Path, slot: dict[str, str]) -> None:
+    pq.write_table(rows_table(1_000, seed=15), tmp_path / "rows.parquet", row_group_size=300)
+    env = {"MLSHIP_BATCH_INPUT": str(tmp_path / "rows.parquet"), "MLSHIP_BATCH_OUTPUT": str(tmp_path / "out"), **slot}
+    manifest = run_task(env, contract=project, workers=1, say=lambda _line: None)
+    rows = manifest["rows"]
+    assert (manifest["task"], manifest["count"]) == (1, 2) and abs(rows - 500) <= 1  # the second half
+    part = pq.read_table(tmp_path / "out" / part_name(1, 2, "parquet"))
+    assert part.column("id").to_pylist() == list(range(1_000 - rows, 1_000))
+
+
 def test_the_module_runs_as_a_command_and_fails_with_what_why_fix(project: Path, tmp_path: Path) -> None:
     pq.write_table(rows_table(300, seed=9), tmp_path / "rows.parquet")
     env = {"PATH": "/usr/bin:/bin", "CLOUD_RUN_TASK_INDEX": "0", "CLOUD_RUN_TASK_COUNT": "1",
@@ -269,3 +282,14 @@ def test_a_task_that_fails_once_is_retried_and_the_job_succeeds(
     assert fixed and "b.parquet cannot be read as parquet" in fixed[0] and "retry 1 of 2" in fixed[0]
     got = pa.concat_tables([pq.read_table(p) for p in report.outputs])
     assert got.column("id").to_pylist() == list(range(6_000))
+
+    # a task that fails every time: the job fails, the command exits 1, the report names the task and its lines
+    (folder / "b.parquet").write_bytes(good[:-4] + b"XXXX")
+    result = CliRunner().invoke(app, ["batch", "-f", str(project), "-i", str(folder), "-o", str(tmp_path / "out2"),
+                                      "--target", "local", "--tasks", "3", "--max-retries", "0", "--json"])
+    assert result.exit_code == 1, result.output
+    failed = json.loads(result.stdout)
+    assert failed["kind"] == "batch" and not failed["ok"] and failed["failed"] >= 1 and failed["retries"] == 0
+    assert "1" in failed["failed_logs"] and any("b.parquet cannot be read as parquet" in line
+                                                for line in failed["failed_logs"]["1"])
+    assert failed["rows"] < 6_000 and failed["succeeded"] == 3 - failed["failed"]
