@@ -248,8 +248,15 @@ def test_local_target_runs_three_tasks_of_the_batch_image_equal_to_in_process(
     assert report.image is not None and layer_mb(report.image) > 0
     left = docker_engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={report.job_id}"})
     assert left == []  # every task container removed
+    # every image has `mlship-batch`: the serving image says what is missing, the batch image has it
+    serving = docker_engine.containers.run(report.image.removesuffix("-batch"), ["mlship-batch"], detach=True)
+    try:
+        assert serving.wait(timeout=60)["StatusCode"] == 1
+        assert "this image has no pyarrow" in serving.logs().decode()
+    finally:
+        serving.remove(force=True)
     print(f"\nbatch layer: +{layer_mb(report.image)} MB; 3 local tasks over 30,000 rows: {report.seconds:.1f}s "
-          f"(in-process {lines and ''}{_in_process_seconds(project, tmp_path):.1f}s)")
+          f"(in-process {_in_process_seconds(project, tmp_path):.1f}s)")
 
 
 def _in_process_seconds(project: Path, tmp_path: Path) -> float:
