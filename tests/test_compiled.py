@@ -381,7 +381,7 @@ def test_image_serves_the_compiled_model_without_sklearn(iris_image: tuple[Path,
     # numpy's build tools, headers, stubs and test modules, ...) and the server's packages carry no debug information
     # (SERVER_STRIP); the Python module links onnxruntime in, so the server still starts (the session's tests serve
     # from this image)
-    left = image_leftovers(client, tag)
+    left, _ = image_leftovers(client, tag)
     assert left == {"pruned_but_present": [], "unstripped": [], "kept": ["numpy", "onnxruntime", "uvloop"]}, left
 
 
@@ -411,9 +411,11 @@ print(json.dumps({"pruned_but_present": pruned, "unstripped": unstripped,
 """
 
 
-def image_leftovers(client: Any, tag: str) -> dict[str, list[str]]:
-    """:data:`LEFTOVERS` run in the image ``tag``."""
+def image_leftovers(client: Any, tag: str, then: str = "", *args: str) -> tuple[dict[str, list[str]], str]:
+    """:data:`LEFTOVERS` run in the image ``tag``, then the code ``then`` (in the same container: its arguments are
+    sys.argv[2:]); (the leftovers, the last line ``then`` printed)."""
     from mlship.image.rules import COMPILED_PRUNE
 
-    out = client.containers.run(tag, ["python", "-c", LEFTOVERS, json.dumps(COMPILED_PRUNE)], remove=True)
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    out = client.containers.run(tag, ["python", "-c", LEFTOVERS + then, json.dumps(COMPILED_PRUNE), *args],
+                                remove=True).decode().strip().splitlines()
+    return dict(json.loads(out[-2 if then else -1])), out[-1] if then else ""

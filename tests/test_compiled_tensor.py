@@ -6,6 +6,8 @@ requests coalesced into one model call with each request's own answer and own 42
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TEST_BASE_IMAGE, build_image, load_example_module, metric, running
@@ -27,6 +30,7 @@ from mlship.cli import app
 from mlship.compiled_tensor import probe_tensors
 from mlship.contract_io import load_project
 from mlship.serving.predictor import Predictor
+from test_compiled import image_leftovers
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_EXAMPLE = REPO / "examples" / "torch-digits"
@@ -241,6 +245,22 @@ def test_compiled_image_has_no_framework_and_answers(project: Path, docker_engin
     assert not {"torch", "tensorflow", "keras", "tf_keras"} & set(listing), listing  # nor their import folders
     assert "onnxruntime" in packages and "numpy" in packages and "pillow" in packages, packages
     assert not packages & {"torch", "tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx"}, packages
+    # what the server never imports is gone, the rest carries no debug information (image/rules.py); and Pillow
+    # without its other codecs still decodes what input.tensor.image accepts: an RGB PNG at twice the size of the
+    # first example, converted to grey and resized in the image, is that example's digit
+    c = load_project(project).contract
+    digit = np.kron(np.asarray(c.examples[0].input["input"]) * 255 / 16, np.ones((2, 2)))
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([digit] * 3, axis=-1).round().astype(np.uint8), "RGB").save(buf, "PNG")
+    png = ("\nfrom pathlib import Path\nfrom mlship.contract_io import load_project\n"
+           "from mlship.serving.predictor import Predictor\nfrom mlship.serving.validation import make_validator\n"
+           "p = load_project(Path('/app/mlship.yaml'))\nm = Predictor(p)\nm.load()\n"
+           "rows = make_validator(p.contract.input, 8).validate(json.loads(sys.argv[2])).rows\n"
+           "print(json.dumps([m.compiled is not None, m.predict(rows)[0]['label']]))\n")
+    body = json.dumps({"input": {"b64": base64.b64encode(buf.getvalue()).decode()}})
+    left, decoded = image_leftovers(docker_engine, tag, png, body)
+    assert left == {"pruned_but_present": [], "unstripped": [], "kept": ["PIL", "numpy", "onnxruntime", "uvloop"]}, left
+    assert json.loads(decoded) == [True, "0"], decoded
     result = invoke("test", "--json", "-f", str(project / "mlship.yaml"), "--image", tag)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
