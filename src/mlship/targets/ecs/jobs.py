@@ -13,12 +13,13 @@ retries of its own; the worker skips a shard whose manifest is already complete.
 the cost estimate from Fargate's list prices (``targets.ecs.batch``). Ctrl-C (or any error) stops the job's running
 tasks before it propagates. Everything is tagged (the service's tags and ``job.labels``).
 
-``checks``: the ECS preflight with the batch job's IAM actions, plus the input listed and the output bucket found.
+``checks``: the ECS preflight with the batch job's IAM actions (s3:// input and output only).
 ``remove``: what destroy removes for batch jobs (the task definitions, the log group, the tasks' role).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -39,7 +40,6 @@ from mlship.targets.ecs.jobs_spec import (
     fargate_size,
     overrides,
     s3_policy,
-    split_s3,
     task_definition,
 )
 from mlship.targets.ecs.options import EcsOptions
@@ -90,7 +90,8 @@ def run(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str, progres
     try:
         _loop(aws, n, job, shards, launch, seconds, progress, poll_s)
     except BaseException:
-        _stop_all(aws, n, [s for s in shards if s.state == "running"], "mlship batch was interrupted")
+        with contextlib.suppress(TargetError):  # the error that stopped the job is the one to report
+            _stop_all(aws, n, [s for s in shards if s.state == "running"], "mlship batch was interrupted")
         raise
     failed = [s for s in shards if s.state == "failed"]
     region = aws.region
@@ -136,7 +137,7 @@ def _ensure_task_role(aws: Aws, bn: Names, tag_map: dict[str, str], job: BatchJo
         role = aws.call(f"create role {bn.role}", "iam", "create_role", action="iam:CreateRole", RoleName=bn.role,
                         AssumeRolePolicyDocument=json.dumps(TASKS_TRUST), Tags=key_value(tag_map),
                         Description=f"The role of the mlship batch tasks of {bn.service}")["Role"]
-    elif not owned(role.get("Tags") or resources._role_tags(aws, bn), bn.service):
+    elif not owned(role.get("Tags") or resources._role_tags(aws, bn, bn.role), bn.service):
         raise resources.not_ours("IAM role", bn.role, bn.service)
     aws.call(f"put the S3 policy of {bn.role}", "iam", "put_role_policy", action="iam:PutRolePolicy",
              RoleName=bn.role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(s3_policy(job)))
@@ -246,62 +247,23 @@ def batch_actions(opts: EcsOptions) -> list[str]:
 
 
 def checks(opts: EcsOptions, client_factory: ClientFactory | None, job: BatchJob) -> list[Check]:
-    """The ECS preflight for a batch job (one Availability Zone will do), then the input and the output."""
+    """The ECS preflight for a batch job (one Availability Zone will do: no load balancer); the core checks that the
+    input lists and the output takes a write (batch/remote.py)."""
     from mlship.targets.ecs import preflight
 
     bad = [uri for uri in (job.input_uri, job.output_uri) if not uri.startswith("s3://")]
     if bad:
         error = not_s3(bad[0])
         return [Check(name="storage", ok=False, detail=error.message, fix=error.fix)]
-    found = preflight.checks(opts, client_factory, actions=batch_actions(opts), zones=1)
-    if not all(c.ok for c in found if c.name in ("region", "credentials")):
-        return found
-    aws = Aws(opts, client_factory=client_factory, attempts=1, timeout_s=preflight.TIMEOUT_S)
-    try:
-        return [*found, _input(aws, job.input_uri), _output(aws, job.output_uri)]
-    finally:
-        aws.close()
-
-
-def _input(aws: Aws, uri: str) -> Check:
-    bucket, key = split_s3(uri)
-    try:
-        listed = aws.call(f"list {uri}", "s3", "list_objects_v2", action="s3:ListBucket", Bucket=bucket, Prefix=key,
-                          MaxKeys=1)
-    except TargetError as exc:
-        return Check(name="input", ok=False, detail=exc.message, fix=exc.fix)
-    if not listed.get("KeyCount"):
-        return Check(name="input", ok=False, detail=f"nothing at {uri}",
-                     fix="Upload the input there first, or fix --input (a file or a prefix of files).")
-    return Check(name="input", ok=True, detail=f"{uri} lists")
-
-
-def _output(aws: Aws, uri: str) -> Check:
-    bucket, _ = split_s3(uri)
-    try:
-        aws.call(f"find bucket {bucket}", "s3", "head_bucket", action="s3:ListBucket", Bucket=bucket)
-    except TargetError as exc:
-        return Check(name="output", ok=False, detail=exc.message,
-                     fix=f"Create the bucket {bucket} (`aws s3 mb s3://{bucket}`) or fix --output.")
-    return Check(name="output", ok=True, detail=f"bucket {bucket} exists")
+    return preflight.checks(opts, client_factory, actions=batch_actions(opts), zones=1)
 
 
 # --- destroy ------------------------------------------------------------------------------------------------
 def remove(aws: Aws, n: Names) -> list[str]:
     """What batch jobs left for the service: the task definitions, the log group, the tasks' role (each only when
     tagged for it)."""
-    from mlship.targets.ecs.teardown import deregister
+    from mlship.targets.ecs.teardown import _drop_role, _log_group, deregister
 
     bn = batch_names(n)
-    removed = deregister(aws, bn, service.revisions(aws, bn))
-    if resources.find_log_group(aws, bn) is not None:
-        aws.call(f"delete log group {bn.log_group}", "logs", "delete_log_group", action="logs:DeleteLogGroup",
-                 logGroupName=bn.log_group)
-        removed.append(f"log group {bn.log_group}")
-    role = resources.find_role(aws, bn)
-    if role is not None and owned(role.get("Tags") or resources._role_tags(aws, bn), n.service):
-        aws.call(f"delete the policy of {bn.role}", "iam", "delete_role_policy", action="iam:DeleteRolePolicy",
-                 missing=("NoSuchEntity",), RoleName=bn.role, PolicyName=POLICY_NAME)
-        aws.call(f"delete role {bn.role}", "iam", "delete_role", action="iam:DeleteRole", RoleName=bn.role)
-        removed.append(f"batch task role {bn.role}")
-    return removed
+    return (deregister(aws, bn, service.revisions(aws, bn)) + _log_group(aws, bn)
+            + _drop_role(aws, bn, bn.role, {"PolicyName": POLICY_NAME}, f"batch task role {bn.role}"))

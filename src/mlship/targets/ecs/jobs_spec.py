@@ -14,7 +14,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from mlship.batch.jobs import WORKER_COMMAND, BatchJob, task_env
+from mlship.batch.jobs import WORKER_MODULE_COMMAND, BatchJob, task_env
 from mlship.errors import TargetError
 from mlship.targets.ecs.options import FARGATE_SIZES, EcsOptions
 from mlship.targets.ecs.spec import Names, key_value, tags
@@ -58,7 +58,7 @@ def task_definition(opts: EcsOptions, bn: Names, job: BatchJob, *, image: str, r
     overrides (``overrides``), so one revision serves every job of the same image and size."""
     cpu, memory = fargate_size(job.cpu, job.memory_mib)
     container = {
-        "name": CONTAINER, "image": image, "essential": True, "command": list(WORKER_COMMAND),
+        "name": CONTAINER, "image": image, "essential": True,  # the batch image's command: the worker
         "memory": memory,  # the container may use all of the task's memory (and moto's RunTask reads it here)
         "environment": [{"name": k, "value": v} for k, v in sorted(opts.environment().items())],
         "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(opts.secrets.items())],
@@ -125,7 +125,8 @@ def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region:
                                   "if missing)"),
         f"ECS cluster {n.cluster} if missing (FARGATE)",
         f"task definition family {bn.family}: a revision only if the latest differs (FARGATE, cpu {cpu}, memory "
-        f"{memory} MiB from --cpu {job.cpu:g} --memory {job.memory_mib}, command {' '.join(WORKER_COMMAND)}, "
+        f"{memory} MiB from --cpu {job.cpu:g} --memory {job.memory_mib}, the image's command ("
+        f"{' '.join(WORKER_MODULE_COMMAND)}), "
         f"awslogs to {bn.log_group})",
         f"RunTask {job.tasks} task(s), one call each (a call's overrides go to all its tasks; each task gets its own "
         f"MLSHIP_BATCH_TASK_INDEX, and MLSHIP_BATCH_TASK_COUNT={job.tasks}), at most {job.parallelism} running; "

@@ -1,0 +1,429 @@
+"""`mlship batch --target ecs`: batch jobs as ECS RunTask fan-out, against moto in server mode (ECS, ECR's API,
+IAM, CloudWatch Logs, S3) with the real boto3 client; the tasks run on the local Docker engine through the test-side
+agent (tests/emulators/ecs_runtask.py: host networking, so the tasks reach moto's S3 on loopback).
+
+The fan-out's mechanics (parallelism, per-task overrides, retries after a lost task, a shard that always fails, the
+timeout, Ctrl-C, destroy) run a small image of this file's own whose `mlship-batch` writes one object per shard;
+test_batch_ecs_worker.py runs the real batch image end to end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import build_from_files, copy_project
+from emulators import ecs_fixtures
+from emulators.ecs_fixtures import REGION, remove_pushed, tagged_left
+from emulators.ecs_moto import MotoServer
+from emulators.ecs_runtask import RunTaskAgent
+from mlship.batch.jobs import BatchJob, batch_job
+from mlship.cli import app
+from mlship.contract_io import load_project
+from mlship.targets.ecs import EcsTarget
+from mlship.targets.ecs.jobs_spec import cost, fargate_size
+
+aws = ecs_fixtures.aws
+moto = ecs_fixtures.moto
+
+TINY_WORKER = textwrap.dedent('''\
+    #!/usr/bin/env python3
+    """A stand-in worker: says which shard it runs, takes SHARD_SECONDS, fails for the shards in FAIL_SHARDS."""
+    import os, sys, time
+    i, n = int(os.environ["MLSHIP_BATCH_TASK_INDEX"]), int(os.environ["MLSHIP_BATCH_TASK_COUNT"])
+    print(f"shard {i} of {n}, job {os.environ['MLSHIP_BATCH_JOB']}", flush=True)
+    time.sleep(float(os.environ.get("SHARD_SECONDS", "0")))
+    if str(i) in os.environ.get("FAIL_SHARDS", "").split(","):
+        print(f"shard {i}: cannot score this shard", flush=True)
+        sys.exit(3)
+    print(f"shard {i}: done", flush=True)
+''')
+
+
+
+@pytest.fixture(scope="module")
+def runner(docker_engine: Any, moto: MotoServer) -> Iterator[RunTaskAgent]:
+    agent = RunTaskAgent(docker_engine, moto, REGION, stop_grace_s=5).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        left = [c for c in agent.containers() if c.status != "removing"]
+        for container in left:
+            container.remove(force=True)
+        assert not left, f"containers left behind: {left}"
+        assert agent.errors == [], agent.errors
+
+
+@pytest.fixture(scope="module")
+def tiny_image(docker_engine: Any) -> Iterator[str]:
+    from conftest import TEST_BASE_IMAGE
+
+    tag = f"mlship-batch-tiny:{uuid.uuid4().hex[:8]}"
+    files = {"Dockerfile": f"FROM {TEST_BASE_IMAGE}\nCOPY mlship-batch /usr/local/bin/mlship-batch\n"
+                           "RUN chmod 755 /usr/local/bin/mlship-batch\nCMD [\"mlship-batch\"]\n".encode(),
+             "mlship-batch": TINY_WORKER.encode()}
+    build_from_files(docker_engine, files, tag)
+    yield tag
+    docker_engine.images.remove(tag, force=True)
+
+
+@pytest.fixture
+def batch_env(aws: MotoServer, registry: str, runner: RunTaskAgent, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    monkeypatch.setenv("MLSHIP_ECR_REGISTRY", registry)
+    # moto stores an empty object for an upload with the checksum trailers newer AWS SDKs (pyarrow's) send
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
+    monkeypatch.setattr(EcsTarget, "poll_s", 0.2)
+    return aws
+
+
+@pytest.fixture
+def bucket(aws: MotoServer) -> Iterator[str]:
+    import boto3
+
+    s3 = boto3.client("s3", region_name=REGION)
+    name = f"batch-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket=name, Key="in/rows.csv", Body=b"a,b\n1,2\n")
+    yield name
+    for item in s3.list_objects_v2(Bucket=name).get("Contents", []):
+        s3.delete_object(Bucket=name, Key=item["Key"])
+    s3.delete_bucket(Bucket=name)
+    s3.close()
+
+
+@pytest.fixture
+def new_target(batch_env: MotoServer, iris_dir: Path, tmp_path: Path,
+               docker_engine: Any) -> Iterator[Callable[..., EcsTarget]]:
+    """new_target(**options): an ecs target for a service of its own; destroyed afterwards (and nothing tagged
+    for it may be left), its pushed images removed."""
+    made: list[EcsTarget] = []
+
+    def make(**options: Any) -> EcsTarget:
+        name = f"batch-{uuid.uuid4().hex[:8]}"
+        made.append(EcsTarget(copy_project(iris_dir, tmp_path / name, name=name, targets={"ecs": options}),
+                              options))
+        return made[-1]
+
+    yield make
+    for target in made:
+        removed = target.destroy()
+        target.close()
+        remove_pushed(docker_engine, target.service)
+        assert left_after(target.service) == [], removed
+
+
+def left_after(service: str) -> list[str]:
+    """What still carries the service's tag, but the job's stopped tasks (ECS lists a stopped task for a while
+    after it stopped, as it lists a deleted service as INACTIVE)."""
+    import boto3
+
+    ecs = boto3.client("ecs", region_name=REGION)
+    left = []
+    for arn in tagged_left(service):
+        if ":task/" in arn:
+            cluster = arn.rpartition(":task/")[2].split("/")[0]
+            if ecs.describe_tasks(cluster=cluster, tasks=[arn])["tasks"][0]["lastStatus"] == "STOPPED":
+                continue
+        left.append(arn)
+    ecs.close()
+    return left
+
+
+def objects(bucket: str, prefix: str) -> dict[str, bytes]:
+    import boto3
+
+    s3 = boto3.client("s3", region_name=REGION)
+    try:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+        return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    finally:
+        s3.close()
+
+
+def done_shards(target: EcsTarget, job_id: str) -> list[str]:
+    """The "shard i of n" lines of the job's tasks that finished, from the job's log group (CloudWatch Logs)."""
+    import boto3
+
+    logs = boto3.client("logs", region_name=REGION)
+    group = f"/mlship/{target.service}/batch"
+    found = []
+    for stream in logs.describe_log_streams(logGroupName=group)["logStreams"]:
+        lines = [e["message"] for e in logs.get_log_events(logGroupName=group,
+                                                           logStreamName=stream["logStreamName"])["events"]]
+        if lines and lines[0].endswith(f"job {job_id}") and lines[-1].endswith(": done"):
+            found.append(lines[0].partition(",")[0])
+    logs.close()
+    return sorted(found)
+
+
+def job_for(target: EcsTarget, bucket: str, **flags: Any) -> BatchJob:
+    return batch_job(target.project, input_uri=f"s3://{bucket}/in/", output_uri=f"s3://{bucket}/out/", **flags)
+
+
+def run_tasks(moto: MotoServer, mark: int) -> list[dict[str, Any]]:
+    return [params for _, action, params in moto.since(mark) if action == "RunTask"]
+
+
+def task_index(params: dict[str, Any]) -> int:
+    env = params["overrides"]["containerOverrides"][0]["environment"]
+    return int(next(e["value"] for e in env if e["name"] == "MLSHIP_BATCH_TASK_INDEX"))
+
+
+# --- pure ----------------------------------------------------------------------------------------------------
+def test_fargate_size_and_cost() -> None:
+    assert fargate_size(1.0, 2048) == (1024, 2048)
+    assert fargate_size(0.25, 300) == (256, 512)
+    assert fargate_size(1.5, 1000) == (2048, 4096)  # 1.5 vCPU: the next size up, and its smallest memory
+    assert fargate_size(0.5, 5000) == (1024, 5120)  # 0.5 vCPU offers at most 4 GB
+    with pytest.raises(Exception, match="Fargate has no task with 32 vCPU"):
+        fargate_size(32, 2048)
+    # per second, one-minute minimum: 30 s is billed as 60 s
+    assert cost([30, 120], 1024, 2048, 0.04048, 0.004445) == round((60 + 120) * (0.04048 + 2 * 0.004445) / 3600, 6)
+
+
+# --- plan and preflight (no Docker) ----------------------------------------------------------------------------
+def test_plan_needs_no_credentials(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    target = EcsTarget(load_project(iris_dir), {"region": REGION, "batch": {"vcpu_hour_usd": 0.05}})
+    job = batch_job(target.project, input_uri="s3://b/in/", output_uri="s3://b/out/", tasks=50, parallelism=10,
+                    cpu=2, memory_mib=3000)
+    text = "\n".join(target.batch_plan(job, "iris:1.0.0-batch"))
+    assert "task definition family mlship-iris-batch" in text
+    assert "cpu 2048, memory 4096 MiB from --cpu 2 --memory 3000" in text
+    assert "RunTask 50 task(s), one call each" in text and "at most 10 running" in text
+    assert "MLSHIP_BATCH_INPUT=s3://b/in/" in text and "MLSHIP_BATCH_TASK_COUNT=50" in text
+    assert "role mlship-iris-jobs (created: trusts ecs-tasks.amazonaws.com; inline policy mlship-batch-s3" in text
+    assert "$0.05/vCPU-hour" in text and f"mlship-batch-job={job.job_id}" in text
+
+
+def test_preflight(iris_dir: Path, aws: MotoServer, bucket: str) -> None:
+    target = EcsTarget(load_project(iris_dir), {})
+    mark = aws.mark()
+    started = time.monotonic()
+    checks = {c.name: c for c in target.batch_preflight(job_for(target, bucket, tasks=2))}
+    took = time.monotonic() - started
+    assert all(c.ok for c in checks.values()), checks
+    assert list(checks) == ["region", "credentials", "network", "permissions"]
+    assert took < 5 and aws.since(mark, mutating=True) == []
+    simulated = aws.last("SimulatePrincipalPolicy") or {}
+    assert {"ecs:RunTask", "ecs:StopTask", "iam:PassRole", "iam:PutRolePolicy"} <= set(simulated.values())
+    assert "elasticloadbalancing:CreateLoadBalancer" not in set(simulated.values())  # a job makes no load balancer
+
+    aws.denied = {"ecs:RunTask"}
+    [*_, permissions] = target.batch_preflight(job_for(target, bucket, tasks=2))
+    assert not permissions.ok and "ecs:RunTask" in permissions.detail
+    aws.denied = set()
+
+
+def test_preflight_refuses_local_files_and_needs_credentials(iris_dir: Path, aws: MotoServer, bucket: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    target = EcsTarget(load_project(iris_dir), {})
+    [storage] = target.batch_preflight(batch_job(target.project, input_uri="rows.parquet",
+                                                 output_uri=f"s3://{bucket}/out/", tasks=2))
+    assert not storage.ok and "not rows.parquet" in storage.detail and "aws s3 cp" in (storage.fix or "")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    mark = aws.mark()
+    checks = target.batch_preflight(job_for(target, bucket, tasks=2))
+    assert [(c.name, c.ok) for c in checks] == [("region", True), ("credentials", False)]
+    assert aws.since(mark) == []
+
+
+# --- the fan-out (Docker: the agent runs the tasks) ----------------------------------------------------------------
+def test_fan_out_runs_each_shard_once_with_its_index(batch_env: MotoServer, runner: RunTaskAgent, tiny_image: str,
+                                                     new_target: Callable[..., EcsTarget], bucket: str) -> None:
+    target = new_target()
+    job = job_for(target, bucket, tasks=4, parallelism=2, max_retries=2)
+    lines: list[str] = []
+    mark, peak = batch_env.mark(), runner.running_peak
+    runner.running_peak = 0
+    result = target.run_batch(job, tiny_image, lines.append)
+    assert (result.tasks, result.succeeded, result.failed, result.retries) == (4, 4, 0, 0), result
+    assert done_shards(target, job.job_id) == [f"shard {i} of 4" for i in range(4)]
+    runs = run_tasks(batch_env, mark)
+    assert sorted(task_index(p) for p in runs) == [0, 1, 2, 3]
+    assert all(p["count"] == 1 and p["launchType"] == "FARGATE" for p in runs)
+    assert {"key": "mlship-batch-job", "value": job.job_id} in runs[0]["tags"]
+    assert runner.running_peak <= 2, f"{runner.running_peak} tasks ran at once with parallelism 2"
+    runner.running_peak = max(peak, runner.running_peak)
+    assert "4/4 tasks done, 0 failed, 0 running" in lines
+    assert result.cost_usd is not None and result.cost_usd >= 4 * 60 * (0.04048 + 2 * 0.004445) / 3600 - 1e-6
+    assert result.console and f"clusters/{target.names.cluster}/tasks" in result.console
+    registered = [p for _, a, p in batch_env.since(mark) if a == "RegisterTaskDefinition"]
+    assert [p["family"] for p in registered] == [f"mlship-{target.service}-batch"]
+    print(f"\necs RunTask fan-out, 4 tasks of the small image, parallelism 2: {result.seconds:.2f}s submit -> done")
+
+    mark = batch_env.mark()  # the same image and size again: the revision is reused
+    again = target.run_batch(job_for(target, bucket, tasks=2), tiny_image, lambda line: None)
+    assert again.succeeded == 2, "\n".join(again.failed_logs[0])
+    assert [a for _, a, _ in batch_env.since(mark) if a == "RegisterTaskDefinition"] == []
+
+
+def test_a_lost_task_is_run_again(batch_env: MotoServer, runner: RunTaskAgent, tiny_image: str,
+                                  new_target: Callable[..., EcsTarget], bucket: str) -> None:
+    target = new_target(env={"SHARD_SECONDS": "3"})
+    runner.interrupt_next(1, after_s=0.5)
+    mark = batch_env.mark()
+    result = target.run_batch(job_for(target, bucket, tasks=3, max_retries=1), tiny_image, lambda line: None)
+    assert (result.succeeded, result.failed, result.retries) == (3, 0, 1), result
+    assert sorted(task_index(p) for p in run_tasks(batch_env, mark)) == [0, 1, 1, 2]
+    assert done_shards(target, result.job_id) == [f"shard {i} of 3" for i in range(3)]
+
+
+def test_a_shard_that_always_fails(batch_env: MotoServer, tiny_image: str, new_target: Callable[..., EcsTarget],
+                                   bucket: str) -> None:
+    target = new_target(env={"FAIL_SHARDS": "2"})
+    lines: list[str] = []
+    mark = batch_env.mark()
+    result = target.run_batch(job_for(target, bucket, tasks=3, max_retries=1), tiny_image, lines.append)
+    assert (result.succeeded, result.failed, result.retries) == (2, 1, 1), result
+    assert sorted(task_index(p) for p in run_tasks(batch_env, mark)) == [0, 1, 2, 2]
+    why, *logs = result.failed_logs[2]
+    assert why == "after 2 attempt(s): Essential container in task exited (exit code 3)"
+    assert logs[-2:] == [f"shard 2 of 3, job {result.job_id}", "shard 2: cannot score this shard"]
+    assert lines[-1] == "2/3 tasks done, 1 failed, 0 running, 1 retried"
+
+
+def test_timeout_and_interrupt_stop_the_tasks(batch_env: MotoServer, runner: RunTaskAgent, tiny_image: str,
+                                              new_target: Callable[..., EcsTarget], bucket: str) -> None:
+    target = new_target(env={"SHARD_SECONDS": "60"})
+    started = time.monotonic()
+    result = target.run_batch(job_for(target, bucket, tasks=1, max_retries=0, timeout_s=3), tiny_image,
+                              lambda line: None)
+    assert result.failed == 1 and time.monotonic() - started < 40
+    assert "ran past the job's timeout" in result.failed_logs[0][0], result.failed_logs
+
+    def interrupt(line: str) -> None:
+        if "2 running" in line:
+            raise KeyboardInterrupt
+
+    mark = batch_env.mark()
+    with pytest.raises(KeyboardInterrupt):
+        target.run_batch(job_for(target, bucket, tasks=2), tiny_image, interrupt)
+    stopped = [p for _, a, p in batch_env.since(mark) if a == "StopTask"]
+    assert len(stopped) == 2 and all(p["reason"] == "mlship batch was interrupted" for p in stopped)
+    deadline = time.monotonic() + 30
+    while any(not r.done for r in runner.runs.values()) and time.monotonic() < deadline:
+        threading.Event().wait(0.2)
+    assert all(r.done for r in runner.runs.values())
+
+
+# --- the real batch image end to end: `mlship batch --target ecs` on moto's S3 -----------------------------------
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def batch_project(batch_env: MotoServer, iris_dir: Path, tmp_path: Path, base_image_env: str,
+                  docker_engine: Any) -> Iterator[Path]:
+    """An iris project of its own service name; what its jobs made is destroyed afterwards (nothing tagged left)."""
+    name = f"eb-{uuid.uuid4().hex[:8]}"
+    root = copy_project(iris_dir, tmp_path / name, name=name, targets={"ecs": {}}).root
+    yield root
+    with EcsTarget(load_project(root), {}) as target:
+        removed = target.destroy()
+    remove_pushed(docker_engine, name)
+    assert left_after(name) == [], removed
+
+
+def upload_rows(bucket: str, tmp_path: Path, rows: int) -> Path:
+    """``rows`` iris rows as s3://<bucket>/in/rows.parquet (row groups of 2,500); the local copy's path."""
+    import boto3
+
+    rng = np.random.default_rng(7)
+    table = pa.table({"id": np.arange(rows) * 3 + 1, **{f: rng.uniform(0.1, 7.9, rows) for f in FEATURES}})
+    local = tmp_path / "rows.parquet"
+    pq.write_table(table, local, row_group_size=2500)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.delete_object(Bucket=bucket, Key="in/rows.csv")
+    s3.upload_file(str(local), bucket, "in/rows.parquet")
+    s3.close()
+    return local
+
+
+def test_cli_batch_on_ecs_equals_the_in_process_run(batch_project: Path, bucket: str, runner: RunTaskAgent,
+                                                     tmp_path: Path) -> None:
+    local = upload_rows(bucket, tmp_path, 20_000)
+    runner.interrupt_next(1, after_s=0.2)  # shard 1's first task loses its host: mlship runs it again
+    result = invoke("batch", "--target", "ecs", "--tasks", "4", "--parallelism", "2", "--memory", "1024", "-f",
+                    str(batch_project), "-i", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["rows"], report["tasks"], report["succeeded"], report["failed"], report["retries"]) == \
+        (20_000, 4, 4, 0, 1)
+    assert report["cost_usd"] > 0 and report["console"].startswith(f"https://{REGION}.console.aws.amazon.com/ecs/")
+    parts = objects(bucket, "out/part-")
+    assert [k.split("/")[-1] for k in sorted(parts)] == [f"part-{i:05d}-of-00004.parquet" for i in range(4)]
+    got = pa.concat_tables([pq.read_table(io.BytesIO(parts[k])) for k in sorted(parts)])
+    here = invoke("batch", "-f", str(batch_project), "-i", str(local), "-o", str(tmp_path / "here.parquet"),
+                  "--workers", "1")
+    assert here.exit_code == 0, here.output
+    want = pq.read_table(tmp_path / "here.parquet")
+    assert got.column_names == want.column_names and got.equals(want)  # same rows, same order, same values
+    print(f"\necs RunTask fan-out on moto, real batch image: 20,000 rows in 4 tasks (2 at once, one run again) in "
+          f"{report['seconds']:.1f}s submit -> done")
+
+
+def test_cli_batch_a_shard_that_always_fails_exits_1_with_its_last_lines(batch_project: Path, bucket: str,
+                                                                          tmp_path: Path) -> None:
+    import boto3
+
+    upload_rows(bucket, tmp_path, 4_000)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=bucket, Key="in/z-broken.parquet", Body=b"PAR1 this is not parquet " * 40)
+    s3.close()
+    result = invoke("batch", "--target", "ecs", "--tasks", "4", "--max-retries", "1", "--memory", "1024",
+                    "-f", str(batch_project), "-i", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/")
+    assert result.exit_code == 1, result.output
+    assert "tasks: 3/4 done, 1 failed, 1 retries" in result.stdout, result.stderr[-3000:]
+    assert "task 3 failed; its last lines:" in result.stderr and "z-broken.parquet" in result.stderr
+    assert "after 2 attempt(s): Essential container in task exited (exit code 1)" in result.stderr
+
+
+def test_cli_dry_run_prints_the_job_without_credentials(iris_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    copy_project(iris_dir, tmp_path / "p", targets={"ecs": {"region": REGION}})
+    result = invoke("batch", "--target", "ecs", "--tasks", "50", "--dry-run", "-f", str(tmp_path / "p"),
+                    "-i", "s3://b/in/", "-o", "s3://b/out/")
+    assert result.exit_code == 0, result.output
+    assert "task definition family mlship-iris-batch" in result.stdout
+    assert "RunTask 50 task(s), one call each" in result.stdout
+
+
+def test_cli_preflight_without_credentials_fails_before_any_build(iris_dir: Path, aws: MotoServer,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    from mlship.image import engine
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setattr(engine, "build", lambda *a, **k: pytest.fail("preflight must stop the run before a build"))
+    copy_project(iris_dir, tmp_path / "p", targets={"ecs": {}})
+    mark = aws.mark()
+    result = invoke("batch", "--target", "ecs", "--tasks", "2", "-f", str(tmp_path / "p"),
+                    "-i", "s3://b/in/", "-o", "s3://b/out/")
+    assert result.exit_code == 4, result.output
+    assert "No AWS credentials found." in result.output and "aws configure" in result.output
+    assert aws.since(mark, mutating=True) == []
