@@ -23,10 +23,21 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 
 def run_container(docker: Any, image: str, *, name: str, port: int, env: dict[str, str], labels: dict[str, str],
                   command: list[str] | None, args: list[str] | None, mem_limit: int | None,
-                  nano_cpus: int | None, user: str | None = None) -> tuple[Any, int]:
+                  nano_cpus: int | None, user: str | None = None, host_network: bool = False) -> tuple[Any, int]:
     """Pull ``image`` and run it detached with ``port`` published on an ephemeral 127.0.0.1 port (as ``user``
-    when given, else the image's user)."""
+    when given, else the image's user). ``host_network``: in the host's network instead, listening on a free
+    loopback port (PORT and MLSHIP_HOST set), so it reaches the emulators on loopback."""
     docker.images.pull(image)
+    if host_network:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            free = int(sock.getsockname()[1])
+        container = docker.containers.run(
+            image, name=name, detach=True, environment={**env, "PORT": str(free), "MLSHIP_HOST": "127.0.0.1"},
+            labels=labels, network_mode="host", entrypoint=command or None, command=args or None,
+            mem_limit=mem_limit, memswap_limit=mem_limit if mem_limit else None, nano_cpus=nano_cpus,
+            stop_signal="SIGTERM", **({"user": user} if user else {}))
+        return container, free
     container = docker.containers.run(
         image, name=name, detach=True, environment=env, labels=labels,
         ports={f"{port}/tcp": ("127.0.0.1", None)}, entrypoint=command or None, command=args or None,

@@ -76,6 +76,8 @@ class EcsAgent:
         self.front = AlbFront(lambda: self.elb, self._target)
         self.proxy_url = self.front.proxy_url
         self.errors: list[str] = []
+        # tasks in the host's network (a free loopback port), so they reach moto's S3 with their task role
+        self.host_network = False
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._thread = threading.Thread(target=self._loop, name=f"ecs-agent-{self.id}", daemon=True)
@@ -265,12 +267,14 @@ class EcsAgent:
                     started_by=deployment["id"], networking_configuration=svc.network_configuration)
         self.ecs.tasks.setdefault(svc.cluster_name, {})[task.task_arn] = task
         env = {e["name"]: e["value"] for e in spec.get("environment", [])}
+        env.update(self._role_credentials(td, task.task_arn))
         options = (spec.get("logConfiguration") or {}).get("options", {})
         task_id = task.task_arn.rpartition("/")[2]
         container, host_port = _runtime.run_container(
             self.docker, spec["image"], name=f"ecs-{self.id}-{task_id[:12]}", port=PORT, env=env,
             labels={LABEL: "ecs", f"{LABEL}.id": self.id, f"{LABEL}.task": task_id}, command=None, args=None,
-            mem_limit=int(td.memory) * 2**20 if td.memory else None, nano_cpus=None)
+            mem_limit=int(td.memory) * 2**20 if td.memory else None, nano_cpus=None,
+            host_network=self.host_network)
         health = spec.get("healthCheck") or {}
         patience = int(health.get("startPeriod", 0)) + int(health.get("interval", 30)) * int(health.get("retries", 3))
         self._event(svc, f"has started 1 tasks: (task {task_id}).")
@@ -280,6 +284,22 @@ class EcsAgent:
             log_group=options.get("awslogs-group", ""),
             stream=f"{options.get('awslogs-stream-prefix', 'ecs')}/{spec['name']}/{task_id}",
             target_groups=[lb["targetGroupArn"] for lb in svc.load_balancers])
+
+    def _role_credentials(self, td: Any, task_arn: str) -> dict[str, str]:
+        """What ECS gives a task with a task role: that role's temporary credentials (STS AssumeRole, as the
+        agent's credential endpoint serves them) and the region; with host networking, moto's endpoint too."""
+        role = getattr(td, "task_role_arn", None)
+        if not role:
+            return {}
+        import boto3
+
+        sts = boto3.client("sts", endpoint_url=self.moto.endpoint, region_name=self.region,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        creds = sts.assume_role(RoleArn=role, RoleSessionName=task_arn.rpartition("/")[2][:32])["Credentials"]
+        env = {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+               "AWS_SESSION_TOKEN": creds["SessionToken"], "AWS_REGION": self.region,
+               "AWS_DEFAULT_REGION": self.region, "AWS_EC2_METADATA_DISABLED": "true"}
+        return {**env, "AWS_ENDPOINT_URL": self.moto.endpoint} if self.host_network else env
 
     def _check(self, task: RunningTask, deployment: dict[str, Any]) -> None:
         code = _runtime.exit_code(task.container)

@@ -146,10 +146,12 @@ class MotoServer:
                      f"<RequestId>{request}</RequestId></ErrorResponse>").encode()]
         actions = [v for k, v in sorted(params.items(), key=lambda kv: _member_index(kv[0]))
                    if k.startswith("ActionNames.member.")]
+        resources = [v for k, v in sorted(params.items(), key=lambda kv: _member_index(kv[0]))
+                     if k.startswith("ResourceArns.member.")]
         members = "".join(
             f"<member><EvalActionName>{a}</EvalActionName><EvalResourceName>*</EvalResourceName><EvalDecision>"
-            f"{'explicitDeny' if a in self.denied else 'allowed'}</EvalDecision><MatchedStatements/>"
-            "<MissingContextValues/></member>" for a in actions)
+            f"{'explicitDeny' if a in self.denied else _role_decision(params.get('PolicySourceArn', ''), a, resources)}"
+            "</EvalDecision><MatchedStatements/><MissingContextValues/></member>" for a in actions)
         start_response("200 OK", [("Content-Type", "text/xml")])
         return [('<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
                  f"<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{members}"
@@ -183,6 +185,26 @@ def _error(code: str, status: int, *, json_protocol: bool, start_response: Any, 
     start_response(f"{status} Error", [("Content-Type", "text/xml")])
     return [(f"<ErrorResponse><Error><Type>{'Receiver' if status >= 500 else 'Sender'}</Type><Code>{code}</Code>"
              f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>").encode()]
+
+
+def _role_decision(source: str, action: str, resources: list[str]) -> str:
+    """A role moto holds, asked about resources (ResourceArns): its inline and attached policies decide, as IAM's
+    simulation does; any other question is allowed (the test's ``denied`` decides)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.iam.models import iam_backends
+
+    role = next((r for r in iam_backends[DEFAULT_ACCOUNT_ID]["global"].roles.values() if r.arn == source), None)
+    if role is None or not resources:
+        return "allowed"
+    policies = [IAMPolicy(doc) for doc in role.policies.values()] + [IAMPolicy(p) for p in
+                                                                     role.managed_policies.values()]
+    results = [p.is_action_permitted(action, resource) for resource in resources for p in policies]
+    if PermissionResult.DENIED in results:
+        return "explicitDeny"
+    allowed = all(any(p.is_action_permitted(action, r) == PermissionResult.PERMITTED for p in policies)
+                  for r in resources)
+    return "allowed" if allowed else "implicitDeny"
 
 
 def _member_index(key: str) -> int:
