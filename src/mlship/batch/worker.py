@@ -150,10 +150,10 @@ def _score(source: Any, pieces: list[Any], tmp: Path, fmt: str, chunk_rows: int,
             nonlocal rows, bad, last
             future, name, offsets = pending.popleft()
             scored = future.result()
-            parts.append(chunks / f"part-{scored.index:06d}.{fmt}")
-            rejected.append(chunks / f"rejects-{scored.index:06d}.{fmt}")
-            formats.write_table(scored.predictions, parts[-1], fmt)
-            formats.write_table(rejects_table(scored.rejects, name, offsets), rejected[-1], fmt)
+            parts.append(chunks / f"part-{scored.index:06d}{formats.PART_SUFFIX}")
+            rejected.append(chunks / f"rejects-{scored.index:06d}{formats.PART_SUFFIX}")
+            _scratch(scored.predictions, parts[-1])
+            _scratch(rejects_table(scored.rejects, name, offsets), rejected[-1])
             rows += scored.predictions.num_rows + scored.rejects.num_rows
             bad += scored.rejects.num_rows
             if time.monotonic() - last > 10:
@@ -171,14 +171,22 @@ def _score(source: Any, pieces: list[Any], tmp: Path, fmt: str, chunk_rows: int,
         while pending:
             finish()
         if not parts:  # a task without rows still writes its files, with the prediction columns
-            parts.append(chunks / f"part-empty.{fmt}")
-            rejected.append(chunks / f"rejects-empty.{fmt}")
-            formats.write_table((pool.local or Scorer(contract, 1)).empty, parts[-1], fmt)
-            formats.write_table(REJECTS_SCHEMA.empty_table(), rejected[-1], fmt)
-    # one file each, as `mlship batch` assembles its parts (an id column typed differently per file is promoted)
+            parts.append(chunks / f"part-empty{formats.PART_SUFFIX}")
+            rejected.append(chunks / f"rejects-empty{formats.PART_SUFFIX}")
+            _scratch((pool.local or Scorer(contract, 1)).empty, parts[-1])
+            _scratch(REJECTS_SCHEMA.empty_table(), rejected[-1])
+    # one file each, encoded once, as `mlship batch` assembles its parts (an id column typed differently per file
+    # is promoted)
     formats.concat_files(parts, tmp / "part", fmt)
     formats.concat_files(rejected, tmp / "rejects", fmt)
     return rows, bad
+
+
+def _scratch(table: Any, path: Path) -> None:
+    """A chunk's table in the task's scratch folder, in batch/formats.py's part format (encoded once, at the end)."""
+    from mlship.batch import formats
+
+    formats.write_table(table, path, formats.PART_FORMAT, durable=False)
 
 
 def _id_column(source: Any, f: Any, wanted: str | None, features: list[str]) -> str | None:
