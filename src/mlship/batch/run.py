@@ -245,7 +245,10 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
             _count(table.num_rows, bad)
             continue
         pending.append(pool.submit(index, index * opts.chunk_rows, table, id_column))
-        while len(pending) > 2 * pool.workers or (pending and pending[0].done()):
+        for future in [f for f in pending if f.done()]:  # in any order: parts are named by chunk
+            pending.remove(future)
+            finish(future)
+        while len(pending) > 2 * pool.workers:  # never while this process can score: its chunks are done at once
             finish(pending.popleft())
     while pending:
         finish(pending.popleft())
