@@ -300,3 +300,12 @@ def test_a_task_that_fails_once_is_retried_and_the_job_succeeds(
     assert "1" in failed["failed_logs"] and any("b.parquet cannot be read as parquet" in line
                                                 for line in failed["failed_logs"]["1"])
     assert failed["rows"] < 6_000 and failed["succeeded"] == 3 - failed["failed"]
+
+
+def test_more_tasks_than_rows_leaves_empty_parts_with_the_prediction_columns(project: Path, tmp_path: Path) -> None:
+    pq.write_table(rows_table(3, seed=16), tmp_path / "rows.parquet")
+    got = run_all(project, tmp_path / "rows.parquet", tmp_path / "out", 7)
+    assert got.column("id").to_pylist() == [0, 1, 2]
+    parts = [pq.read_table(tmp_path / "out" / part_name(i, 7, "parquet")) for i in range(7)]
+    assert sum(p.num_rows for p in parts) == 3 and any(p.num_rows == 0 for p in parts)
+    assert all(set(PRED) <= set(p.column_names) for p in parts)

@@ -134,7 +134,6 @@ def _score(source: Any, pieces: list[Any], tmp: Path, fmt: str, chunk_rows: int,
     """Score the pieces into tmp/part and tmp/rejects (local files); returns (rows, rejects)."""
     from mlship.batch import formats, shards
     from mlship.batch.run import _Pool  # the pool `mlship batch` scores with: one model per process
-    from mlship.batch.score import Scorer
     from mlship.batch.sinks import REJECTS_SCHEMA, rejects_table
 
     rows = bad = 0
@@ -173,7 +172,7 @@ def _score(source: Any, pieces: list[Any], tmp: Path, fmt: str, chunk_rows: int,
         if not parts:  # a task without rows still writes its files, with the prediction columns
             parts.append(chunks / f"part-empty{formats.PART_SUFFIX}")
             rejected.append(chunks / f"rejects-empty{formats.PART_SUFFIX}")
-            _scratch((pool.local or Scorer(contract, 1)).empty, parts[-1])
+            _scratch(pool.first.empty, parts[-1])
             _scratch(REJECTS_SCHEMA.empty_table(), rejected[-1])
     # one file each, encoded once, as `mlship batch` assembles its parts (an id column typed differently per file
     # is promoted)
