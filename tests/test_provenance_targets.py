@@ -266,3 +266,17 @@ def test_heroku_releases_show_the_pair_from_the_registry(pair: Pair, heroku_env:
             for ref in image.tags:
                 with contextlib.suppress(ImageNotFound):
                     docker_engine.images.remove(ref)
+
+
+def test_ecs_keeps_your_tags_first_within_its_fifty() -> None:
+    from mlship.targets.ecs.options import EcsOptions
+    from mlship.targets.ecs.spec import names, task_definition
+
+    for yours, kept in ((0, 6), (42, 1), (47, 0)):  # all six fields; the model's digest alone; no room at all
+        opts = EcsOptions(tags={f"team{i}": "ml" for i in range(yours)})
+        td = task_definition(opts, names(opts, "iris"), image="r/iris@sha256:" + "a" * 64, region="eu-west-1",
+                             execution_role="arn:aws:iam::1:role/x", version="v1", ready_timeout_s=30,
+                             provenance=record(LABELS, ECS))
+        found = {t["key"]: t["value"] for t in td["tags"]}
+        assert len(found) <= 50 and len([k for k in found if k.startswith("mlship:provenance.")]) == kept, found
+        assert sum(k.startswith("team") for k in found) == yours

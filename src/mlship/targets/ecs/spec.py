@@ -21,6 +21,7 @@ from mlship.targets.ecs.options import EcsOptions, ListenerRule
 CONTAINER_PORT = 8080
 CONTAINER_NAME = "model"
 LISTENER_PORT = 80
+MAX_TAGS = 50  # tags per ECS resource
 STOP_TIMEOUT_S = 30  # seconds between SIGTERM and SIGKILL of a task's container
 HEALTH_START_MAX_S = 300  # ECS: a container health check's startPeriod is 0 to 300 s
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
@@ -105,11 +106,14 @@ def task_definition(opts: EcsOptions, n: Names, *, image: str, region: str, exec
         "logConfiguration": {"logDriver": "awslogs", "options": {
             "awslogs-group": n.log_group, "awslogs-region": region, "awslogs-stream-prefix": "mlship"}},
     }
+    own, kept = {**tags(opts, n.service), VERSION_TAG: version}, provenance or {}
+    if len(own) + len(kept) > MAX_TAGS:  # your tags first: then the provenance is the model's digest alone
+        kept = {k: v for k, v in kept.items() if k.endswith(".sha256") and len(own) < MAX_TAGS}
     spec: dict[str, Any] = {
         "family": n.family, "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
         "cpu": str(opts.cpu), "memory": str(opts.memory), "executionRoleArn": execution_role,
         "containerDefinitions": [container],
-        "tags": key_value({**tags(opts, n.service), VERSION_TAG: version, **(provenance or {})}, "key", "value"),
+        "tags": key_value({**own, **kept}, "key", "value"),
     }
     if opts.task_role_arn:
         spec["taskRoleArn"] = opts.task_role_arn
