@@ -3,14 +3,12 @@ IAM, CloudWatch Logs, S3) with the real boto3 client; the tasks run on the local
 agent (tests/emulators/ecs_runtask.py: host networking, so the tasks reach moto's S3 on loopback).
 
 The fan-out's mechanics (parallelism, per-task overrides, retries after a lost task, a shard that always fails, the
-timeout, Ctrl-C, destroy) run a small image of this file's own whose `mlship-batch` writes one object per shard;
-test_batch_ecs_worker.py runs the real batch image end to end.
+timeout, Ctrl-C, destroy) run a small image of this file's own whose worker says which shard it runs;
+test_batch_ecs_cli.py runs `mlship batch --target ecs` with the real batch image end to end.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import textwrap
 import threading
 import time
@@ -19,25 +17,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
 from conftest import build_from_files, copy_project
-from emulators import ecs_fixtures
-from emulators.ecs_fixtures import REGION, remove_pushed, tagged_left
+from emulators import ecs_batch_fixtures, ecs_fixtures
+from emulators.ecs_batch_fixtures import left_after
+from emulators.ecs_fixtures import REGION, remove_pushed
 from emulators.ecs_moto import MotoServer
 from emulators.ecs_runtask import RunTaskAgent
 from mlship.batch.jobs import BatchJob, batch_job
-from mlship.cli import app
 from mlship.contract_io import load_project
 from mlship.targets.ecs import EcsTarget
 from mlship.targets.ecs.jobs_spec import cost, fargate_size
 
 aws = ecs_fixtures.aws
 moto = ecs_fixtures.moto
+runner = ecs_batch_fixtures.runner
+batch_env = ecs_batch_fixtures.batch_env
+bucket = ecs_batch_fixtures.bucket
 
 TINY_WORKER = textwrap.dedent('''\
     #!/usr/bin/env python3
@@ -53,21 +50,6 @@ TINY_WORKER = textwrap.dedent('''\
 ''')
 
 
-
-@pytest.fixture(scope="module")
-def runner(docker_engine: Any, moto: MotoServer) -> Iterator[RunTaskAgent]:
-    agent = RunTaskAgent(docker_engine, moto, REGION, stop_grace_s=5).start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
-        left = [c for c in agent.containers() if c.status != "removing"]
-        for container in left:
-            container.remove(force=True)
-        assert not left, f"containers left behind: {left}"
-        assert agent.errors == [], agent.errors
-
-
 @pytest.fixture(scope="module")
 def tiny_image(docker_engine: Any) -> Iterator[str]:
     from conftest import TEST_BASE_IMAGE
@@ -79,30 +61,6 @@ def tiny_image(docker_engine: Any) -> Iterator[str]:
     build_from_files(docker_engine, files, tag)
     yield tag
     docker_engine.images.remove(tag, force=True)
-
-
-@pytest.fixture
-def batch_env(aws: MotoServer, registry: str, runner: RunTaskAgent, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    monkeypatch.setenv("MLSHIP_ECR_REGISTRY", registry)
-    # moto stores an empty object for an upload with the checksum trailers newer AWS SDKs (pyarrow's) send
-    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
-    monkeypatch.setattr(EcsTarget, "poll_s", 0.2)
-    return aws
-
-
-@pytest.fixture
-def bucket(aws: MotoServer) -> Iterator[str]:
-    import boto3
-
-    s3 = boto3.client("s3", region_name=REGION)
-    name = f"batch-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
-    s3.put_object(Bucket=name, Key="in/rows.csv", Body=b"a,b\n1,2\n")
-    yield name
-    for item in s3.list_objects_v2(Bucket=name).get("Contents", []):
-        s3.delete_object(Bucket=name, Key=item["Key"])
-    s3.delete_bucket(Bucket=name)
-    s3.close()
 
 
 @pytest.fixture
@@ -124,34 +82,6 @@ def new_target(batch_env: MotoServer, iris_dir: Path, tmp_path: Path,
         target.close()
         remove_pushed(docker_engine, target.service)
         assert left_after(target.service) == [], removed
-
-
-def left_after(service: str) -> list[str]:
-    """What still carries the service's tag, but the job's stopped tasks (ECS lists a stopped task for a while
-    after it stopped, as it lists a deleted service as INACTIVE)."""
-    import boto3
-
-    ecs = boto3.client("ecs", region_name=REGION)
-    left = []
-    for arn in tagged_left(service):
-        if ":task/" in arn:
-            cluster = arn.rpartition(":task/")[2].split("/")[0]
-            if ecs.describe_tasks(cluster=cluster, tasks=[arn])["tasks"][0]["lastStatus"] == "STOPPED":
-                continue
-        left.append(arn)
-    ecs.close()
-    return left
-
-
-def objects(bucket: str, prefix: str) -> dict[str, bytes]:
-    import boto3
-
-    s3 = boto3.client("s3", region_name=REGION)
-    try:
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
-        return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
-    finally:
-        s3.close()
 
 
 def done_shards(target: EcsTarget, job_id: str) -> list[str]:
@@ -321,109 +251,3 @@ def test_timeout_and_interrupt_stop_the_tasks(batch_env: MotoServer, runner: Run
     while any(not r.done for r in runner.runs.values()) and time.monotonic() < deadline:
         threading.Event().wait(0.2)
     assert all(r.done for r in runner.runs.values())
-
-
-# --- the real batch image end to end: `mlship batch --target ecs` on moto's S3 -----------------------------------
-FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(app, list(args))
-
-
-@pytest.fixture
-def batch_project(batch_env: MotoServer, iris_dir: Path, tmp_path: Path, base_image_env: str,
-                  docker_engine: Any) -> Iterator[Path]:
-    """An iris project of its own service name; what its jobs made is destroyed afterwards (nothing tagged left)."""
-    name = f"eb-{uuid.uuid4().hex[:8]}"
-    root = copy_project(iris_dir, tmp_path / name, name=name, targets={"ecs": {}}).root
-    yield root
-    with EcsTarget(load_project(root), {}) as target:
-        removed = target.destroy()
-    remove_pushed(docker_engine, name)
-    assert left_after(name) == [], removed
-
-
-def upload_rows(bucket: str, tmp_path: Path, rows: int) -> Path:
-    """``rows`` iris rows as s3://<bucket>/in/rows.parquet (row groups of 2,500); the local copy's path."""
-    import boto3
-
-    rng = np.random.default_rng(7)
-    table = pa.table({"id": np.arange(rows) * 3 + 1, **{f: rng.uniform(0.1, 7.9, rows) for f in FEATURES}})
-    local = tmp_path / "rows.parquet"
-    pq.write_table(table, local, row_group_size=2500)
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.delete_object(Bucket=bucket, Key="in/rows.csv")
-    s3.upload_file(str(local), bucket, "in/rows.parquet")
-    s3.close()
-    return local
-
-
-def test_cli_batch_on_ecs_equals_the_in_process_run(batch_project: Path, bucket: str, runner: RunTaskAgent,
-                                                     tmp_path: Path) -> None:
-    local = upload_rows(bucket, tmp_path, 20_000)
-    runner.interrupt_next(1, after_s=0.2)  # shard 1's first task loses its host: mlship runs it again
-    result = invoke("batch", "--target", "ecs", "--tasks", "4", "--parallelism", "2", "--memory", "1024", "-f",
-                    str(batch_project), "-i", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/", "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert (report["rows"], report["tasks"], report["succeeded"], report["failed"], report["retries"]) == \
-        (20_000, 4, 4, 0, 1)
-    assert report["cost_usd"] > 0 and report["console"].startswith(f"https://{REGION}.console.aws.amazon.com/ecs/")
-    parts = objects(bucket, "out/part-")
-    assert [k.split("/")[-1] for k in sorted(parts)] == [f"part-{i:05d}-of-00004.parquet" for i in range(4)]
-    got = pa.concat_tables([pq.read_table(io.BytesIO(parts[k])) for k in sorted(parts)])
-    here = invoke("batch", "-f", str(batch_project), "-i", str(local), "-o", str(tmp_path / "here.parquet"),
-                  "--workers", "1")
-    assert here.exit_code == 0, here.output
-    want = pq.read_table(tmp_path / "here.parquet")
-    assert got.column_names == want.column_names and got.equals(want)  # same rows, same order, same values
-    print(f"\necs RunTask fan-out on moto, real batch image: 20,000 rows in 4 tasks (2 at once, one run again) in "
-          f"{report['seconds']:.1f}s submit -> done")
-
-
-def test_cli_batch_a_shard_that_always_fails_exits_1_with_its_last_lines(batch_project: Path, bucket: str,
-                                                                          tmp_path: Path) -> None:
-    import boto3
-
-    upload_rows(bucket, tmp_path, 4_000)
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.put_object(Bucket=bucket, Key="in/z-broken.parquet", Body=b"PAR1 this is not parquet " * 40)
-    s3.close()
-    result = invoke("batch", "--target", "ecs", "--tasks", "4", "--max-retries", "1", "--memory", "1024",
-                    "-f", str(batch_project), "-i", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/")
-    assert result.exit_code == 1, result.output
-    assert "tasks: 3/4 done, 1 failed, 1 retries" in result.stdout, result.stderr[-3000:]
-    assert "task 3 failed; its last lines:" in result.stderr and "z-broken.parquet" in result.stderr
-    assert "after 2 attempt(s): Essential container in task exited (exit code 1)" in result.stderr
-
-
-def test_cli_dry_run_prints_the_job_without_credentials(iris_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        tmp_path: Path) -> None:
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    copy_project(iris_dir, tmp_path / "p", targets={"ecs": {"region": REGION}})
-    result = invoke("batch", "--target", "ecs", "--tasks", "50", "--dry-run", "-f", str(tmp_path / "p"),
-                    "-i", "s3://b/in/", "-o", "s3://b/out/")
-    assert result.exit_code == 0, result.output
-    assert "task definition family mlship-iris-batch" in result.stdout
-    assert "RunTask 50 task(s), one call each" in result.stdout
-
-
-def test_cli_preflight_without_credentials_fails_before_any_build(iris_dir: Path, aws: MotoServer,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path) -> None:
-    from mlship.image import engine
-
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    monkeypatch.setattr(engine, "build", lambda *a, **k: pytest.fail("preflight must stop the run before a build"))
-    copy_project(iris_dir, tmp_path / "p", targets={"ecs": {}})
-    mark = aws.mark()
-    result = invoke("batch", "--target", "ecs", "--tasks", "2", "-f", str(tmp_path / "p"),
-                    "-i", "s3://b/in/", "-o", "s3://b/out/")
-    assert result.exit_code == 4, result.output
-    assert "No AWS credentials found." in result.output and "aws configure" in result.output
-    assert aws.since(mark, mutating=True) == []
