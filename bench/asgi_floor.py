@@ -132,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("c=1", "c=32"):
         m, b = results["mlship"][name], results["bare"][name]
         ratio = results[f"ratio_{name}"] = m["req_per_s"] / b["req_per_s"]
+        # requests per CPU-second the server used: steadier than req/s when other work takes part of the core
+        per_cpu = results[f"ratio_per_cpu_s_{name}"] = (
+            ratio * b["server_cpu"] / m["server_cpu"] if m["server_cpu"] and b["server_cpu"] else None)
         print(f"  {name:5s} mlship {serve_bench.fmt_rate(m['req_per_s'])} req/s (p50 {m['p50_ms']:.2f} ms, "
               f"server CPU {m['server_cpu'] or 0:.2f})  bare ASGI {serve_bench.fmt_rate(b['req_per_s'])} req/s "
-              f"(p50 {b['p50_ms']:.2f} ms, server CPU {b['server_cpu'] or 0:.2f})  ratio {ratio:.2f}x")
+              f"(p50 {b['p50_ms']:.2f} ms, server CPU {b['server_cpu'] or 0:.2f})  ratio {ratio:.2f}x, "
+              f"per server CPU-second {per_cpu or float('nan'):.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
