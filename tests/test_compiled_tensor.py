@@ -25,12 +25,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TEST_BASE_IMAGE, build_image, load_example_module, metric, running
+from image_leftovers import image_leftovers
 from mlship import compiled
 from mlship.cli import app
 from mlship.compiled_tensor import probe_tensors
 from mlship.contract_io import load_project
 from mlship.serving.predictor import Predictor
-from test_compiled import image_leftovers
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_EXAMPLE = REPO / "examples" / "torch-digits"
