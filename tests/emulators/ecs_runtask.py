@@ -20,7 +20,9 @@ Every ``tick_s`` it looks at moto's tasks that no service started (their group i
 
 moto advances a task's lastStatus by itself each time DescribeTasks reads it (its "manual" state transition); the
 agent owns the status instead while it runs (``start`` turns moto's progression off, ``stop`` restores it).
-``stop()`` removes every container it started. ``launched`` counts the containers started, by task definition.
+``stop()`` removes every container it started. ``launched`` counts the containers started, by task definition;
+``running_peak`` is the most that ran at once; ``interrupt_next(index)`` kills the next task of a shard (its
+MLSHIP_BATCH_TASK_INDEX) shortly after it starts, as when Fargate loses the task's host (exit code 137).
 """
 
 from __future__ import annotations
