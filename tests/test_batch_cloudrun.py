@@ -203,6 +203,8 @@ def test_a_job_mlship_did_not_create_is_left_alone(make_target: Any, worker_imag
     with pytest.raises(TargetError, match="exists, but mlship did not create it"):
         target.run_batch(job, worker_image, lambda line: None)
     assert not any(p.endswith(f"/jobs/{job.name}:run") for _, p in emu.calls)
+    assert target.destroy() == [f"kept Cloud Run job projects/{target.opts.project}/locations/europe-west1/jobs/"
+                                f"{job.name}: mlship did not create it (no label managed-by=mlship)"]
 
 
 # --- plan, limits and preflight (no platform) --------------------------------------------------------------
@@ -274,3 +276,8 @@ def test_a_second_run_updates_the_job_and_adds_an_execution(make_target: Any, wo
     job = emu.jobs.jobs[second.job_id.rsplit("/executions/", 1)[0]]
     assert job.generation == 2 and job.executions == [first.job_id, second.job_id]
     assert job.spec["template"]["taskCount"] == 2
+    # `mlship destroy` (here without a service) removes the batch job mlship made, its executions with it
+    name = second.job_id.rsplit("/executions/", 1)[0]
+    assert target.destroy() == [f"Cloud Run job {name} (batch) and its executions"]
+    assert name not in emu.jobs.jobs and second.job_id not in emu.jobs.executions
+    assert target.destroy() == []

@@ -139,6 +139,11 @@ def _positive(flag: str, value: float, fix: str) -> None:
         raise ContractError(f"{flag} must be at least 1, not {value}.", fix=fix)
 
 
+def job_name(service: str) -> str:
+    """The platform name of a service's batch job (a target's destroy finds it by this name and its labels)."""
+    return f"{service}-batch"[:63]
+
+
 def batch_job(project: Project, *, input_uri: str, output_uri: str, tasks: int, parallelism: int | None = None,
               max_retries: int = 3, cpu: float = 1.0, memory_mib: int = 2048, timeout_s: int = 3600,
               id_column: str | None = None, fmt: str = "parquet", chunk_rows: int | None = None) -> BatchJob:
@@ -165,7 +170,7 @@ def batch_job(project: Project, *, input_uri: str, output_uri: str, tasks: int, 
     if chunk_rows:
         env[ENV_CHUNK_ROWS] = str(chunk_rows)
     env.update({name: os.environ[name] for name in ENDPOINT_ENV if os.environ.get(name)})
-    return BatchJob(name=f"{service}-batch"[:63], input_uri=input_uri, output_uri=output_uri, tasks=tasks,
+    return BatchJob(name=job_name(service), input_uri=input_uri, output_uri=output_uri, tasks=tasks,
                     parallelism=min(parallelism or tasks, tasks), max_retries=max_retries, cpu=cpu,
                     memory_mib=memory_mib, timeout_s=timeout_s, env=env,
                     labels={LABEL_SERVICE: service, LABEL_JOB: run_id})

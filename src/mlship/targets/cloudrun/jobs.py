@@ -25,7 +25,8 @@ import contextlib
 import time
 from typing import Any, ClassVar
 
-from mlship.batch.jobs import BatchJob, BatchTarget, JobRun, Progress
+from mlship.batch.jobs import BatchJob, BatchTarget, JobRun, Progress, job_name
+from mlship.contract_io import Project
 from mlship.errors import ContractError, TargetError
 from mlship.reports import Check
 from mlship.targets.cloudrun import registry
@@ -53,6 +54,7 @@ class CloudRunBatch(BatchTarget):
     """The batch half of ``CloudRunTarget`` (see the module docstring); it uses the target's ``opts``, ``gcp``."""
 
     opts: CloudRunOptions
+    project: Project  # the target's
     poll_s: ClassVar[float] = 1.0  # the target's
 
     @property
@@ -84,6 +86,14 @@ class CloudRunBatch(BatchTarget):
         finally:
             gcp.close()
         return found
+
+    def destroy_batch(self) -> list[str]:
+        """`mlship destroy`: the service's batch job (``<name>-batch``), when mlship made it."""
+        api = JobResource(self.gcp, job_name(self.project.contract.name))
+        try:
+            return api.delete()
+        finally:
+            api.close()
 
     def batch_plan(self, job: BatchJob, image: str) -> list[str]:
         _raise_limits(job)
@@ -149,12 +159,12 @@ def _job_check(gcp: Gcp, job: BatchJob) -> Check:
     return Check(name="cloud run jobs api", ok=True, detail=f"{api.name} exists and is managed by mlship")
 
 
-class JobsApi:
-    """One Cloud Run job and its executions through the Admin API v2 (every call through ``Gcp.call``)."""
+class JobResource:
+    """One Cloud Run job by name through the Admin API v2 (every call through ``Gcp.call``): get, delete."""
 
-    def __init__(self, gcp: Gcp, job: BatchJob) -> None:
-        self.gcp, self.job = gcp, job
-        self.name = job_path(gcp.opts, job)
+    def __init__(self, gcp: Gcp, job_name: str) -> None:
+        self.gcp, self.job_name = gcp, job_name
+        self.name = f"projects/{gcp.opts.project}/locations/{gcp.opts.region}/jobs/{job_name}"
         self.parent = self.name.rpartition("/jobs/")[0]
         self._clients: dict[str, Any] = {}
 
@@ -175,7 +185,32 @@ class JobsApi:
         self._clients.clear()
 
     def get(self) -> Any:
-        return self.gcp.get(f"get job {self.job.name}", self._client("jobs").get_job, self.name)
+        return self.gcp.get(f"get job {self.job_name}", self._client("jobs").get_job, self.name)
+
+    def delete(self) -> list[str]:
+        """Delete the job when mlship made it (its executions go with it); what was deleted, or what was kept."""
+        current = self.get()
+        if current is None:
+            return []
+        if current.labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+            return [f"kept Cloud Run job {self.name}: mlship did not create it (no label "
+                    f"{MANAGED_BY[0]}={MANAGED_BY[1]})"]
+        what = f"delete job {self.job_name}"
+        error = self.gcp.wait(what, self.gcp.rpc(what, "delete", self._client("jobs").delete_job, {"name": self.name}))
+        if error is not None:
+            from mlship.targets.cloudrun.api import api_error
+
+            raise api_error(error, what, self.gcp.opts, "delete")
+        return [f"Cloud Run job {self.name} (batch) and its executions"]
+
+
+class JobsApi(JobResource):
+    """A batch job's Cloud Run job and its executions."""
+
+    def __init__(self, gcp: Gcp, job: BatchJob) -> None:
+        super().__init__(gcp, job.name)
+        self.job = job
+        assert self.name == job_path(gcp.opts, job)
 
     def apply(self, template: dict[str, Any], labels: dict[str, str], progress: Progress) -> None:
         """Create the job, or update the one mlship made; waits for the operation."""

@@ -346,15 +346,16 @@ class CloudRunTarget(CloudRunBatch, Target):
         api = self.api
         service = api.get()
         if service is None:
-            return []
+            return self.destroy_batch()
         api.check_owned(service)
         revisions = api.revisions()
         images = sorted({c.image.partition("@")[0] for r in revisions for c in r.containers[:1]})
         api.delete()
         count = len(revisions)
-        return [f"Cloud Run service {self.full_name} ({count} revision{'s' * (count != 1)}); the Artifact "
+        kept = (f"Cloud Run service {self.full_name} ({count} revision{'s' * (count != 1)}); the Artifact "
                 f"Registry repository {self.opts.registry_path} and its images are kept (delete them with "
-                + " and ".join(f"`gcloud artifacts docker images delete {i}`" for i in images) + ")"]
+                + " and ".join(f"`gcloud artifacts docker images delete {i}`" for i in images) + ")")
+        return [*self.destroy_batch(), kept]
 
 
 def _model_of(revision: Any, prefix: str = "") -> str:
