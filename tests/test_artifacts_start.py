@@ -116,3 +116,16 @@ def test_image_fetches_from_s3_at_start(s3: S3, iris_model: Path, tmp_path: Path
     assert code == 0 and out.decode().split() == ["iris.joblib"], out  # fetched into the start cache ...
     code, out = container[0].exec_run(["find", "/app", "-name", "*.joblib"])
     assert code == 0 and out.decode().strip() == "", out  # ... and the image carries no model
+
+    # the test gate (`mlship test`, and the gate before every deploy) runs the image without the platform's identity:
+    # no credentials, and the engine's bridge network cannot reach a loopback server. It starts it on this machine's
+    # checked copy, mounted read-only as the start cache, and passes.
+    from mlship.gate import run_gate, start_cache
+
+    report = run_gate(project, tag, timeout_s=60)
+    assert report.ok, (report.problems, report.logs[-2000:])
+    assert report.examples and all(e["ok"] for e in report.examples)
+    with start_cache(project) as volumes:
+        (mount,) = volumes.values()
+        assert mount == {"bind": "/tmp/mlship-cache", "mode": "ro"}
+    assert not Path(next(iter(volumes))).exists()  # the copy is gone afterwards

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlship import client as http
@@ -75,17 +79,52 @@ def api_key(project: Project, env: dict[str, str]) -> str | None:
 def run_gate(project: Project, image: str, timeout_s: float | None = None, *, env: dict[str, str] | None = None,
              labels: dict[str, str] | None = None) -> GateReport:
     """Run the image like the target will (``env``, default :func:`default_env`; SIGTERM to stop) and check it."""
-    budgets = project.contract.test
     info = engine.inspect(image)
     report = GateReport(image=image, size_mb=round(info.size / 1e6, 1))
     environment = {**(env if env is not None else default_env(project)), "PORT": "8080"}
+    with start_cache(project) as volumes:
+        return _run(project, image, report, environment, timeout_s, labels, volumes)
+
+
+@contextlib.contextmanager
+def start_cache(project: Project) -> Iterator[dict[str, dict[str, str]]]:
+    """``serve.fetch_at_start``: the bind mount that gives the gate's container this machine's checked copy of the
+    artifact as its start cache, so it starts as on the platform without the platform's identity (no credentials
+    enter the container; the fetch itself is the platform's: its readiness waits for the digest check). A copy
+    readable by the image's non-root user, removed afterwards. No mount for a baked model."""
+    if not (project.remote and project.contract.serve.fetch_at_start):
+        yield {}
+        return
+    from mlship.artifacts.cache import meta_file
+    from mlship.artifacts.image import START_CACHE
+    from mlship.artifacts.resolve import resolve_artifact
+
+    artifact = resolve_artifact(project)
+    with tempfile.TemporaryDirectory(prefix="mlship-gate-cache-") as tmp:
+        root = Path(tmp)
+        blob = root / "blobs" / str(artifact.sha256)
+        blob.mkdir(parents=True)
+        shutil.copyfile(artifact.path, blob / artifact.path.name)
+        meta = meta_file(str(artifact.sha256))
+        if meta.is_file():
+            (root / "meta").mkdir()
+            shutil.copyfile(meta, root / "meta" / meta.name)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield {str(root): {"bind": START_CACHE, "mode": "ro"}}
+
+
+def _run(project: Project, image: str, report: GateReport, environment: dict[str, str], timeout_s: float | None,
+         labels: dict[str, str] | None, volumes: dict[str, dict[str, str]]) -> GateReport:
+    budgets = project.contract.test
     key = api_key(project, environment)
     cli = engine.client()
     started = time.monotonic()
     name = f"mlship-test-{uuid.uuid4().hex[:12]}"  # found by name if an interrupt lands before run() returns
     try:
         container = cli.containers.run(image, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", None)},
-                                       environment=environment, labels={**(labels or {}), "dev.mlship.role": "test"})
+                                       environment=environment, labels={**(labels or {}), "dev.mlship.role": "test"},
+                                       volumes=volumes or None)
     except BaseException as exc:  # Ctrl-C may land while the engine makes it: it finishes the create all the same
         _remove_named(cli, name, wait_s=2.0 if isinstance(exc, KeyboardInterrupt) else 0.0)
         raise
