@@ -11,10 +11,12 @@ COPY wheels/ /build/wheels/
 # tf-keras then comes without `tensorflow`, which tensorflow-cpu provides (one TensorFlow package).
 # compileall byte-compiles the venv once; a file written for another Python (torch ships 3.12-only helpers) is
 # reported and left uncompiled instead of failing the build.
+COPY elfstrip.py /image/elfstrip.py
 RUN python3 -m pip --python /opt/venv/bin/python install --no-index --no-cache-dir --no-compile --no-deps \
         --find-links /build/wheels --require-hashes --only-binary :all: -r /build/requirements.lock \
  && find /opt/venv -depth \( -name tests -o -name __pycache__ \) -type d -path '*/site-packages/*' -prune \
         -exec rm -rf {} + \
+ && python3 /image/elfstrip.py /opt/venv/lib/python3*/site-packages/uvloop /opt/venv/lib/python3*/site-packages/httptools /opt/venv/lib/python3*/site-packages/yaml /opt/venv/lib/python3*/site-packages/orjson /opt/venv/lib/python3*/site-packages/pydantic_core /opt/venv/lib/python3*/site-packages/numpy /opt/venv/lib/python3*/site-packages/numpy.libs /opt/venv/lib/python3*/site-packages/PIL /opt/venv/lib/python3*/site-packages/pillow.libs \
  && { python3 -m compileall -q -j 0 /opt/venv/lib \
         || echo "mlship: the files above are not valid for this Python (a package ships them for another one); they stay uncompiled"; }
 COPY mlship/ /build/mlship/
