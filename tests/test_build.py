@@ -175,7 +175,8 @@ def test_hostile_file_name_never_reaches_the_dockerfile(tmp_path: Path, iris_mod
     assert "ir\"is" not in plan.dockerfile and "$(" not in plan.dockerfile
     copies = [line for line in _instructions(plan.dockerfile) if line.startswith("COPY ")]
     assert copies == ["COPY requirements.lock /build/requirements.lock", "COPY wheels/ /build/wheels/",
-                      "COPY elfstrip.py /image/elfstrip.py", "COPY mlship/ /build/mlship/", "COPY --from=deps /opt/venv /opt/venv",
+                      "COPY elfstrip.py /image/elfstrip.py",
+                      "COPY mlship/ /build/mlship/", "COPY --from=deps /opt/venv /opt/venv",
                       "COPY model/ /app/", "COPY contract/ /app/"]
     ctx = write_context(plan, tmp_path / "ctx")
     copied = ctx / "model" / HOSTILE_ARTIFACT
