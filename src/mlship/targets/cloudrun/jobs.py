@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 from mlship.batch.jobs import BatchJob, BatchTarget, JobRun, Progress, job_name
@@ -58,8 +59,9 @@ class CloudRunBatch(BatchTarget):
     poll_s: ClassVar[float] = 1.0  # the target's
 
     @property
-    def gcp(self) -> Gcp:  # the target's (overridden there); declared for the type checker
-        raise NotImplementedError
+    @abstractmethod
+    def gcp(self) -> Gcp:
+        """The target's API handle: ``CloudRunTarget`` provides it (this class is only ever its batch half)."""
 
     # --- preflight (read-only) and plan (pure) ----------------------------------------------------------
     def batch_preflight(self, job: BatchJob) -> list[Check]:
