@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from google.cloud import run_v2
 
 from emulators._checks import ApiError, bad, cpus, quantity
+from emulators.cloudrun_model import canon as _canon
+from emulators.cloudrun_model import page as _page
 from emulators.cloudrun_tasks import Execution, Logs, Runner, Task, now
 
 if TYPE_CHECKING:
@@ -346,15 +348,3 @@ def _condition(type_: str, state: str, message: str, when: str, execution_reason
     if execution_reason:
         out["executionReason"] = execution_reason
     return out
-
-
-def _canon(data: dict[str, Any], cls: Any, what: str = "") -> dict[str, Any]:
-    from emulators.cloudrun import _canon as canon
-
-    return canon(data, cls, what)
-
-
-def _page(items: list[dict[str, Any]], key: str, query: dict[str, str]) -> dict[str, Any]:
-    from emulators.cloudrun import _page as page
-
-    return page(items, key, query)
