@@ -179,16 +179,27 @@ class CompiledModel:
         argmax: a forest's 15/30 vs 15/30 is an exact tie in float64 but not in onnxruntime's float32 sums."""
         return 4 * self.record.max_abs_diff
 
-    def predict(self, rows: Any) -> ModelOutput:
-        if self.scores is not None and self.record.tensor_shape is not None:  # (N, *shape) -> the model's dtype
-            x = np.ascontiguousarray(rows, dtype=self.dtype)
-            return self.scores(np.asarray(self.session.run(self.outputs, {self.input_name: x})[0]))
+    def best(self, proba: Any) -> Any:
+        """Each row's class position: the argmax, ties (within ``tie``) to the first class."""
+        tie = self.tie
+        if tie > 0 and proba.size:
+            return (proba >= proba.max(axis=1, keepdims=True) - tie).argmax(axis=1)
+        return proba.argmax(axis=1)
+
+    def run(self, rows: Any) -> Any:
+        """The session's output (probabilities, labels or values) for rows of features in the contract's order."""
         x = np.asarray(rows, dtype=np.float64)
         if self.columns is not None:
             x = x[:, self.columns]
         if self.dtype is not np.float64:
             x = x.astype(self.dtype)
-        raw = self.session.run(self.outputs, {self.input_name: x})[0]
+        return self.session.run(self.outputs, {self.input_name: x})[0]
+
+    def predict(self, rows: Any) -> ModelOutput:
+        if self.scores is not None and self.record.tensor_shape is not None:  # (N, *shape) -> the model's dtype
+            x = np.ascontiguousarray(rows, dtype=self.dtype)
+            return self.scores(np.asarray(self.session.run(self.outputs, {self.input_name: x})[0]))
+        raw = self.run(rows)
         classes = self.classes
         if classes is None:  # regression: one value per row, or a list per row for multi-output models
             values = np.asarray(raw)
@@ -197,11 +208,7 @@ class CompiledModel:
             return ModelOutput(values=values.tolist())
         if self.record.probabilities:
             proba = np.asarray(raw)
-            tie = self.tie
-            if tie > 0 and proba.size:
-                best = (proba >= proba.max(axis=1, keepdims=True) - tie).argmax(axis=1)
-            else:
-                best = proba.argmax(axis=1)
+            best = self.best(proba)
             return ModelOutput(values=[classes[i] for i in best.tolist()], probabilities=proba, classes=list(classes))
         labels = np.asarray(raw).reshape(-1).tolist()
         return ModelOutput(values=[self._class_of.get(str(v), v) for v in labels])

@@ -19,32 +19,16 @@ from mlship.serving.predictor import Predictor
 def compiled_columns(predictor: Predictor, matrix: Any) -> dict[str, Any] | None:
     """``label`` and ``probabilities_<label>`` columns for the rows of ``matrix`` (features in contract order)."""
     model = predictor.compiled
-    if model is None or predictor.project.contract.task != "classification" or not len(matrix):
+    if (model is None or predictor.project.contract.task != "classification" or not len(matrix)
+            or model.classes is None or not model.record.probabilities or model.record.tensor_shape is not None):
         return None
-    out = model.predict(matrix)
-    if out.probabilities is None or out.classes is None:
+    raw = np.asarray(model.run(matrix))
+    if raw.shape != (len(matrix), len(model.classes)) or not np.isfinite(raw).all():
         return None
-    proba = np.asarray(out.probabilities, dtype=np.float64)
-    if proba.shape != (len(matrix), len(out.classes)) or not np.isfinite(proba).all():
-        return None
-    text = {c: predictor._label_str(c) for c in out.classes}  # the strings Predictor.predict answers
-    columns: dict[str, Any] = {"label": _labels(out.values, out.classes, text)}
-    if columns["label"] is None:
-        columns["label"] = [text[v] if v in text else predictor._label_str(v) for v in out.values]
-    for j, name in enumerate(text[c] for c in out.classes):
+    best = model.best(raw)  # on the model's own output, as CompiledModel.predict picks the label
+    names = [predictor._label_str(c) for c in model.classes]  # the strings Predictor.predict answers
+    columns: dict[str, Any] = {"label": pa.array(names, pa.string()).take(pa.array(best))}
+    proba = raw.astype(np.float64, copy=False)
+    for j, name in enumerate(names):
         columns[f"probabilities_{name}"] = proba[:, j]
     return columns
-
-
-def _labels(values: list[Any], classes: list[Any], text: dict[Any, str]) -> Any:
-    """The label strings of ``values`` (each one of ``classes``) as one Arrow array, built in C: the values'
-    positions among the classes, then a take from the classes' strings. None when a value is not a class."""
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
-
-    try:
-        positions = pc.index_in(pa.array(values), value_set=pa.array(classes))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-    if positions.null_count:
-        return None
-    return pa.array([text[c] for c in classes], pa.string()).take(positions)
