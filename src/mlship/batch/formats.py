@@ -240,7 +240,7 @@ def concat_files(parts: list[Path], path: Path, fmt: str) -> None:
                         writer.write_table(read(part).cast(unified))
         elif ipc_parts:
             for i, part in enumerate(parts):
-                _write_more(read_part(part), fh, fmt, header=not i)
+                write_more(read_part(part), fh, fmt, header=not i)
         else:
             for i, part in enumerate(parts):
                 with part.open("rb") as src:
@@ -270,7 +270,7 @@ def _parquet_one_schema(parts: list[Path], read: Any, fh: Any) -> bool:
     return True
 
 
-def _write_more(table: pa.Table, fh: Any, fmt: str, header: bool) -> None:
+def write_more(table: pa.Table, fh: Any, fmt: str, header: bool) -> None:
     """One more part of a CSV or JSON Lines file (the CSV header with the first)."""
     if fmt == "csv":
         import pyarrow.csv as pacsv

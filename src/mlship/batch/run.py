@@ -16,7 +16,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from mlship.batch import formats, score
+from mlship.batch.writer import ChunkWriter, part_path
 from mlship.errors import ContractError, PredictionError
 
 DEFAULT_CHUNK_ROWS = 65_536
@@ -43,6 +44,7 @@ class BatchReport:
     chunks: int = 0
     resumed_chunks: int = 0  # chunks found complete from an earlier run
     seconds: float = 0.0
+    load_seconds: float = 0.0  # of ``seconds``: loading the model (in this process) before the first chunk
 
     @property
     def rows_per_s(self) -> float:
@@ -82,6 +84,7 @@ def run_batch(contract_path: Path | None, input_path: Path, output_path: Path,
     with _Pool(contract, opts.chunk_rows, workers) as pool:
         for source, target in pairs:
             _one_file(pool, contract, source, target, opts, report, started)
+    report.load_seconds = pool.load_seconds
     report.seconds = time.perf_counter() - started
     return report
 
@@ -110,24 +113,29 @@ def _pairs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
 
 
 class _Pool:
-    """``workers`` scoring processes, one loaded model each: this one and ``workers - 1`` spawned ones. A chunk goes
-    to a spawned worker when one is ready and has fewer than two chunks queued; otherwise this process scores it
-    itself (while the workers start, a Python and a model load each, and whenever they are all busy), so no core
-    waits and no more processes score than ``workers``."""
+    """``workers`` scorers. When the chunks go to the model as one array and the model is the compiled one
+    (onnxruntime releases the GIL while it runs), they are ``workers`` threads of this process sharing its one
+    loaded model: no process to start, no chunk to pickle. Otherwise ``workers`` processes, one loaded model each:
+    this one and ``workers - 1`` spawned ones; a chunk goes to a spawned worker when one is ready and has fewer than
+    two chunks queued, else this process scores it itself (while the workers start, a Python and a model load each,
+    and whenever they are all busy), so no core waits and no more processes score than ``workers``."""
 
     def __init__(self, contract: Path, chunk_rows: int, workers: int) -> None:
         self.contract, self.chunk_rows, self.workers = contract, chunk_rows, workers
-        self.local: score.Scorer | None = None
         self.executor: ProcessPoolExecutor | None = None
+        self.threads: ThreadPoolExecutor | None = None
         self.starting: list[Future[bool]] = []
         self.queued: list[Future[score.Scored]] = []
+        self.load_seconds = 0.0
 
     def __enter__(self) -> _Pool:
+        started = time.perf_counter()
         self.first = score.Scorer(self.contract, self.chunk_rows)  # a model that does not load fails before any worker
+        self.load_seconds = time.perf_counter() - started
         self.features = self.first.features
-        if self.workers == 1:
-            self.local = self.first
-        else:
+        if self.workers > 1 and self.first.releases_gil:
+            self.threads = ThreadPoolExecutor(self.workers, thread_name_prefix="mlship-batch")
+        elif self.workers > 1:
             self.executor = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("spawn"),
                                                 initializer=score.init_worker,
                                                 initargs=(self.contract, self.chunk_rows))
@@ -135,10 +143,13 @@ class _Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.executor, self.threads):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Future[score.Scored]:
+        if self.threads is not None:
+            return self.threads.submit(self.first.score, index, start, table, id_column)
         if self.executor is not None and all(f.done() for f in self.starting):
             self.queued = [f for f in self.queued if not f.done()]
             if len(self.queued) < 2 * (self.workers - 1):
@@ -212,12 +223,11 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
     rejected = 0
     pending: deque[Future[score.Scored]] = deque()
     index = -1
+    writer = ChunkWriter(parts, target, rejects_path(target), fmt, depth=2 * pool.workers)
 
     def finish(future: Future[score.Scored]) -> None:
-        nonlocal done_rows, rejected
         scored = future.result()
-        formats.write_table(scored.rejects, parts / f"rejects-{scored.index:06d}{PART}", formats.PART_FORMAT, False)
-        formats.write_table(scored.predictions, parts / f"part-{scored.index:06d}{PART}", formats.PART_FORMAT, False)
+        writer.put(scored.index, scored.predictions, scored.rejects)
         _count(scored.predictions.num_rows + scored.rejects.num_rows, scored.rejects.num_rows)
 
     def _count(rows: int, bad: int) -> None:
@@ -226,6 +236,7 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
         rejected += bad
         report.chunks += 1
         if opts.max_rejects is not None and report.rejects + rejected > opts.max_rejects:
+            writer.abort()  # the parts of the chunks given so far are written
             so_far = sorted(parts.glob(f"rejects-*{PART}"))
             formats.concat_files(so_far, rejects_path(target), fmt)
             raise PredictionError(
@@ -237,24 +248,27 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
         if opts.progress is not None:
             opts.progress(done_rows, None if total is None else report.rows + total, time.perf_counter() - started)
 
-    for index, table in enumerate(formats.read_chunks(source, opts.chunk_rows, features)):
-        bad = formats.part_rows(parts / f"rejects-{index:06d}{PART}")
-        kept = formats.part_rows(parts / f"part-{index:06d}{PART}") if bad is not None else None
-        if bad is not None and kept is not None and kept + bad == table.num_rows:
-            report.resumed_chunks += 1
-            _count(table.num_rows, bad)
-            continue
-        pending.append(pool.submit(index, index * opts.chunk_rows, table, id_column))
-        for future in [f for f in pending if f.done()]:  # in any order: parts are named by chunk
-            pending.remove(future)
-            finish(future)
-        while len(pending) > 2 * pool.workers:  # never while this process can score: its chunks are done at once
+    try:
+        for index, table in enumerate(formats.read_chunks(source, opts.chunk_rows, features)):
+            bad = formats.part_rows(part_path(parts, "rejects", index))
+            kept = formats.part_rows(part_path(parts, "part", index)) if bad is not None else None
+            if bad is not None and kept is not None and kept + bad == table.num_rows:
+                report.resumed_chunks += 1
+                writer.kept(index)
+                _count(table.num_rows, bad)
+                continue
+            pending.append(pool.submit(index, index * opts.chunk_rows, table, id_column))
+            for future in [f for f in pending if f.done()]:  # in any order: the writer puts them in order
+                pending.remove(future)
+                finish(future)
+            while len(pending) > 2 * pool.workers:  # never while this process can score: its chunks are done at once
+                finish(pending.popleft())
+        while pending:
             finish(pending.popleft())
-    while pending:
-        finish(pending.popleft())
-    count = index + 1
-    formats.concat_files([parts / f"part-{i:06d}{PART}" for i in range(count)], target, fmt)
-    formats.concat_files([parts / f"rejects-{i:06d}{PART}" for i in range(count)], rejects_path(target), fmt)
+        writer.close(index + 1)
+    except BaseException:
+        writer.abort()
+        raise
     shutil.rmtree(parts)
     report.outputs.append(target)
     report.rejects_files.append(rejects_path(target))

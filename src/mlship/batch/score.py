@@ -52,6 +52,8 @@ class Scorer:
         specs = project.contract.input.features.values()
         self._array_ok = self.predictor.compiled is not None and not project.contract.predict and all(
             f.type == "float" and f.enum is None and f.minimum is None and f.maximum is None for f in specs)
+        #: chunks go to onnxruntime as one array, which runs without the GIL: threads of one process score in parallel
+        self.releases_gil = self._array_ok
 
     def rows(self, values: dict[str, list[Any]], n: int,
              problems: list[str | None]) -> tuple[list[int], list[list[Any]], list[tuple[int, str]]]:
