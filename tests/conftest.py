@@ -53,6 +53,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.setenv("MLSHIP_CACHE", str(WHEEL_CACHE))
+    monkeypatch.setenv("MLSHIP_CONVERT_WORKER", "0")  # builds convert in-process; test_rebuild_fast.py turns it on
     for var in ("MLSHIP_API_KEYS", "MLSHIP_API_KEY", "PORT"):
         monkeypatch.delenv(var, raising=False)
 

@@ -298,7 +298,7 @@ def plan_project(project: Project, base: str | None = None, dry_run: bool = Fals
     compiled: Compiled | None
     reason = host_cannot_load(project) or wheelhouse.other_python(project)  # 3.9: loaded in the image only
     if reason is None:
-        predictor = Predictor(project, keep_compiled=not dry_run)
+        predictor = Predictor(project, keep_compiled=not dry_run, worker=True)
         predictor.load()
         compiled = _compiled_of(project, predictor)
     else:
@@ -316,6 +316,8 @@ def _loaded_pins(project: Project, predictor: Any) -> dict[str, str]:
     if project.contract.load:
         return {}
     runtime = predictor.runtime
+    if predictor.worker_versions is not None:  # read by the conversion worker's runtime (mlship.convert_worker)
+        return dict(predictor.worker_versions)
     if predictor.model is not None:
         return dict(runtime.saved_versions(predictor.model))
     recorded = getattr(runtime, "recorded_versions", None)

@@ -26,10 +26,13 @@ from mlship.userpkg import make_importable
 class Predictor:
     """The model plus everything needed to call it. ``load()`` is slow; the rest is thread-safe."""
 
-    def __init__(self, project: Project, *, keep_compiled: bool = True) -> None:
+    def __init__(self, project: Project, *, keep_compiled: bool = True, worker: bool = False) -> None:
         self.project = project
         #: write the compiled model (or why it failed) to .mlship/compiled/ for the next start (not in dry runs)
         self.keep_compiled = keep_compiled
+        #: a changed tensor model is converted by the project's long-lived worker (mlship.convert_worker)
+        self.worker = worker and keep_compiled
+        self.worker_versions: dict[str, str] | None = None  # the versions the worker's runtime read, if it ran
         contract = project.contract
         self.features = contract.feature_names
         self.validator = make_validator(contract.input, contract.serve.max_instances)
@@ -68,6 +71,8 @@ class Predictor:
         else:
             if compiling:
                 reason, kept = self._load_compiled()
+                if self.compiled is None and self.worker:
+                    reason, kept = self._compile_in_worker(reason, kept)
             if self.compiled is None:
                 make_importable(self.project.root)  # a pickle of your own classes: their package is there
                 try:
@@ -169,6 +174,14 @@ class Predictor:
             return str(exc), True
         self.input_path = compiled.describe(self.compiled)
         return "", False
+
+    def _compile_in_worker(self, reason: str, kept: bool) -> tuple[str, bool]:
+        """The worker converts, proves and keeps the model; it is then re-checked here like any kept compiled
+        model. When the worker cannot be used the caller converts in-process (the same answer)."""
+        from mlship import convert_worker
+
+        self.worker_versions = convert_worker.convert(self.project)
+        return (reason, kept) if self.worker_versions is None else self._load_compiled()
 
     def _compile(self) -> str:
         """Convert the loaded model and check it; keep it for the next start. Returns why not on failure."""
