@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import build_from_files, copy_project
+from conftest import copy_project
 from emulators import ecs_batch_fixtures, ecs_fixtures
 from emulators.ecs_batch_fixtures import left_after
 from emulators.ecs_fixtures import REGION, remove_pushed
@@ -52,13 +52,7 @@ TINY_WORKER = textwrap.dedent('''\
 
 @pytest.fixture(scope="module")
 def tiny_image(docker_engine: Any) -> Iterator[str]:
-    from conftest import TEST_BASE_IMAGE
-
-    tag = f"mlship-batch-tiny:{uuid.uuid4().hex[:8]}"
-    files = {"Dockerfile": f"FROM {TEST_BASE_IMAGE}\nCOPY mlship-batch /usr/local/bin/mlship-batch\n"
-                           "RUN chmod 755 /usr/local/bin/mlship-batch\nCMD [\"mlship-batch\"]\n".encode(),
-             "mlship-batch": TINY_WORKER.encode()}
-    build_from_files(docker_engine, files, tag)
+    tag = ecs_batch_fixtures.worker_image(docker_engine, TINY_WORKER, "mlship-batch-tiny")
     yield tag
     docker_engine.images.remove(tag, force=True)
 

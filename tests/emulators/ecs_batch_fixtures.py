@@ -1,6 +1,9 @@
 """Fixtures and helpers of the `mlship batch --target ecs` tests (a test module names the fixtures it uses:
 ``runner = ecs_batch_fixtures.runner``): ``runner`` (the RunTask agent per module: tests/emulators/ecs_runtask.py;
-at its end no container is left), ``batch_env`` (aws + the loopback registry + fast polling; moto's S3 takes
+at its end no container is left), ``batch_agent`` (the same for AWS Batch jobs: tests/emulators/aws_batch.py),
+``job_queues`` (``make(kind, state)``: an AWS Batch job queue on a compute environment of that kind, removed
+afterwards), ``worker_image(docker, script, prefix)`` (a small image whose mlship-batch is ``script``),
+``batch_env`` (aws + the loopback registry + fast polling; moto's S3 takes
 pyarrow's uploads), ``bucket`` (a bucket with one input object, emptied and removed afterwards); ``left_after``
 (what still carries a service's tag, but stopped tasks) and ``objects``.
 """
@@ -13,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from conftest import build_from_files
+from emulators.aws_batch import BatchAgent
 from emulators.ecs_fixtures import REGION, tagged_left
 from emulators.ecs_moto import MotoServer
 from emulators.ecs_runtask import RunTaskAgent
@@ -31,6 +36,71 @@ def runner(docker_engine: Any, moto: MotoServer) -> Iterator[RunTaskAgent]:
             container.remove(force=True)
         assert not left, f"containers left behind: {left}"
         assert agent.errors == [], agent.errors
+
+
+@pytest.fixture(scope="module")
+def batch_agent(docker_engine: Any, moto: MotoServer) -> Iterator[BatchAgent]:
+    agent = BatchAgent(docker_engine, moto, REGION).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        left = [c for c in agent.containers() if c.status != "removing"]
+        for container in left:
+            container.remove(force=True)
+        assert not left, f"containers left behind: {left}"
+        assert agent.errors == [], agent.errors
+
+
+@pytest.fixture
+def job_queues(aws: MotoServer) -> Iterator[Any]:
+    """make(kind="FARGATE", state="ENABLED", max_vcpus=4) -> the name of a new job queue on one compute environment
+    of that kind (the user's own: untagged); queues, compute environments and roles are removed afterwards."""
+    import boto3
+
+    s = boto3.Session(region_name=REGION)
+    batch, ec2, iam = s.client("batch"), s.client("ec2"), s.client("iam")
+    made: list[tuple[str, str]] = []
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnets = [n["SubnetId"] for n in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
+    group = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                                  {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]
+    tag = uuid.uuid4().hex[:8]
+    role = iam.create_role(RoleName=f"batch-service-{tag}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    profile = iam.create_instance_profile(InstanceProfileName=f"batch-instances-{tag}")["InstanceProfile"]["Arn"]
+
+    def make(kind: str = "FARGATE", state: str = "ENABLED", max_vcpus: int = 4) -> str:
+        name = f"q-{kind.lower()}-{uuid.uuid4().hex[:8]}"
+        resources: dict[str, Any] = {"type": kind, "maxvCpus": max_vcpus, "subnets": subnets[:2],
+                                     "securityGroupIds": [group["GroupId"]]}
+        if "FARGATE" not in kind:
+            resources.update(minvCpus=0, instanceTypes=["m5.large"], instanceRole=profile)
+        batch.create_compute_environment(computeEnvironmentName=f"ce-{name}", type="MANAGED", state="ENABLED",
+                                         computeResources=resources, serviceRole=role)
+        batch.create_job_queue(jobQueueName=name, state=state, priority=1,
+                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": f"ce-{name}"}])
+        made.append((name, f"ce-{name}"))
+        return name
+
+    yield make
+    for queue, environment in made:
+        batch.delete_job_queue(jobQueue=queue)
+        batch.delete_compute_environment(computeEnvironment=environment)
+    iam.delete_instance_profile(InstanceProfileName=f"batch-instances-{tag}")
+    iam.delete_role(RoleName=f"batch-service-{tag}")
+    for client in (batch, ec2, iam):
+        client.close()
+
+
+def worker_image(docker_engine: Any, script: str, prefix: str) -> str:
+    """A small image of the test base whose command ``mlship-batch`` is ``script``; its tag."""
+    from conftest import TEST_BASE_IMAGE
+
+    tag = f"{prefix}:{uuid.uuid4().hex[:8]}"
+    files = {"Dockerfile": f"FROM {TEST_BASE_IMAGE}\nCOPY mlship-batch /usr/local/bin/mlship-batch\n"
+                           "RUN chmod 755 /usr/local/bin/mlship-batch\nCMD [\"mlship-batch\"]\n".encode(),
+             "mlship-batch": script.encode()}
+    return build_from_files(docker_engine, files, tag)
 
 
 @pytest.fixture

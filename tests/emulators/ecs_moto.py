@@ -15,6 +15,7 @@ moto runs in this process, so the agent (``ecs_agent.py``) can act on moto's ECS
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -224,11 +225,26 @@ def _parse(environ: dict[str, Any], body: bytes) -> tuple[str, str, dict[str, An
         except ValueError:
             params = {}
         return service, target.rpartition(".")[2], params
+    if service == "batch":  # REST-JSON: POST /v1/<operation, lowercase> with a JSON body
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+        return service, _rest_operations(service).get(environ.get("PATH_INFO", "").lower(), ""), params
     form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
     action = form.pop("Action", "")
     if not action:  # REST protocols (ECR's registry API is not used here): the path is the action
         return service, "", {}
     return service, action, form
+
+
+@functools.cache
+def _rest_operations(service: str) -> dict[str, str]:
+    """A REST service's request paths (lowercase) -> its operation names, from botocore's service model."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model(service)
+    return {model.operation_model(name).http["requestUri"].lower(): name for name in model.operation_names}
 
 
 def aws_environment(endpoint: str, region: str, tmp: str) -> dict[str, str]:

@@ -202,21 +202,9 @@ class RunTaskAgent:
             self._fail(run, f"agent error: {exc}")
 
     def _role_credentials(self, td: Any, task: Any) -> dict[str, str]:
-        """What ECS gives a task with a task role: the role's temporary credentials (STS AssumeRole, as the
-        container credentials endpoint serves them); none without a role."""
-        if not getattr(td, "task_role_arn", None):
-            return {}
-        import boto3
-
-        sts = boto3.client("sts", endpoint_url=self.moto.endpoint, region_name=self.region,
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
-        try:
-            creds = sts.assume_role(RoleArn=td.task_role_arn,
-                                    RoleSessionName=task.task_arn.rpartition("/")[2][:32])["Credentials"]
-        finally:
-            sts.close()
-        return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
-                "AWS_SESSION_TOKEN": creds["SessionToken"]}
+        """What ECS gives a task with a task role (none without a role)."""
+        role = getattr(td, "task_role_arn", None)
+        return role_credentials(self.moto, self.region, role, task.task_arn.rpartition("/")[2]) if role else {}
 
     def _fail(self, run: Run, reason: str) -> None:
         task = run.task
@@ -239,17 +227,37 @@ class RunTaskAgent:
 
     def _ship_logs(self, run: Run) -> None:
         """The awslogs driver: the container's new output lines into the task's stream."""
-        if not run.log_group or run.log_group not in self.logs.groups:
-            return
-        try:
-            lines = run.container.logs().decode(errors="replace").splitlines()
-        except Exception:
-            return
-        if len(lines) <= run.shipped:
-            return
-        if run.stream not in self.logs.groups[run.log_group].streams:
-            self.logs.create_log_stream(run.log_group, run.stream)
-        now = int(time.time() * 1000)
-        self.logs.put_log_events(run.log_group, run.stream,
-                                 [{"timestamp": now, "message": line} for line in lines[run.shipped:]])
-        run.shipped = len(lines)
+        run.shipped = ship_logs(self.logs, run.log_group, run.stream, run.container, run.shipped)
+
+
+def role_credentials(moto: MotoServer, region: str, role_arn: str, session: str) -> dict[str, str]:
+    """A role's temporary credentials (moto's STS AssumeRole), as ECS's container credentials endpoint serves a task
+    role's (ECS tasks, AWS Batch jobs on Fargate)."""
+    import boto3
+
+    sts = boto3.client("sts", endpoint_url=moto.endpoint, region_name=region, aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    try:
+        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session[:32])["Credentials"]
+    finally:
+        sts.close()
+    return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": creds["SessionToken"]}
+
+
+def ship_logs(logs: Any, group: str, stream: str, container: Any, shipped: int) -> int:
+    """The awslogs driver: the container's output lines after the first ``shipped`` into ``stream`` of ``group``
+    (moto's Logs backend ``logs``); how many lines are shipped now. Nothing while the group does not exist."""
+    if not group or group not in logs.groups:
+        return shipped
+    try:
+        lines = container.logs().decode(errors="replace").splitlines()
+    except Exception:
+        return shipped
+    if len(lines) <= shipped:
+        return shipped
+    if stream not in logs.groups[group].streams:
+        logs.create_log_stream(group, stream)
+    now = int(time.time() * 1000)
+    logs.put_log_events(group, stream, [{"timestamp": now, "message": line} for line in lines[shipped:]])
+    return len(lines)

@@ -64,7 +64,11 @@ class Shard:
 
 def run(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str, progress: Progress, *,
         poll_s: float) -> JobRun:
-    """See the module docstring."""
+    """See the module docstring; with ``targets.ecs.batch.job_queue`` an AWS Batch array job (batch_array.py)."""
+    if opts.batch.job_queue:
+        from mlship.targets.ecs import batch_array
+
+        return batch_array.run(aws, opts, n, job, image, progress, poll_s=poll_s)
     td_arn, size = _prepare(aws, opts, n, job, image, progress)
     net = resources.ensure_network(aws, n, tags(opts, n.service), progress)
     network = {"awsvpcConfiguration": {"subnets": net.subnets, "securityGroups": net.security_groups,
@@ -103,9 +107,17 @@ def run(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str, progres
                   console=f"https://{region}.console.aws.amazon.com/ecs/v2/clusters/{n.cluster}/tasks?region={region}")
 
 
-def _prepare(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str,
-             progress: Progress) -> tuple[str, tuple[int, int]]:
-    """Push, log group, roles, cluster, task definition: (its ARN, (cpu units, memory MiB))."""
+@dataclass(frozen=True)
+class Prepared:
+    """What both engines (RunTask fan-out, AWS Batch) need before the job: the pushed image, the roles."""
+
+    image: str  # the ECR reference, by digest
+    execution_role: str
+    task_role: str
+
+
+def prepare(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str, progress: Progress) -> Prepared:
+    """Push (by digest), the log group ``/mlship/<service>/batch``, the execution role and the tasks' role."""
     for uri in (job.input_uri, job.output_uri):
         if not uri.startswith("s3://"):
             raise not_s3(uri)
@@ -116,6 +128,15 @@ def _prepare(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str,
     resources.ensure_log_group(aws, bn, tag_map, opts.log_retention_days, progress)
     execution = opts.execution_role_arn or resources.ensure_role(aws, n, tag_map, progress)
     task_role = opts.task_role_arn or _ensure_task_role(aws, bn, tag_map, job, progress)
+    return Prepared(ref, execution, task_role)
+
+
+def _prepare(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str,
+             progress: Progress) -> tuple[str, tuple[int, int]]:
+    """Push, log group, roles, cluster, task definition: (its ARN, (cpu units, memory MiB))."""
+    ready = prepare(aws, opts, n, job, image, progress)
+    ref, execution, task_role = ready.image, ready.execution_role, ready.task_role
+    bn, tag_map = batch_names(n), tags(opts, n.service)
     service.ensure_cluster(aws, n, tag_map, progress)
     desired = task_definition(opts, bn, job, image=ref, region=aws.region, execution_role=execution,
                               task_role=task_role)
@@ -213,11 +234,15 @@ def _failed_lines(aws: Aws, n: Names, shard: Shard) -> list[str]:
         return [f"after {shard.attempts} attempt(s): {task.get('reason', 'not started')}"]
     lines = [f"after {shard.attempts} attempt(s): {service.stop_reason(task)}"
              + (" (stopped: it ran past the job's timeout)" if shard.timed_out else "")]
-    stream = f"mlship/{CONTAINER}/{task['taskArn'].rpartition('/')[2]}"
+    return lines + log_tail(aws, n, f"mlship/{CONTAINER}/{task['taskArn'].rpartition('/')[2]}")
+
+
+def log_tail(aws: Aws, n: Names, stream: str) -> list[str]:
+    """The last LOG_LINES lines of a batch task's stream in ``/mlship/<service>/batch`` (none when it is missing)."""
     found = aws.call("read the task's log", "logs", "get_log_events", action="logs:GetLogEvents",
                      missing=("ResourceNotFoundException",), logGroupName=batch_names(n).log_group,
                      logStreamName=stream, limit=LOG_LINES, startFromHead=False)
-    return lines + [str(e["message"]).rstrip() for e in (found or {}).get("events", [])]
+    return [str(e["message"]).rstrip() for e in (found or {}).get("events", [])]
 
 
 def not_s3(uri: str) -> TargetError:
@@ -248,22 +273,25 @@ def batch_actions(opts: EcsOptions) -> list[str]:
 
 def checks(opts: EcsOptions, client_factory: ClientFactory | None, job: BatchJob) -> list[Check]:
     """The ECS preflight for a batch job (one Availability Zone will do: no load balancer); the core checks that the
-    input lists and the output takes a write (batch/remote.py)."""
-    from mlship.targets.ecs import preflight
+    input lists and the output takes a write (batch/remote.py). With a job queue: batch_array.checks."""
+    from mlship.targets.ecs import batch_array, preflight
 
     bad = [uri for uri in (job.input_uri, job.output_uri) if not uri.startswith("s3://")]
     if bad:
         error = not_s3(bad[0])
         return [Check(name="storage", ok=False, detail=error.message, fix=error.fix)]
+    if opts.batch.job_queue:
+        return batch_array.checks(opts, client_factory)
     return preflight.checks(opts, client_factory, actions=batch_actions(opts), zones=1)
 
 
 # --- destroy ------------------------------------------------------------------------------------------------
 def remove(aws: Aws, n: Names) -> list[str]:
-    """What batch jobs left for the service: the task definitions, the log group, the tasks' role (each only when
-    tagged for it)."""
+    """What batch jobs left for the service: the task definitions, the AWS Batch job definitions, the log group, the
+    tasks' role (each only when tagged for it)."""
+    from mlship.targets.ecs import batch_array
     from mlship.targets.ecs.teardown import _drop_role, _log_group, deregister
 
     bn = batch_names(n)
-    return (deregister(aws, bn, service.revisions(aws, bn)) + _log_group(aws, bn)
+    return (deregister(aws, bn, service.revisions(aws, bn)) + batch_array.remove(aws, n) + _log_group(aws, bn)
             + _drop_role(aws, bn, bn.role, {"PolicyName": POLICY_NAME}, f"batch task role {bn.role}"))

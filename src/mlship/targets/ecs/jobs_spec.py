@@ -105,7 +105,11 @@ def cost(seconds: list[float], cpu_units: int, memory_mib: int, vcpu_hour: float
 
 def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region: str | None,
                poll_s: float) -> list[str]:
-    """Every resource and call of ``run_batch``, in words."""
+    """Every resource and call of ``run_batch``, in words (with a job queue: batch_array_spec.plan_lines)."""
+    if opts.batch.job_queue:
+        from mlship.targets.ecs import batch_array_spec
+
+        return batch_array_spec.plan_lines(opts, n, job, image=image, region=region, poll_s=poll_s)
     bn, where = batch_names(n), region or "<your AWS region: AWS_REGION or your profile's>"
     cpu, memory = fargate_size(job.cpu, job.memory_mib)
     tag_text = ", ".join(f"{k}={v}" for k, v in {**tags(opts, n.service), **job.labels}.items())
@@ -114,6 +118,8 @@ def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region:
     env = ", ".join(f"{k}={v}" for k, v in sorted(job.env.items()))
     prices = opts.batch
     return [
+        "engine: ECS RunTask fan-out on Fargate (targets.ecs.batch.job_queue is not set; set it to an AWS Batch job "
+        "queue on Fargate to run an array job there)",
         f"check credentials (sts:GetCallerIdentity) and region {where}; list {job.input_uri}; the bucket of "
         f"{job.output_uri} exists; every resource below is tagged {tag_text}",
         f"ECR repository {n.repository} (scan on push, tagged) if missing; push {image} (referenced by digest)",

@@ -98,13 +98,26 @@ class ListenerRule(BaseModel):
 
 
 class EcsBatchOptions(BaseModel):
-    """``targets.ecs.batch``: the prices of ``mlship batch --target ecs``'s cost estimate (Fargate Linux/x86 list
+    """``targets.ecs.batch``: where ``mlship batch --target ecs`` runs (``job_queue``: an AWS Batch array job on
+    your Fargate queue; without it ECS RunTask fan-out) and the prices of its cost estimate (Fargate Linux/x86 list
     prices of us-east-1 by default; set your region's or your discounted ones)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    job_queue: str | None = Field(default=None, description="An AWS Batch job queue (name or ARN) whose compute "
+                                  "environments are FARGATE or FARGATE_SPOT: the job runs as an AWS Batch array job "
+                                  "there (default: ECS RunTask fan-out on the cluster).")
     vcpu_hour_usd: float = Field(default=0.04048, ge=0, description="Price of one vCPU for one hour, in USD.")
     gb_hour_usd: float = Field(default=0.004445, ge=0, description="Price of one GB of memory for one hour, in USD.")
+
+    @field_validator("job_queue")
+    @classmethod
+    def _job_queue(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(
+                r"^(arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/)?[A-Za-z0-9][A-Za-z0-9_-]{0,127}$", value):
+            raise ValueError("expected a job queue name (letters, digits, hyphens and underscores, at most 128) or "
+                             "its ARN (arn:aws:batch:REGION:ACCOUNT:job-queue/NAME)")
+        return value
 
 
 class EcsOptions(BaseModel):
