@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -197,3 +198,8 @@ def running(project_dir: Path, env: dict[str, str] | None = None, ready: bool = 
         yield server
     finally:
         server.stop()
+
+
+def post(client: httpx.Client, body: Any) -> httpx.Response:
+    """POST ``body`` as JSON to /predict (serialised here, so a test can send any value, even a bare array)."""
+    return client.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"})
