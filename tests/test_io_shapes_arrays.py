@@ -14,13 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from cli_helpers import invoke
-from conftest import IRIS, Server, make_iris_project, outcome, running, slow_validator
-from mlship.contract import Feature
-from mlship.serving.validation import Validator
+from conftest import IRIS, Server, make_iris_project, running
 from servers import post
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -139,30 +135,6 @@ def test_tensor_contract_still_refuses_a_bare_array(tmp_path: Path) -> None:
         doc = http.get("/openapi.json").json()
         forms = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
         assert len(forms) == 2  # no bare array form for tensors
-
-
-UNIFORM = {"a": Feature(type="float"), "b": Feature(type="float"), "c": Feature(type="float")}
-MIXED = {"x": Feature(type="float", minimum=0, maximum=10), "n": Feature(type="int", enum=[1, 2, 3]),
-         "s": Feature(type="str"), "f": Feature(type="bool")}
-field_values = (st.none() | st.booleans() | st.integers(-5, 15) | st.text(max_size=2)
-                | st.floats(allow_nan=True, allow_infinity=True))
-
-
-@pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
-@settings(max_examples=300, deadline=None)
-@given(data=st.data(), mixed=st.booleans(), bare=st.booleans())
-def test_fast_validation_of_value_rows_agrees_with_the_slow_path(data: st.DataObject, mixed: bool,
-                                                                 bare: bool) -> None:
-    features = MIXED if mixed else UNIFORM
-    valid = (st.tuples(st.floats(-1, 11), st.sampled_from([1, 2, 3, 4]), st.text(max_size=2), st.booleans())
-             if mixed else st.tuples(*(st.floats(allow_nan=False) for _ in features)))
-    rows = (valid.map(list) | valid.map(list)
-            | st.lists(field_values, min_size=len(features), max_size=len(features))
-            | st.lists(field_values, max_size=5))
-    instances = data.draw(st.lists(rows, min_size=1, max_size=4))
-    body = instances if bare else {"instances": instances}
-    fast, slow = outcome(Validator(features, 50), body), outcome(slow_validator(features), body)
-    assert repr(fast) == repr(slow)
 
 
 # -- 4. mlship init --sample with several instances or request bodies ----------------------------------------

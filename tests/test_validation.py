@@ -1,5 +1,6 @@
-"""The input Validator (named features: types, bounds, paths of every error, body shapes, caps) and
-sample_instance (a valid instance from the schema alone).
+"""The input Validator (named features: types, bounds, paths of every error, body shapes, caps), sample_instance
+(a valid instance from the schema alone), and the Validator's fast paths checked against the path that lists
+every problem (hypothesis: objects and arrays of values).
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from conftest import outcome, slow_validator
 from mlship.contract import Feature
 from mlship.serving.validation import MAX_ERRORS, InvalidInput, Validator, sample_instance
 
@@ -175,3 +179,49 @@ def test_sample_instance_is_valid(feature: Feature) -> None:
     features = {"v": feature}
     instance = sample_instance(features)
     assert Validator(features, 1).validate(instance).rows == [[instance["v"]]]
+
+
+# -- the validator's fast paths agree with the path that lists every problem ---------------------------------
+UNIFORM = {"a": Feature(type="float"), "b": Feature(type="float"), "c": Feature(type="float")}
+MIXED = {"x": Feature(type="float", minimum=0, maximum=10), "n": Feature(type="int", enum=[1, 2, 3]),
+         "s": Feature(type="str"), "f": Feature(type="bool")}
+field_values = (st.none() | st.booleans() | st.integers(-5, 15) | st.text(max_size=2)
+                | st.floats(allow_nan=True, allow_infinity=True) | st.lists(st.integers(), max_size=2))
+# a value in an array of values (the value-rows test): no nested lists
+row_values = (st.none() | st.booleans() | st.integers(-5, 15) | st.text(max_size=2)
+              | st.floats(allow_nan=True, allow_infinity=True))
+
+
+@pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), mixed=st.booleans())
+def test_fast_validation_agrees_with_the_slow_path(data: st.DataObject, mixed: bool) -> None:
+    features = MIXED if mixed else UNIFORM
+    names = [*features, "other"]
+    # mostly valid instances (the fast paths' case), with values of other types or out of range mixed in
+    valid = (st.fixed_dictionaries({"x": st.floats(-1, 11), "n": st.sampled_from([1, 2, 3, 4]),
+                                    "s": st.text(max_size=2), "f": st.booleans()}) if mixed
+             else st.fixed_dictionaries({name: st.floats(allow_nan=False) for name in features}))
+    instance = (valid | valid | st.dictionaries(st.sampled_from(names), field_values, max_size=5)
+                | st.fixed_dictionaries({name: field_values for name in features}))
+    instances = data.draw(st.lists(instance | field_values, min_size=1, max_size=4))
+    body = {"instances": instances}
+    fast, slow = outcome(Validator(features, 50), body), outcome(slow_validator(features), body)
+    assert repr(fast) == repr(slow)  # repr: NaN == NaN, and int 1 differs from float 1.0
+
+
+@pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), mixed=st.booleans(), bare=st.booleans())
+def test_fast_validation_of_value_rows_agrees_with_the_slow_path(data: st.DataObject, mixed: bool,
+                                                                 bare: bool) -> None:
+    features = MIXED if mixed else UNIFORM
+    valid = (st.tuples(st.floats(-1, 11), st.sampled_from([1, 2, 3, 4]), st.text(max_size=2), st.booleans())
+             if mixed else st.tuples(*(st.floats(allow_nan=False) for _ in features)))
+    rows = (valid.map(list) | valid.map(list)
+            | st.lists(row_values, min_size=len(features), max_size=len(features))
+            | st.lists(row_values, max_size=5))
+    instances = data.draw(st.lists(rows, min_size=1, max_size=4))
+    body = instances if bare else {"instances": instances}
+    fast, slow = outcome(Validator(features, 50), body), outcome(slow_validator(features), body)
+    assert repr(fast) == repr(slow)
