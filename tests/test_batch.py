@@ -168,11 +168,13 @@ def test_clean_csv_and_float32_chunks_take_the_column_path_with_the_row_paths_va
     assert_same(pq.read_table(tmp_path / "narrow.parquet.out.parquet"), expected(project, widened))
 
 
-def test_the_pool_gives_chunks_to_ready_workers_and_scores_the_rest_itself(project: Path) -> None:
+def test_the_pool_gives_chunks_to_ready_workers_and_scores_the_rest_itself(tmp_path: Path, iris_model: Path) -> None:
     from mlship.batch.run import _Pool
 
+    native = make_iris_project(tmp_path, iris_model, "serve:\n  compile: 'off'\n")  # scikit-learn: processes
     table = rows_table(6000, seed=9)
-    with _Pool(project / "mlship.yaml", 1000, 3) as pool:  # this process + 2 spawned workers
+    with _Pool(native / "mlship.yaml", 1000, 3) as pool:  # this process + 2 spawned workers
+        assert pool.threads is None
         local = pool.first.score(0, 0, table, "id").predictions
         for ready in pool.starting:
             ready.result(timeout=120)

@@ -39,18 +39,24 @@ def count_rows(path: Path) -> int | None:
     return None
 
 
-def read_chunks(path: Path, chunk_rows: int, string_columns: list[str]) -> Iterator[pa.Table]:
+def read_chunks(path: Path, chunk_rows: int, string_columns: list[str],
+                json_floats: list[str] | None = None) -> Iterator[pa.Table]:
     """Tables of exactly ``chunk_rows`` rows, read with bounded memory. CSV ``string_columns`` (the features) are
-    read as text and converted per chunk, so that one bad value is a rejected row, not a failed read."""
+    read as text and converted per chunk, so that one bad value is a rejected row, not a failed read. A JSON Lines
+    chunk is parsed by Arrow with ``json_floats`` (the features, when all are floats) as float64, else kept as
+    lines (:func:`jsonl_table`)."""
     fmt = file_format(path)
     if fmt == "jsonl":
-        yield from _jsonl_chunks(path, chunk_rows)
+        yield from _jsonl_chunks(path, chunk_rows, json_floats)
         return
     buffered: list[pa.RecordBatch] = []
     held = 0
     for batch in _batches(path, fmt, chunk_rows, string_columns):
         if fmt == "csv":
             batch = batch.replace_schema_metadata({TEXT_KEY: b"1"})
+        if not buffered and batch.num_rows == chunk_rows:  # the usual case: one batch is one chunk, no copy
+            yield pa.Table.from_batches([batch])
+            continue
         buffered.append(batch)
         held += batch.num_rows
         while held >= chunk_rows:
@@ -82,19 +88,38 @@ def _batches(path: Path, fmt: str, chunk_rows: int, string_columns: list[str]) -
                             fix=f"Check that the file is a complete {fmt} file (its extension says {fmt}).") from None
 
 
-def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[pa.Table]:
-    """JSON Lines: one object per line; values kept as they are (a string where a number belongs is a rejected
-    row, reported by the validator), so a chunk is a table of one binary column, ``__json``, parsed by the worker."""
-    lines: list[str] = []
-    with path.open(encoding="utf-8") as fh:
+def _jsonl_chunks(path: Path, chunk_rows: int, features: list[str] | None) -> Iterator[pa.Table]:
+    """JSON Lines: one object per line, ``chunk_rows`` non-blank lines a chunk (:func:`jsonl_table`)."""
+    lines: list[bytes] = []
+    with path.open("rb") as fh:
         for line in fh:
             if line.strip():
-                lines.append(line)
+                lines.append(line if line.endswith(b"\n") else line + b"\n")
                 if len(lines) == chunk_rows:
-                    yield pa.table({JSON_COLUMN: pa.array(lines, pa.string())})
+                    yield jsonl_table(lines, features)
                     lines = []
     if lines:
-        yield pa.table({JSON_COLUMN: pa.array(lines, pa.string())})
+        yield jsonl_table(lines, features)
+
+
+def jsonl_table(lines: list[bytes], features: list[str] | None) -> pa.Table:
+    """A chunk of JSON Lines (each ending in a newline) as a table. With ``features`` (a contract whose features
+    are all floats), parsed by Arrow, the features as float64 (a
+    missing one null, an integer widened as the validator widens it), when every line is an object whose feature
+    values are numbers or null; the chunk then takes the column path like a Parquet chunk. Anything else (a line
+    that is not an object, a string or a boolean where a number belongs, NaN) keeps the values as they are: one
+    string column, ``__json``, of the lines, parsed and checked row by row (the validator says why, per row)."""
+    if features is None:
+        return pa.table({JSON_COLUMN: pa.array([ln.decode("utf-8") for ln in lines], pa.string())})
+    import pyarrow.json as pajson  # type: ignore[import-untyped]
+
+    schema = pa.schema([(name, pa.float64()) for name in features])
+    try:
+        return pajson.read_json(pa.py_buffer(b"".join(lines)), read_options=pajson.ReadOptions(use_threads=False),
+                                parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                                                  unexpected_field_behavior="infer"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return jsonl_table(lines, None)
 
 
 JSON_COLUMN = "__json"

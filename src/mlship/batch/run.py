@@ -249,7 +249,7 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
             opts.progress(done_rows, None if total is None else report.rows + total, time.perf_counter() - started)
 
     try:
-        for index, table in enumerate(formats.read_chunks(source, opts.chunk_rows, features)):
+        for index, table in enumerate(formats.read_chunks(source, opts.chunk_rows, features, pool.first.json_floats)):
             bad = formats.part_rows(part_path(parts, "rejects", index))
             kept = formats.part_rows(part_path(parts, "part", index)) if bad is not None else None
             if bad is not None and kept is not None and kept + bad == table.num_rows:

@@ -52,6 +52,8 @@ class Scorer:
         specs = project.contract.input.features.values()
         self._array_ok = self.predictor.compiled is not None and not project.contract.predict and all(
             f.type == "float" and f.enum is None and f.minimum is None and f.maximum is None for f in specs)
+        #: the features when all are floats: a JSON Lines chunk is then parsed by Arrow into float64 columns
+        self.json_floats = self.features if all(f.type == "float" for f in specs) else None
         #: chunks go to onnxruntime as one array, which runs without the GIL: threads of one process score in parallel
         self.releases_gil = self._array_ok
 
@@ -153,6 +155,8 @@ def _ids(table: pa.Table, ids: list[Any], name: str, positions: list[int]) -> An
         return table.column(name)
     if name in table.column_names:
         return table.column(name).take(pa.array(positions, pa.int64()))
+    if not ids:  # a JSON Lines chunk parsed by Arrow whose lines have no id: null, as the row path reads them
+        return pa.nulls(len(positions))
     return [ids[i] for i in positions]
 
 

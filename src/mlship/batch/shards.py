@@ -119,13 +119,15 @@ def _column_names(loc: Location, f: InputFile) -> list[str] | None:
     return list(obj) if isinstance(obj, dict) else None
 
 
-def read_piece(loc: Location, piece: Piece, chunk_rows: int, features: list[str]) -> Iterator[Chunk]:
-    """The piece's rows in tables of at most ``chunk_rows`` rows, in file order."""
+def read_piece(loc: Location, piece: Piece, chunk_rows: int, features: list[str],
+               json_floats: list[str] | None = None) -> Iterator[Chunk]:
+    """The piece's rows in tables of at most ``chunk_rows`` rows, in file order (``json_floats``: as
+    formats.read_chunks)."""
     try:
         if piece.file.fmt == "parquet":
             yield from _parquet_rows(loc, piece, chunk_rows)
         else:
-            yield from _text_rows(loc, piece, chunk_rows, features)
+            yield from _text_rows(loc, piece, chunk_rows, features, json_floats)
     except (OSError, pa.ArrowInvalid) as exc:
         raise _read_error(loc, piece.file, exc) from None
 
@@ -193,7 +195,8 @@ def _lines(loc: Location, piece: Piece) -> Iterator[tuple[int, bytes]]:
             i = k + 1
 
 
-def _text_rows(loc: Location, piece: Piece, chunk_rows: int, features: list[str]) -> Iterator[Chunk]:
+def _text_rows(loc: Location, piece: Piece, chunk_rows: int, features: list[str],
+               json_floats: list[str] | None) -> Iterator[Chunk]:
     header = _first_line(loc, piece.file) + b"\n" if piece.file.fmt == "csv" else b""
     lines: list[bytes] = []
     offsets: list[int] = []
@@ -203,16 +206,16 @@ def _text_rows(loc: Location, piece: Piece, chunk_rows: int, features: list[str]
         lines.append(line if line.endswith(b"\n") else line + b"\n")
         offsets.append(offset)
         if len(lines) == chunk_rows:
-            yield _text_chunk(piece.file.fmt, header, lines, offsets, features)
+            yield _text_chunk(piece.file.fmt, header, lines, offsets, features, json_floats)
             lines, offsets = [], []
     if lines:
-        yield _text_chunk(piece.file.fmt, header, lines, offsets, features)
+        yield _text_chunk(piece.file.fmt, header, lines, offsets, features, json_floats)
 
 
-def _text_chunk(fmt: str, header: bytes, lines: list[bytes], offsets: list[int], features: list[str]) -> Chunk:
+def _text_chunk(fmt: str, header: bytes, lines: list[bytes], offsets: list[int], features: list[str],
+                json_floats: list[str] | None) -> Chunk:
     if fmt == "jsonl":
-        table = pa.table({formats.JSON_COLUMN: pa.array([ln.decode("utf-8") for ln in lines], pa.string())})
-        return Chunk(table, 0, offsets)
+        return Chunk(formats.jsonl_table(lines, json_floats), 0, offsets)
     import pyarrow.csv as pacsv  # type: ignore[import-untyped]
 
     table = pacsv.read_csv(io.BytesIO(header + b"".join(lines)),

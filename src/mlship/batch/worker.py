@@ -162,7 +162,7 @@ def _score(source: Any, pieces: list[Any], tmp: Path, fmt: str, chunk_rows: int,
         n = 0
         for piece in pieces:
             column = _id_column(source, piece.file, id_column, pool.features)
-            for chunk in shards.read_piece(source, piece, chunk_rows, pool.features):
+            for chunk in shards.read_piece(source, piece, chunk_rows, pool.features, pool.first.json_floats):
                 pending.append((pool.submit(n, chunk.start, chunk.table, column), piece.file.name, chunk.offsets))
                 n += 1
                 while len(pending) > 2 * workers or (pending and pending[0][0].done()):

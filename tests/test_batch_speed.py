@@ -1,0 +1,104 @@
+"""What makes `mlship batch` fast, held to the row path's answers: scoring threads sharing one compiled model,
+JSON Lines chunks parsed by Arrow into columns, and the writer thread that streams the output (a failure there is
+an error that leaves no partial output)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_iris_project
+from mlship.batch import BatchOptions, formats, rejects_path, run_batch
+from mlship.batch.run import _Pool
+from mlship.batch.storage import StorageError
+from mlship.contract_io import load_project
+from mlship.serving.predictor import Predictor
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
+    root = make_iris_project(tmp_path_factory.mktemp("speed"), iris_model)
+    Predictor(load_project(root)).load()  # keeps the compiled model
+    return root
+
+
+def rows(n: int, seed: int) -> list[dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    table = pa.table({"id": np.arange(n) * 3 + 1, **{f: rng.uniform(0, 8, n) for f in FEATURES}})
+    return table.to_pylist()
+
+
+def test_scoring_threads_share_the_compiled_model_and_give_the_in_process_bytes(project: Path, tmp_path: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(rows(50_000, seed=1)), tmp_path / "rows.parquet")
+    with _Pool(project / "mlship.yaml", 4096, 2) as pool:
+        assert pool.threads is not None and pool.executor is None  # no process started
+    one = run_batch(project, tmp_path / "rows.parquet", tmp_path / "one.parquet", BatchOptions(workers=1,
+                                                                                               chunk_rows=4096))
+    two = run_batch(project, tmp_path / "rows.parquet", tmp_path / "two.parquet", BatchOptions(workers=2,
+                                                                                               chunk_rows=4096))
+    assert (one.rows, two.rows, two.chunks) == (50_000, 50_000, 13)
+    assert 0 < two.load_seconds < two.seconds
+    assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no parts folder, no temporary file left
+
+
+def test_jsonl_chunks_parsed_by_arrow_give_the_row_paths_predictions_and_rejects(project: Path,
+                                                                                 tmp_path: Path) -> None:
+    data = rows(3000, seed=2)
+    del data[10]["petal_width"]  # missing
+    data[20]["sepal_width"] = None  # null
+    data[1500]["sepal_length"] = math.nan  # NaN (Python's json writes and reads it)
+    data[2500]["petal_length"] = 2  # an integer: valid, widened
+    columnar = "".join(json.dumps(r) + "\n" for r in data)
+    # the same rows with a field whose type changes from line to line: Arrow cannot type it, so each chunk keeps its
+    # lines and takes the row path, which ignores the field
+    row_path = "".join(json.dumps({**r, "note": i if i % 2 else "x"}) + "\n" for i, r in enumerate(data))
+    (tmp_path / "columnar.jsonl").write_text(columnar)
+    (tmp_path / "rows.jsonl").write_text(row_path)
+    first = [ln.encode() + b"\n" for ln in columnar.splitlines()[:1000]]
+    assert formats.jsonl_table(first, FEATURES).column_names[:4] == FEATURES
+    other = [ln.encode() + b"\n" for ln in row_path.splitlines()[:1000]]
+    assert formats.jsonl_table(other, FEATURES).column_names == [formats.JSON_COLUMN]
+    opts = BatchOptions(workers=2, chunk_rows=1000)
+    for name in ("columnar", "rows"):
+        report = run_batch(project, tmp_path / f"{name}.jsonl", tmp_path / f"{name}.parquet", opts)
+        assert (report.rows, report.rejects) == (3000, 3)
+    got, want = pq.read_table(tmp_path / "columnar.parquet"), pq.read_table(tmp_path / "rows.parquet")
+    assert got.equals(want) and got.num_rows == 2997
+    bad, bad_want = (pq.read_table(rejects_path(tmp_path / f"{n}.parquet")) for n in ("columnar", "rows"))
+    assert bad.equals(bad_want)
+    assert bad.column("row").to_pylist() == [10, 20, 1500]
+    assert [r.split(":")[0] for r in bad.column("reason").to_pylist()] == ["petal_width", "sepal_width",
+                                                                           "sepal_length"]
+    predictor = Predictor(load_project(project))
+    predictor.load()
+    kept = [r for i, r in enumerate(data) if i not in (10, 20, 1500)]
+    assert got.column("label").to_pylist() == [p["label"] for p in predictor.predict([[r[f] for f in FEATURES]
+                                                                                      for r in kept])]
+
+
+def test_a_writer_failure_is_an_error_and_leaves_no_partial_output(project: Path, tmp_path: Path) -> None:
+    data = pa.Table.from_pylist(rows(5000, seed=3))
+    nested = data.set_column(0, "id", pa.StructArray.from_arrays([data.column("id").combine_chunks()], ["n"]))
+    pq.write_table(nested, tmp_path / "rows.parquet")  # a struct id: Parquet holds it, CSV cannot
+    out = tmp_path / "out" / "preds.csv"
+    with pytest.raises(StorageError, match=r"writing .*preds\.csv failed: Unsupported Type") as info:
+        run_batch(project, tmp_path / "rows.parquet", out, BatchOptions(workers=2, chunk_rows=1000))
+    assert info.value.fix and "CSV" in info.value.fix
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left == [".preds.csv.parts"]  # no output, no rejects file, no temporary file; the parts for a resume
+    run_batch(project, tmp_path / "rows.parquet", out.with_suffix(".parquet"), BatchOptions(workers=2,
+                                                                                          chunk_rows=1000))
+    assert pq.read_table(out.with_suffix(".parquet")).column("id").to_pylist() == nested.column("id").to_pylist()
+    pacsv.write_csv(data, tmp_path / "flat.csv")
+    report = run_batch(project, tmp_path / "flat.csv", out, BatchOptions(workers=2, chunk_rows=1000))
+    assert report.rows == 5000 and out.exists()
