@@ -126,7 +126,6 @@ class Rendering:
         return canon(out, run_v2.Revision)
 
 
-
 def condition(type_: str, state: str, message: str, when: str, reason: str = "") -> dict[str, Any]:
     out = {"type": type_, "state": state, "message": message, "lastTransitionTime": when}
     if state == "CONDITION_FAILED":
