@@ -101,7 +101,8 @@ def test_layer_order_base_deps_mlship_model_contract_labels(fixed_project: Path)
     model = at(lambda s: s.startswith("COPY model/"))
     contract = at(lambda s: s.startswith("COPY contract/"))
     user = at(lambda s: s.startswith("USER "))
-    assert deps_from < lock < pip < mlship_copy < mlship_install < final_from < venv < model < contract < user
+    assert deps_from < lock < pip < mlship_copy < mlship_install < final_from < venv < model < contract
+    assert venv < user < model  # the run settings before the model: a model-only rebuild keeps them cached
     labels = [i for i, line in enumerate(lines) if line.startswith("LABEL ") and i > final_from]
     assert labels == list(range(len(lines) - len(labels), len(lines))), "labels must be the last instructions"
     # the deps stage ends with its label (after every RUN, so no build container carries it): see keep_stage_cache

@@ -29,14 +29,16 @@ FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PORT=8080 MLSHIP_HOST=0.0.0.0
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
-# The model, then mlship.yaml and the files it names; the context's folders mirror /app, so no file name
-# is written here (Docker would expand $ and quotes in it, even in JSON form).
-COPY model/ /app/
-COPY contract/ /app/
+# The run settings before the model: a model-only rebuild then redoes only the two COPYs and the labels (COPY
+# makes root-owned files whatever USER says, so the server still cannot write /app).
 USER 10001:10001
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 CMD ["/opt/venv/bin/python", "-m", "mlship.serving", "/app/mlship.yaml"]
+# The model, then mlship.yaml and the files it names; the context's folders mirror /app, so no file name
+# is written here (Docker would expand $ and quotes in it, even in JSON form).
+COPY model/ /app/
+COPY contract/ /app/
 
 LABEL org.opencontainers.image.title="iris" \
       org.opencontainers.image.version="d4e5530910fe" \
