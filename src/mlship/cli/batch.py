@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from mlship.batch.run import Progress
 from mlship.cli._app import FileOpt, _errors, app, err, out
 from mlship.cli.images import BaseOpt, JsonOpt
 from mlship.cli.render import emit_json, events, json_errors
 from mlship.reports import BatchRunReport
+
+if TYPE_CHECKING:  # pyarrow is imported by mlship.batch.run: not at `mlship build`'s start
+    from mlship.batch.run import Progress
 
 
 @app.command()
