@@ -1,7 +1,8 @@
-"""Fixtures of the Cloud Run batch tests (tests/test_batch_cloudrun*.py): ``gcp_project`` (a project id of its own
-per module), ``emu`` (the Cloud Run emulator with jobs; at the end every container it ran is checked gone and the
-images pushed to or pulled from the project's registry path are removed), ``fast_polling`` and the helpers
-``target_options`` and ``delete_job``. A test module names what it uses: ``emu = cloudrun_fixtures.emu``.
+"""Fixtures of the Cloud Run tests (tests/test_batch_cloudrun*.py, tests/test_target_cloudrun_deploy.py):
+``gcp_project`` (a project id of its own per module), ``emu`` (the Cloud Run emulator with jobs; at the end every
+container it ran is checked gone and the images pushed to or pulled from the project's registry path are removed),
+``fast_polling`` and the helpers ``target_options`` and ``delete_job``. A test module names what it uses:
+``emu = cloudrun_fixtures.emu``.
 """
 
 from __future__ import annotations
