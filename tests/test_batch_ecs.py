@@ -9,20 +9,16 @@ test_batch_ecs_cli.py runs `mlship batch --target ecs` with the real batch image
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import copy_project
 from emulators import ecs_batch_fixtures, ecs_fixtures
-from emulators.ecs_batch_fixtures import left_after
-from emulators.ecs_fixtures import REGION, remove_pushed
+from emulators.ecs_fixtures import REGION
 from emulators.ecs_moto import MotoServer
 from emulators.ecs_runtask import RunTaskAgent
 from mlship.batch.jobs import BatchJob, batch_job
@@ -35,47 +31,14 @@ moto = ecs_fixtures.moto
 runner = ecs_batch_fixtures.runner
 batch_env = ecs_batch_fixtures.batch_env
 bucket = ecs_batch_fixtures.bucket
-
-TINY_WORKER = textwrap.dedent('''\
-    #!/usr/bin/env python3
-    """A stand-in worker: says which shard it runs, takes SHARD_SECONDS, fails for the shards in FAIL_SHARDS."""
-    import os, sys, time
-    i, n = int(os.environ["MLSHIP_BATCH_TASK_INDEX"]), int(os.environ["MLSHIP_BATCH_TASK_COUNT"])
-    print(f"shard {i} of {n}, job {os.environ['MLSHIP_BATCH_JOB']}", flush=True)
-    time.sleep(float(os.environ.get("SHARD_SECONDS", "0")))
-    if str(i) in os.environ.get("FAIL_SHARDS", "").split(","):
-        print(f"shard {i}: cannot score this shard", flush=True)
-        sys.exit(3)
-    print(f"shard {i}: done", flush=True)
-''')
-
-
-@pytest.fixture(scope="module")
-def tiny_image(docker_engine: Any) -> Iterator[str]:
-    tag = ecs_batch_fixtures.worker_image(docker_engine, TINY_WORKER, "mlship-batch-tiny")
-    yield tag
-    docker_engine.images.remove(tag, force=True)
+tiny_image = ecs_batch_fixtures.tiny_image
 
 
 @pytest.fixture
 def new_target(batch_env: MotoServer, iris_dir: Path, tmp_path: Path,
                docker_engine: Any) -> Iterator[Callable[..., EcsTarget]]:
-    """new_target(**options): an ecs target for a service of its own; destroyed afterwards (and nothing tagged
-    for it may be left), its pushed images removed."""
-    made: list[EcsTarget] = []
-
-    def make(**options: Any) -> EcsTarget:
-        name = f"batch-{uuid.uuid4().hex[:8]}"
-        made.append(EcsTarget(copy_project(iris_dir, tmp_path / name, name=name, targets={"ecs": options}),
-                              options))
-        return made[-1]
-
-    yield make
-    for target in made:
-        removed = target.destroy()
-        target.close()
-        remove_pushed(docker_engine, target.service)
-        assert left_after(target.service) == [], removed
+    """new_target(**options): an ecs target for a service of its own (ecs_batch_fixtures.made_targets)."""
+    yield from ecs_batch_fixtures.made_targets(iris_dir, tmp_path, docker_engine, "batch", {})
 
 
 def done_shards(target: EcsTarget, job_id: str) -> list[str]:

@@ -10,23 +10,19 @@ second run) run a small image whose worker says which shard and attempt it runs;
 
 from __future__ import annotations
 
-import io
 import json
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import copy_project
 from emulators import ecs_batch_fixtures, ecs_fixtures
 from emulators.aws_batch import BatchAgent
-from emulators.ecs_batch_fixtures import left_after, objects
+from emulators.ecs_batch_fixtures import left_after
 from emulators.ecs_fixtures import REGION, remove_pushed
 from emulators.ecs_moto import MotoServer
 from mlship.batch.jobs import BatchJob, batch_job
@@ -43,30 +39,7 @@ batch_agent = ecs_batch_fixtures.batch_agent
 batch_env = ecs_batch_fixtures.batch_env
 bucket = ecs_batch_fixtures.bucket
 job_queues = ecs_batch_fixtures.job_queues
-
-ARRAY_WORKER = textwrap.dedent('''\
-    #!/usr/bin/env python3
-    """A stand-in worker: says which shard and attempt it runs; fails the shards in FAIL_SHARDS, and those in
-    FAIL_ONCE on their first attempt."""
-    import os, sys, time
-    i = os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", os.environ.get("MLSHIP_BATCH_TASK_INDEX", "?"))
-    n, attempt = os.environ["MLSHIP_BATCH_TASK_COUNT"], os.environ["AWS_BATCH_JOB_ATTEMPT"]
-    print(f"shard {i} of {n}, attempt {attempt}, job {os.environ['MLSHIP_BATCH_JOB']}, "
-          f"id {os.environ['AWS_BATCH_JOB_ID']}, role {bool(os.environ.get('AWS_SESSION_TOKEN'))}", flush=True)
-    time.sleep(float(os.environ.get("SHARD_SECONDS", "0")))
-    if i in os.environ.get("FAIL_SHARDS", "").split(",") or (
-            attempt == "1" and i in os.environ.get("FAIL_ONCE", "").split(",")):
-        print(f"shard {i}: cannot score this shard", flush=True)
-        sys.exit(3)
-    print(f"shard {i}: done", flush=True)
-''')
-
-
-@pytest.fixture(scope="module")
-def array_image(docker_engine: Any) -> Iterator[str]:
-    tag = ecs_batch_fixtures.worker_image(docker_engine, ARRAY_WORKER, "mlship-batch-array")
-    yield tag
-    docker_engine.images.remove(tag, force=True)
+tiny_image = ecs_batch_fixtures.tiny_image
 
 
 @pytest.fixture
@@ -77,23 +50,9 @@ def queue(job_queues: Callable[..., str]) -> str:
 @pytest.fixture
 def new_target(batch_env: MotoServer, batch_agent: BatchAgent, iris_dir: Path, tmp_path: Path, queue: str,
                docker_engine: Any) -> Iterator[Callable[..., EcsTarget]]:
-    """new_target(**options): an ecs target on ``queue`` for a service of its own; destroyed afterwards (nothing
-    tagged for it may be left), its pushed images removed."""
-    made: list[EcsTarget] = []
-
-    def make(**options: Any) -> EcsTarget:
-        name = f"array-{uuid.uuid4().hex[:8]}"
-        options = {"batch": {"job_queue": queue}, **options}
-        made.append(EcsTarget(copy_project(iris_dir, tmp_path / name, name=name, targets={"ecs": options}),
-                              options))
-        return made[-1]
-
-    yield make
-    for target in made:
-        removed = target.destroy()
-        target.close()
-        remove_pushed(docker_engine, target.service)
-        assert left_after(target.service) == [], removed
+    """new_target(**options): an ecs target on ``queue`` for a service of its own (ecs_batch_fixtures.made_targets)."""
+    yield from ecs_batch_fixtures.made_targets(iris_dir, tmp_path, docker_engine, "array",
+                                               {"batch": {"job_queue": queue}})
 
 
 def job_for(target: EcsTarget, bucket: str, **flags: Any) -> BatchJob:
@@ -208,13 +167,14 @@ def test_preflight_refuses_the_queue_before_any_build(kind: str | None, state: s
 
 # --- the array job (Docker: the agent runs the children) ------------------------------------------------------
 def test_array_job_runs_each_child_with_its_index_and_retries_a_failed_attempt(
-        batch_env: MotoServer, batch_agent: BatchAgent, array_image: str, new_target: Callable[..., EcsTarget],
+        batch_env: MotoServer, batch_agent: BatchAgent, tiny_image: str, new_target: Callable[..., EcsTarget],
         bucket: str) -> None:
-    target = new_target(env={"FAIL_ONCE": "1"})
+    target = new_target(env={"SHARD_SECONDS": "1"})
     job = job_for(target, bucket, tasks=4, max_retries=2)
     lines: list[str] = []
     mark = batch_env.mark()
-    result = target.run_batch(job, array_image, lines.append)
+    batch_agent.interrupt_next(1, after_s=0.3)  # child 1's first attempt loses its host: AWS Batch retries it
+    result = target.run_batch(job, tiny_image, lines.append)
     assert (result.tasks, result.succeeded, result.failed, result.retries) == (4, 4, 0, 1), result
     [submitted] = calls(batch_env, mark, "SubmitJob")
     assert submitted["arrayProperties"] == {"size": 4} and submitted["tags"]["mlship-batch-job"] == job.job_id
@@ -222,50 +182,51 @@ def test_array_job_runs_each_child_with_its_index_and_retries_a_failed_attempt(
     assert registered["jobDefinitionName"] == f"mlship-{target.service}-batch"
     assert registered["retryStrategy"]["attempts"] == 3 and registered["platformCapabilities"] == ["FARGATE"]
     streams = stream_lines(target)
-    firsts = sorted(lines[0] for lines in streams.values())
-    parent = next(iter(streams.values()))[0].split(", id ")[1].split(":")[0]
-    assert firsts == sorted([f"shard {i} of 4, attempt 1, job {job.job_id}, id {parent}:{i}, role True"
-                             for i in range(4)] + [f"shard 1 of 4, attempt 2, job {job.job_id}, id {parent}:1, "
-                                                   "role True"])
+    parent = next(iter(streams.values()))[1].split(", id ")[1].split(":")[0]
+    assert sorted(tuple(lines[:2]) for lines in streams.values()) == sorted(
+        [(f"shard {i} of 4, job {job.job_id}", f"attempt 1, id {parent}:{i}, role True") for i in range(4)]
+        + [(f"shard 1 of 4, job {job.job_id}", f"attempt 2, id {parent}:1, role True")])
     assert "4/4 tasks done, 0 failed, 0 running" in lines and any("submitted AWS Batch job" in ln for ln in lines)
     assert result.cost_usd is not None and result.cost_usd >= 5 * 60 * (0.04048 + 2 * 0.004445) / 3600 - 1e-6
     assert result.console and f"#jobs/detail/{parent}" in result.console
 
     mark = batch_env.mark()  # the same image and size again: the job definition's revision is reused
-    again = target.run_batch(job_for(target, bucket, tasks=4, max_retries=2), array_image, lambda line: None)
-    assert again.succeeded == 4 and calls(batch_env, mark, "RegisterJobDefinition") == []
+    again = target.run_batch(job_for(target, bucket, tasks=4, max_retries=2), tiny_image, lambda line: None)
+    assert (again.succeeded, again.retries) == (4, 0) and calls(batch_env, mark, "RegisterJobDefinition") == []
     submit = [t for _, a, t in batch_env.since(mark) if a == "SubmitJob"]
     assert submit and submit[0]["jobDefinition"].endswith(":1")
-    print(f"\nAWS Batch array job on moto, 4 tasks of the small image (one retried): {result.seconds:.2f}s "
-          f"submit -> done; again, nothing to retry: {again.seconds:.2f}s")
+    print(f"\nAWS Batch array job on moto, 4 tasks of the small image (1 s each): {again.seconds:.2f}s submit -> "
+          f"all done; with one child retried: {result.seconds:.2f}s")
 
 
-def test_a_child_that_fails_every_attempt(batch_env: MotoServer, array_image: str,
+def test_a_child_that_fails_every_attempt(batch_env: MotoServer, tiny_image: str,
                                           new_target: Callable[..., EcsTarget], bucket: str) -> None:
     target = new_target(env={"FAIL_SHARDS": "2"})
     lines: list[str] = []
-    result = target.run_batch(job_for(target, bucket, tasks=3, max_retries=1), array_image, lines.append)
+    result = target.run_batch(job_for(target, bucket, tasks=3, max_retries=1), tiny_image, lines.append)
     assert (result.succeeded, result.failed, result.retries) == (2, 1, 1), result
     why, *logs = result.failed_logs[2]
     assert why == "after 2 attempt(s): Essential container in task exited (exit code 3)"
-    assert logs[-1] == "shard 2: cannot score this shard" and logs[0].startswith("shard 2 of 3, attempt 2,")
+    assert logs[0] == f"shard 2 of 3, job {result.job_id}" and logs[1].startswith("attempt 2, id ")
+    assert logs[-1] == "shard 2: cannot score this shard"
     assert lines[-1] == "2/3 tasks done, 1 failed, 0 running"
 
 
-def test_one_task_is_a_plain_job(batch_env: MotoServer, array_image: str, new_target: Callable[..., EcsTarget],
+def test_one_task_is_a_plain_job(batch_env: MotoServer, tiny_image: str, new_target: Callable[..., EcsTarget],
                                  bucket: str) -> None:
     target = new_target()
     mark = batch_env.mark()
-    result = target.run_batch(job_for(target, bucket, tasks=1), array_image, lambda line: None)
+    result = target.run_batch(job_for(target, bucket, tasks=1), tiny_image, lambda line: None)
     assert (result.succeeded, result.failed, result.retries) == (1, 0, 0), result
     [submitted] = calls(batch_env, mark, "SubmitJob")
     assert "arrayProperties" not in submitted
     [lines] = stream_lines(target).values()
-    assert lines[0].startswith("shard 0 of 1, attempt 1,") and lines[-1] == "shard 0: done"
+    assert lines[0] == f"shard 0 of 1, job {result.job_id}" and lines[-1] == "shard 0: done"
+    assert lines[1].startswith("attempt 1, id ") and ":" not in lines[1].split(", id ")[1]  # not an array child
 
 
 def test_interrupt_terminates_the_job_and_destroy_keeps_the_queue(batch_env: MotoServer, batch_agent: BatchAgent,
-                                                                  array_image: str, queue: str, bucket: str,
+                                                                  tiny_image: str, queue: str, bucket: str,
                                                                   new_target: Callable[..., EcsTarget]) -> None:
     import boto3
 
@@ -277,7 +238,7 @@ def test_interrupt_terminates_the_job_and_destroy_keeps_the_queue(batch_env: Mot
 
     mark, started = batch_env.mark(), time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        target.run_batch(job_for(target, bucket, tasks=3), array_image, interrupt)
+        target.run_batch(job_for(target, bucket, tasks=3), tiny_image, interrupt)
     [terminated] = calls(batch_env, mark, "TerminateJob")
     assert terminated["reason"] == TERMINATE_REASON
     batch = boto3.client("batch", region_name=REGION)
@@ -326,29 +287,20 @@ def test_cli_array_job_equals_the_in_process_run(batch_project: Path, bucket: st
     assert (report["rows"], report["tasks"], report["succeeded"], report["failed"], report["retries"]) == \
         (9_000, 3, 3, 0, 1)
     assert report["cost_usd"] > 0 and "console.aws.amazon.com/batch/" in report["console"]
-    parts = objects(bucket, "out/part-")
-    assert [k.split("/")[-1] for k in sorted(parts)] == [f"part-{i:05d}-of-00003.parquet" for i in range(3)]
-    got = pa.concat_tables([pq.read_table(io.BytesIO(parts[k])) for k in sorted(parts)])
-    here = invoke("batch", "-f", str(batch_project), "-i", str(local), "-o", str(tmp_path / "here.parquet"),
-                  "--workers", "1")
-    assert here.exit_code == 0, here.output
-    want = pq.read_table(tmp_path / "here.parquet")
-    assert got.column_names == want.column_names and got.equals(want)
+    ecs_batch_fixtures.assert_parts_equal_in_process(bucket, batch_project, local, tmp_path, 3)
     print(f"\nAWS Batch array job on moto, real batch image: 9,000 rows in 3 tasks (one retried) in "
           f"{report['seconds']:.1f}s submit -> done")
 
 
 def test_cli_a_child_that_always_fails_exits_1_with_its_last_lines(batch_project: Path, bucket: str,
                                                                     tmp_path: Path) -> None:
-    import boto3
-
     upload_rows(bucket, tmp_path, 3_000)
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.put_object(Bucket=bucket, Key="in/z-broken.parquet", Body=b"PAR1 this is not parquet " * 40)
-    s3.close()
-    result = invoke("batch", "--target", "ecs", "--tasks", "2", "--max-retries", "1", "--memory", "1024",
+    ecs_batch_fixtures.put_broken(bucket)
+    result = invoke("batch", "--target", "ecs", "--tasks", "2", "--max-retries", "1", "--memory", "1024", "--json",
                     "-f", str(batch_project), "-i", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/")
-    assert result.exit_code == 1, result.output
-    assert "tasks: 1/2 done, 1 failed, 1 retries" in result.stdout, result.stderr[-3000:]
-    assert "task 1 failed; its last lines:" in result.stderr and "z-broken.parquet" in result.stderr
-    assert "after 2 attempt(s): Essential container in task exited (exit code 1)" in result.stderr
+    report = json.loads(result.stdout)
+    assert (result.exit_code, report["ok"], report["succeeded"], report["failed"], report["retries"]) == \
+        (1, False, 1, 1, 1), result.stderr[-3000:]
+    why, *lines = report["failed_logs"]["1"]
+    assert why == "after 2 attempt(s): Essential container in task exited (exit code 1)"
+    assert any("z-broken.parquet" in line for line in lines), lines

@@ -5,7 +5,6 @@ ECS RunTask fan-out against moto in server mode, the tasks on the local engine t
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import copy_project
 from emulators import ecs_batch_fixtures, ecs_fixtures
-from emulators.ecs_batch_fixtures import left_after, objects
+from emulators.ecs_batch_fixtures import left_after
 from emulators.ecs_fixtures import REGION, remove_pushed
 from emulators.ecs_moto import MotoServer
 from emulators.ecs_runtask import RunTaskAgent
@@ -81,26 +80,15 @@ def test_cli_batch_on_ecs_equals_the_in_process_run(batch_project: Path, bucket:
     assert (report["rows"], report["tasks"], report["succeeded"], report["failed"], report["retries"]) == \
         (20_000, 4, 4, 0, 1)
     assert report["cost_usd"] > 0 and report["console"].startswith(f"https://{REGION}.console.aws.amazon.com/ecs/")
-    parts = objects(bucket, "out/part-")
-    assert [k.split("/")[-1] for k in sorted(parts)] == [f"part-{i:05d}-of-00004.parquet" for i in range(4)]
-    got = pa.concat_tables([pq.read_table(io.BytesIO(parts[k])) for k in sorted(parts)])
-    here = invoke("batch", "-f", str(batch_project), "-i", str(local), "-o", str(tmp_path / "here.parquet"),
-                  "--workers", "1")
-    assert here.exit_code == 0, here.output
-    want = pq.read_table(tmp_path / "here.parquet")
-    assert got.column_names == want.column_names and got.equals(want)  # same rows, same order, same values
+    ecs_batch_fixtures.assert_parts_equal_in_process(bucket, batch_project, local, tmp_path, 4)
     print(f"\necs RunTask fan-out on moto, real batch image: 20,000 rows in 4 tasks (2 at once, one run again) in "
           f"{report['seconds']:.1f}s submit -> done")
 
 
 def test_cli_batch_a_shard_that_always_fails_exits_1_with_its_last_lines(batch_project: Path, bucket: str,
                                                                           tmp_path: Path) -> None:
-    import boto3
-
     upload_rows(bucket, tmp_path, 4_000)
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.put_object(Bucket=bucket, Key="in/z-broken.parquet", Body=b"PAR1 this is not parquet " * 40)
-    s3.close()
+    ecs_batch_fixtures.put_broken(bucket)
     result = invoke("batch", "--target", "ecs", "--tasks", "4", "--max-retries", "1", "--memory", "1024",
                     "-f", str(batch_project), "-i", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/")
     assert result.exit_code == 1, result.output

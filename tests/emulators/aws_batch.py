@@ -44,7 +44,7 @@ from typing import Any
 from emulators import _runtime
 from emulators._runtime import LABEL
 from emulators.ecs_moto import MotoServer
-from emulators.ecs_runtask import ACCOUNT, role_credentials, ship_logs
+from emulators.ecs_runtask import ACCOUNT, ContainerAgent, role_credentials, ship_logs
 
 JOB_MODEL = "batch::job"
 TIMEOUT_REASON = "Job attempt duration exceeded timeout"
@@ -61,21 +61,16 @@ class Attempt:
     retry: bool = True  # False: terminated or timed out (AWS Batch does not retry those)
 
 
-class BatchAgent:
+class BatchAgent(ContainerAgent):
     def __init__(self, docker: Any, moto: MotoServer, region: str, *, tick_s: float = 0.2,
                  stop_grace_s: int = 5) -> None:
-        self.docker, self.moto, self.region = docker, moto, region
-        self.tick_s, self.stop_grace_s = tick_s, stop_grace_s
-        self.id = uuid.uuid4().hex[:8]
-        self.errors: list[str] = []
+        super().__init__(docker, moto, region, tick_s=tick_s, stop_grace_s=stop_grace_s)
         self.attempts: dict[str, int] = {}  # job id -> attempts started
-        self.running_peak = 0
-        self._running: dict[str, int] = {}  # job queue ARN -> vCPUs in use
+        self._running: dict[str, int] = {}  # job queue ARN -> vCPUs in use (thousandths)
         self._containers: list[Any] = []
         self._interrupts: dict[int, list[float]] = {}
         self._jobs: list[Any] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._original_run: Any = None
 
     @property
@@ -83,12 +78,6 @@ class BatchAgent:
         from moto.batch.models import batch_backends
 
         return batch_backends[ACCOUNT][self.region]
-
-    @property
-    def logs(self) -> Any:
-        from moto.logs.models import logs_backends
-
-        return logs_backends[ACCOUNT][self.region]
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> BatchAgent:
@@ -102,7 +91,7 @@ class BatchAgent:
         def run(job: Any) -> None:
             agent._run(job)
 
-        Job.run = run  # type: ignore[method-assign]
+        Job.run = run  # type: ignore[method-assign,assignment]
         return self
 
     def stop(self) -> None:
@@ -120,9 +109,6 @@ class BatchAgent:
     def interrupt_next(self, index: int, *, times: int = 1, after_s: float = 1.0) -> None:
         """The next ``times`` attempts of array child ``index`` are killed ``after_s`` after they start (exit 137)."""
         self._interrupts.setdefault(index, []).extend([after_s] * times)
-
-    def containers(self) -> list[Any]:
-        return list(self.docker.containers.list(all=True, filters={"label": f"{LABEL}.id={self.id}"}))
 
     # --- one job (in moto's thread) --------------------------------------------------------------------
     def _run(self, job: Any) -> None:

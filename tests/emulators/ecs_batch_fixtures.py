@@ -2,16 +2,18 @@
 ``runner = ecs_batch_fixtures.runner``): ``runner`` (the RunTask agent per module: tests/emulators/ecs_runtask.py;
 at its end no container is left), ``batch_agent`` (the same for AWS Batch jobs: tests/emulators/aws_batch.py),
 ``job_queues`` (``make(kind, state)``: an AWS Batch job queue on a compute environment of that kind, removed
-afterwards), ``worker_image(docker, script, prefix)`` (a small image whose mlship-batch is ``script``),
-``batch_env`` (aws + the loopback registry + fast polling; moto's S3 takes
-pyarrow's uploads), ``bucket`` (a bucket with one input object, emptied and removed afterwards); ``left_after``
-(what still carries a service's tag, but stopped tasks) and ``objects``.
+afterwards), ``tiny_image`` (a stand-in worker that says which shard it runs: TINY_WORKER), ``batch_env`` (aws
++ the loopback registry + fast polling; moto's S3 takes pyarrow's uploads), ``bucket`` (a bucket with one input
+object, emptied and removed afterwards); ``left_after`` (what still carries a service's tag, but stopped tasks) and
+``objects``.
 """
 
 from __future__ import annotations
 
+import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,10 +25,26 @@ from emulators.ecs_moto import MotoServer
 from emulators.ecs_runtask import RunTaskAgent
 from mlship.targets.ecs import EcsTarget
 
+TINY_WORKER = textwrap.dedent('''\
+    #!/usr/bin/env python3
+    """A stand-in worker: says which shard it runs (on AWS Batch also the attempt, the job id and whether it has the
+    job role's credentials), takes SHARD_SECONDS, fails for the shards in FAIL_SHARDS."""
+    import os, sys, time
+    i = os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", os.environ.get("MLSHIP_BATCH_TASK_INDEX", "?"))
+    print(f"shard {i} of {os.environ['MLSHIP_BATCH_TASK_COUNT']}, job {os.environ['MLSHIP_BATCH_JOB']}", flush=True)
+    if "AWS_BATCH_JOB_ATTEMPT" in os.environ:
+        print(f"attempt {os.environ['AWS_BATCH_JOB_ATTEMPT']}, id {os.environ['AWS_BATCH_JOB_ID']}, "
+              f"role {bool(os.environ.get('AWS_SESSION_TOKEN'))}", flush=True)
+    time.sleep(float(os.environ.get("SHARD_SECONDS", "0")))
+    if i in os.environ.get("FAIL_SHARDS", "").split(","):
+        print(f"shard {i}: cannot score this shard", flush=True)
+        sys.exit(3)
+    print(f"shard {i}: done", flush=True)
+''')
 
-@pytest.fixture(scope="module")
-def runner(docker_engine: Any, moto: MotoServer) -> Iterator[RunTaskAgent]:
-    agent = RunTaskAgent(docker_engine, moto, REGION, stop_grace_s=5).start()
+
+def _agent(agent: RunTaskAgent | BatchAgent) -> Iterator[Any]:
+    """Yield a started agent; at the end it is stopped, no container of its may be left, it saw no error."""
     try:
         yield agent
     finally:
@@ -36,20 +54,30 @@ def runner(docker_engine: Any, moto: MotoServer) -> Iterator[RunTaskAgent]:
             container.remove(force=True)
         assert not left, f"containers left behind: {left}"
         assert agent.errors == [], agent.errors
+
+
+@pytest.fixture(scope="module")
+def runner(docker_engine: Any, moto: MotoServer) -> Iterator[RunTaskAgent]:
+    yield from _agent(RunTaskAgent(docker_engine, moto, REGION, stop_grace_s=5).start())
 
 
 @pytest.fixture(scope="module")
 def batch_agent(docker_engine: Any, moto: MotoServer) -> Iterator[BatchAgent]:
-    agent = BatchAgent(docker_engine, moto, REGION).start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
-        left = [c for c in agent.containers() if c.status != "removing"]
-        for container in left:
-            container.remove(force=True)
-        assert not left, f"containers left behind: {left}"
-        assert agent.errors == [], agent.errors
+    yield from _agent(BatchAgent(docker_engine, moto, REGION).start())
+
+
+@pytest.fixture(scope="module")
+def tiny_image(docker_engine: Any) -> Iterator[str]:
+    """A small image of the test base whose command ``mlship-batch`` is TINY_WORKER."""
+    from conftest import TEST_BASE_IMAGE
+
+    tag = f"mlship-batch-tiny:{uuid.uuid4().hex[:8]}"
+    files = {"Dockerfile": f"FROM {TEST_BASE_IMAGE}\nCOPY mlship-batch /usr/local/bin/mlship-batch\n"
+                           "RUN chmod 755 /usr/local/bin/mlship-batch\nCMD [\"mlship-batch\"]\n".encode(),
+             "mlship-batch": TINY_WORKER.encode()}
+    build_from_files(docker_engine, files, tag)
+    yield tag
+    docker_engine.images.remove(tag, force=True)
 
 
 @pytest.fixture
@@ -90,17 +118,6 @@ def job_queues(aws: MotoServer) -> Iterator[Any]:
     iam.delete_role(RoleName=f"batch-service-{tag}")
     for client in (batch, ec2, iam):
         client.close()
-
-
-def worker_image(docker_engine: Any, script: str, prefix: str) -> str:
-    """A small image of the test base whose command ``mlship-batch`` is ``script``; its tag."""
-    from conftest import TEST_BASE_IMAGE
-
-    tag = f"{prefix}:{uuid.uuid4().hex[:8]}"
-    files = {"Dockerfile": f"FROM {TEST_BASE_IMAGE}\nCOPY mlship-batch /usr/local/bin/mlship-batch\n"
-                           "RUN chmod 755 /usr/local/bin/mlship-batch\nCMD [\"mlship-batch\"]\n".encode(),
-             "mlship-batch": script.encode()}
-    return build_from_files(docker_engine, files, tag)
 
 
 @pytest.fixture
@@ -153,3 +170,57 @@ def objects(bucket: str, prefix: str) -> dict[str, bytes]:
         return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
     finally:
         s3.close()
+
+
+def made_targets(iris_dir: Path, tmp_path: Path, docker_engine: Any, prefix: str,
+                 defaults: dict[str, Any]) -> Iterator[Callable[..., EcsTarget]]:
+    """For a ``new_target`` fixture: make(**options) -> an ecs target (``defaults`` + options) for a service of its
+    own; each destroyed at the end (and nothing tagged for it may be left), its pushed images removed."""
+    from conftest import copy_project
+    from emulators.ecs_fixtures import remove_pushed
+
+    made: list[EcsTarget] = []
+
+    def make(**options: Any) -> EcsTarget:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        options = {**defaults, **options}
+        made.append(EcsTarget(copy_project(iris_dir, tmp_path / name, name=name, targets={"ecs": options}),
+                              options))
+        return made[-1]
+
+    yield make
+    for target in made:
+        removed = target.destroy()
+        target.close()
+        remove_pushed(docker_engine, target.service)
+        assert left_after(target.service) == [], removed
+
+
+def assert_parts_equal_in_process(bucket: str, project: Path, local: Path, tmp_path: Path, tasks: int) -> None:
+    """The job's parts under s3://<bucket>/out/, concatenated, equal `mlship batch` of ``local`` in this process
+    (same rows, same order, same values)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from mlship.cli import app
+
+    parts = objects(bucket, "out/part-")
+    assert [k.split("/")[-1] for k in sorted(parts)] == [f"part-{i:05d}-of-{tasks:05d}.parquet" for i in range(tasks)]
+    got = pa.concat_tables([pq.read_table(io.BytesIO(parts[k])) for k in sorted(parts)])
+    here = CliRunner().invoke(app, ["batch", "-f", str(project), "-i", str(local), "-o",
+                                    str(tmp_path / "here.parquet"), "--workers", "1"])
+    assert here.exit_code == 0, here.output
+    want = pq.read_table(tmp_path / "here.parquet")
+    assert got.column_names == want.column_names and got.equals(want)
+
+
+def put_broken(bucket: str) -> None:
+    """s3://<bucket>/in/z-broken.parquet: not Parquet, so the task whose shard holds it fails every attempt."""
+    import boto3
+
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=bucket, Key="in/z-broken.parquet", Body=b"PAR1 this is not parquet " * 40)
+    s3.close()

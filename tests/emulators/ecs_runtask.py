@@ -55,19 +55,37 @@ class Run:
     kill_at: float | None = None  # monotonic: when interrupt_next kills it
 
 
-class RunTaskAgent:
-    def __init__(self, docker: Any, moto: MotoServer, region: str, *, tick_s: float = 0.2,
-                 stop_grace_s: int = 30) -> None:
+class ContainerAgent:
+    """What the test-side agents that run a platform's tasks as local containers share (this one and
+    aws_batch.BatchAgent): the engine, moto, the region, an id that labels their containers, the errors they saw,
+    the most containers that ran at once."""
+
+    def __init__(self, docker: Any, moto: MotoServer, region: str, *, tick_s: float, stop_grace_s: int) -> None:
         self.docker, self.moto, self.region = docker, moto, region
         self.tick_s, self.stop_grace_s = tick_s, stop_grace_s
         self.id = uuid.uuid4().hex[:8]
-        self.runs: dict[str, Run] = {}
         self.errors: list[str] = []
-        self.launched: dict[str, int] = {}
         self.running_peak = 0  # the most task containers that ran at once
+        self._stop = threading.Event()
+
+    @property
+    def logs(self) -> Any:
+        from moto.logs.models import logs_backends
+
+        return logs_backends[ACCOUNT][self.region]
+
+    def containers(self) -> list[Any]:
+        return list(self.docker.containers.list(all=True, filters={"label": f"{LABEL}.id={self.id}"}))
+
+
+class RunTaskAgent(ContainerAgent):
+    def __init__(self, docker: Any, moto: MotoServer, region: str, *, tick_s: float = 0.2,
+                 stop_grace_s: int = 30) -> None:
+        super().__init__(docker, moto, region, tick_s=tick_s, stop_grace_s=stop_grace_s)
+        self.runs: dict[str, Run] = {}
+        self.launched: dict[str, int] = {}
         self._interrupts: dict[str, list[float]] = {}  # MLSHIP_BATCH_TASK_INDEX -> [after_s, ...]
         self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
         self._lock = threading.RLock()
         self._thread = threading.Thread(target=self._loop, name=f"ecs-runtask-{self.id}", daemon=True)
 
@@ -76,12 +94,6 @@ class RunTaskAgent:
         from moto.ecs.models import ecs_backends
 
         return ecs_backends[ACCOUNT][self.region]
-
-    @property
-    def logs(self) -> Any:
-        from moto.logs.models import logs_backends
-
-        return logs_backends[ACCOUNT][self.region]
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> RunTaskAgent:
@@ -108,9 +120,6 @@ class RunTaskAgent:
         """The next ``times`` tasks of shard ``index`` (their MLSHIP_BATCH_TASK_INDEX) are killed ``after_s`` after
         they start, as when Fargate loses a task's host: SIGKILL, exit code 137."""
         self._interrupts.setdefault(str(index), []).extend([after_s] * times)
-
-    def containers(self) -> list[Any]:
-        return list(self.docker.containers.list(all=True, filters={"label": f"{LABEL}.id={self.id}"}))
 
     # --- the loop ----------------------------------------------------------------------------------
     def _loop(self) -> None:
