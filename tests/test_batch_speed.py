@@ -102,3 +102,31 @@ def test_a_writer_failure_is_an_error_and_leaves_no_partial_output(project: Path
     pacsv.write_csv(data, tmp_path / "flat.csv")
     report = run_batch(project, tmp_path / "flat.csv", out, BatchOptions(workers=2, chunk_rows=1000))
     assert report.rows == 5000 and out.exists()
+
+
+def test_a_chunk_with_a_few_bad_rows_scores_the_rest_as_one_array_with_the_row_paths_answers(
+        project: Path, tmp_path: Path) -> None:
+    from mlship.batch.score import Scorer
+
+    data = rows(4000, seed=4)
+    for i in (0, 7, 1999, 2000, 3999):
+        data[i]["petal_length"] = None
+    data[123]["sepal_width"] = math.inf
+    data[2500]["sepal_length"] = math.nan
+    table = pa.Table.from_pylist(data)
+    pq.write_table(table, tmp_path / "rows.parquet")
+    scorer = Scorer(project / "mlship.yaml", 2000)
+    clean = scorer._clean_matrix(table.slice(0, 2000))
+    assert clean is not None and list(np.flatnonzero(clean[1])) == [0, 7, 123, 1999]  # only those see the validator
+    # the same rows as JSON Lines that Arrow cannot type (a field changing type): every row takes the row path
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({**r, "note": i if i % 2 else "x"}) + "\n"
+                                                 for i, r in enumerate(data)))
+    for name in ("rows.parquet", "rows.jsonl"):
+        report = run_batch(project, tmp_path / name, tmp_path / f"{name}.out.parquet",
+                           BatchOptions(workers=2, chunk_rows=2000))
+        assert (report.rows, report.rejects) == (4000, 7)
+    got, want = (pq.read_table(tmp_path / f"{n}.out.parquet") for n in ("rows.parquet", "rows.jsonl"))
+    assert got.equals(want) and got.column("id").to_pylist() == [r["id"] for i, r in enumerate(data)
+                                                                 if i not in (0, 7, 123, 1999, 2000, 2500, 3999)]
+    bad, bad_want = (pq.read_table(rejects_path(tmp_path / f"{n}.out.parquet")) for n in ("rows.parquet", "rows.jsonl"))
+    assert bad.equals(bad_want) and bad.column("row").to_pylist() == [0, 7, 123, 1999, 2000, 2500, 3999]

@@ -93,11 +93,13 @@ class Scorer:
                 parts.append(f"{name}: {error['msg']} (expected {error['expected']}, got {error['got']})")
         return "; ".join(parts)
 
-    def _clean_matrix(self, table: pa.Table) -> Any:
-        """The chunk as one float64 array when the compiled model serves, every feature is an unbounded float and
-        every value of the chunk is a finite float64 (what the validator would pass unchanged); else None. A CSV
-        chunk's text and float32 columns are cast as the row path casts them (a text that is not a number: None)."""
-        if not self._array_ok or not all(name in table.column_names for name in self.features):
+    def _clean_matrix(self, table: pa.Table) -> tuple[Any, Any] | None:
+        """(the chunk as one float64 array, a mask of its rows the validator must see, or None when there are
+        none) when the compiled model serves and every feature is an unbounded float; a row whose values are all
+        finite float64 is what the validator would pass unchanged. None when no row is clean or a column is not
+        float64 (then every row takes the row path). A CSV chunk's text and float32 columns are cast as the row path
+        casts them (a text that is not a number anywhere in the chunk: None)."""
+        if not self._array_ok or not self.features or not all(name in table.column_names for name in self.features):
             return None
         import pyarrow.compute as pc  # type: ignore[import-untyped]
 
@@ -106,37 +108,66 @@ class Scorer:
             columns = [_as_float64(table.column(name), text) for name in self.features]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        if any(c.type != pa.float64() or c.null_count or not pc.all(pc.is_finite(c)).as_py() for c in columns):
+        if any(c.type != pa.float64() for c in columns):
             return None
-        return np.column_stack([c.to_numpy() for c in columns]) if columns else None
+        dirty = None
+        for c in columns:
+            if c.null_count or not pc.all(pc.is_finite(c)).as_py():
+                bad = np.asarray(pc.invert(pc.fill_null(pc.is_finite(c), False)))
+                dirty = bad if dirty is None else dirty | bad
+        if dirty is not None and dirty.all():
+            return None
+        return np.column_stack([c.to_numpy() for c in columns]), dirty
 
     def score(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Scored:
-        n = table.num_rows
-        matrix = self._clean_matrix(table)
-        if matrix is not None:  # every value valid: checked column by column, no Python rows
-            values: dict[str, list[Any]] = {id_column: []} if id_column else {}
-            keep, bad = list(range(n)), list[tuple[int, str]]()
-            fast = compiled_columns(self.predictor, matrix)
-            out = [] if fast is not None or not n else self.predictor.predict(matrix)
-        else:
-            fast = None
-            values, problems = records(table, self.features + ([id_column] if id_column else []), self.types)
-            keep, good, bad = self.rows(values, n, problems)
-            out = self.predictor.predict(good) if good else []
-        columns: dict[str, Any] = {}
-        if id_column:
-            columns[id_column] = _ids(table, values[id_column], id_column, keep)
-        flat = fast if fast is not None else flatten(out)
+        """A chunk's predictions (input order) and rejects. Its clean rows go to the model as one array; the rows
+        with a missing or non-finite value (or every row, when the chunk is not all floats) take the row path."""
+        clean = self._clean_matrix(table)
+        if clean is None:
+            predictions, keep, bad, ids = self._row_path(table, id_column)
+            return Scored(index, predictions, _rejects(start, bad, id_column, ids))
+        matrix, dirty = clean
+        if dirty is None:  # every value valid: checked column by column, no Python rows
+            none = _ids(table, [], id_column, []) if id_column else None
+            return Scored(index, self._array_path(table, matrix, id_column), _rejects(start, [], id_column, none))
+        clean_at, dirty_at = np.flatnonzero(~dirty), np.flatnonzero(dirty)
+        fast = self._array_path(table.take(clean_at), matrix[clean_at], id_column)
+        slow, keep, bad, ids = self._row_path(table.take(dirty_at), id_column)
+        order = np.concatenate([clean_at, dirty_at[np.asarray(keep, dtype=np.intp)]])
+        predictions = pa.concat_tables([fast, slow]).take(np.argsort(order, kind="stable"))
+        return Scored(index, predictions, _rejects(start, [(int(dirty_at[i]), why) for i, why in bad], id_column, ids))
+
+    def _array_path(self, table: pa.Table, matrix: Any, id_column: str | None) -> pa.Table:
+        fast = compiled_columns(self.predictor, matrix)
+        out = [] if fast is not None or not len(matrix) else self.predictor.predict(matrix)
+        ids = _ids(table, [], id_column, list(range(table.num_rows))) if id_column else None
+        return self._predictions(fast if fast is not None else flatten(out), id_column, ids)
+
+    def _row_path(self, table: pa.Table, id_column: str | None) -> tuple[pa.Table, list[int], list[tuple[int, str]],
+                                                                           Any]:
+        """(predictions, positions of the kept rows, [(position, reason)], the rejected rows' ids)."""
+        values, problems = records(table, self.features + ([id_column] if id_column else []), self.types)
+        keep, good, bad = self.rows(values, table.num_rows, problems)
+        out = self.predictor.predict(good) if good else []
+        ids = _ids(table, values[id_column], id_column, keep) if id_column else None
+        bad_ids = _ids(table, values[id_column], id_column, [i for i, _ in bad]) if id_column else None
+        return self._predictions(flatten(out), id_column, ids), keep, bad, bad_ids
+
+    def _predictions(self, flat: dict[str, Any], id_column: str | None, ids: Any) -> pa.Table:
+        columns: dict[str, Any] = {id_column: ids} if id_column else {}
         for field in self.empty.schema:
             value = flat.get(field.name, [])
             columns[field.name] = value if isinstance(value, pa.Array) and value.type == field.type else pa.array(
                 value, field.type)
-        predictions = pa.table(columns)
-        reject_cols: dict[str, Any] = {"row": pa.array([start + i for i, _ in bad], pa.int64())}
-        if id_column:
-            reject_cols[id_column] = _ids(table, values[id_column], id_column, [i for i, _ in bad])
-        reject_cols["reason"] = pa.array([why for _, why in bad], pa.string())
-        return Scored(index, predictions, pa.table(reject_cols))
+        return pa.table(columns)
+
+def _rejects(start: int, bad: list[tuple[int, str]], id_column: str | None, ids: Any) -> pa.Table:
+    """A chunk's rejects: the row number in the file, the id, the reason."""
+    columns: dict[str, Any] = {"row": pa.array([start + i for i, _ in bad], pa.int64())}
+    if id_column is not None:
+        columns[id_column] = ids
+    columns["reason"] = pa.array([why for _, why in bad], pa.string())
+    return pa.table(columns)
 
 
 def _as_float64(column: Any, text: bool) -> Any:
