@@ -103,10 +103,11 @@ def test_job_definition_submit_and_queue_verdicts(iris_dir: Path) -> None:
         with pytest.raises(TargetError) as caught:
             job_definition(target.opts, target.names, bad, image="i", region=REGION, execution_role="e", job_role="j")
         assert words in (caught.value.fix or "")
+    too_many = batch_job(target.project, input_uri="s3://b/in/", output_uri="s3://b/out/", tasks=10_001)
     with pytest.raises(TargetError, match="more than an AWS Batch array job holds"):
-        submit_args(target.opts, target.names, batch_job(target.project, input_uri="s3://b/in/",
-                                                         output_uri="s3://b/out/", tasks=10_001), definition="d",
-                    queue="q")
+        submit_args(target.opts, target.names, too_many, definition="d", queue="q")
+    [limit] = target.batch_preflight(too_many)  # refused by the preflight, before any call or build
+    assert not limit.ok and "--tasks 10000 or less" in (limit.fix or "")
     ok = {"jobQueueName": "q", "state": "ENABLED", "status": "VALID",
           "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "arn:ce"}]}
     spot = {"computeEnvironmentArn": "arn:ce", "computeEnvironmentName": "ce", "state": "ENABLED",

@@ -31,6 +31,7 @@ from mlship.targets.ecs.api import Aws, ClientFactory
 from mlship.targets.ecs.batch_array_spec import (
     ARRAY_MIN,
     TERMINATE_REASON,
+    check_limits,
     definition_differences,
     definition_name,
     job_definition,
@@ -44,12 +45,15 @@ from mlship.targets.ecs.spec import Names, owned
 
 DESCRIBE_MAX = 100  # DescribeJobs: jobs per call
 DONE = ("SUCCEEDED", "FAILED")
+WAITING = ("SUBMITTED", "PENDING", "RUNNABLE")
+STUCK_S = 600.0  # no task started after this long: say why a job may stay RUNNABLE
 
 
 def run(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str, progress: Progress, *,
         poll_s: float) -> JobRun:
     """See the module docstring."""
     queue = str(opts.batch.job_queue)
+    check_limits(job)
     ready = jobs.prepare(aws, opts, n, job, image, progress)
     desired = job_definition(opts, n, job, image=ready.image, region=aws.region,
                              execution_role=ready.execution_role, job_role=ready.task_role)
@@ -112,7 +116,7 @@ def _definitions(aws: Aws, name: str, *, missing: tuple[str, ...] = ()) -> list[
 
 def _wait(aws: Aws, job: BatchJob, job_id: str, progress: Progress, poll_s: float) -> None:
     """Poll the job until every task is done, with a progress line whenever it changes."""
-    last_line = ""
+    last_line, submitted, warned = "", time.monotonic(), False
     while True:
         found = aws.call(f"describe job {job_id}", "batch", "describe_jobs", action="batch:DescribeJobs",
                          jobs=[job_id])["jobs"]
@@ -131,6 +135,11 @@ def _wait(aws: Aws, job: BatchJob, job_id: str, progress: Progress, poll_s: floa
             last_line = line
         if sum(summary.get(s, 0) for s in DONE) >= job.tasks:
             return
+        if not warned and time.monotonic() - submitted > STUCK_S and all(s in WAITING for s in summary or WAITING):
+            warned = True
+            progress(f"no task has started after {STUCK_S / 60:g} min: AWS Batch keeps a job RUNNABLE while no "
+                     "compute environment of the queue can place it (maxvCpus below the job's VCPU, a Fargate vCPU "
+                     "quota, subnets that cannot reach ECR); see the job in the AWS Batch console")
         time.sleep(poll_s)
 
 
@@ -180,10 +189,15 @@ def batch_actions(opts: EcsOptions) -> list[str]:
             "batch:TerminateJob"]
 
 
-def checks(opts: EcsOptions, client_factory: ClientFactory | None) -> list[Check]:
-    """The region, the credentials, the IAM actions (simulated) and the job queue; read-only."""
+def checks(opts: EcsOptions, client_factory: ClientFactory | None, job: BatchJob) -> list[Check]:
+    """AWS Batch's limits on the flags, the region, the credentials, the IAM actions (simulated) and the job queue;
+    read-only."""
     from mlship.targets.ecs import preflight
 
+    try:
+        check_limits(job)
+    except TargetError as exc:
+        return [Check(name="job", ok=False, detail=exc.message, fix=exc.fix)]
     found = [c for c in preflight.checks(opts, client_factory, actions=batch_actions(opts), zones=1)
              if c.name != "network"]  # the compute environment has the network
     if not all(c.ok for c in found) or not [c for c in found if c.name == "credentials"]:

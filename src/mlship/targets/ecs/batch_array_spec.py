@@ -39,9 +39,12 @@ def definition_name(n: Names) -> str:
     return batch_names(n).family[:128]
 
 
-def job_definition(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region: str, execution_role: str,
-                   job_role: str) -> dict[str, Any]:
-    """``register_job_definition`` arguments (see the module docstring)."""
+def check_limits(job: BatchJob) -> None:
+    """AWS Batch's limits on the job's flags, as TargetErrors naming the flag (before anything is made)."""
+    if job.tasks > ARRAY_MAX:
+        raise TargetError(f"--tasks {job.tasks} is more than an AWS Batch array job holds.",
+                          why=f"An array job has at most {ARRAY_MAX:,} children.",
+                          fix=f"Pass --tasks {ARRAY_MAX} or less (each task then scores a larger shard).")
     if job.max_retries + 1 > MAX_ATTEMPTS:
         raise TargetError(f"--max-retries {job.max_retries} is more than AWS Batch allows.",
                           why=f"A job definition's retryStrategy makes at most {MAX_ATTEMPTS} attempts per task.",
@@ -50,6 +53,12 @@ def job_definition(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, reg
         raise TargetError(f"--timeout {job.timeout_s} is less than AWS Batch allows.",
                           why=f"An attempt's timeout (attemptDurationSeconds) is at least {MIN_TIMEOUT_S} seconds.",
                           fix=f"Pass --timeout {MIN_TIMEOUT_S} or more.")
+
+
+def job_definition(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region: str, execution_role: str,
+                   job_role: str) -> dict[str, Any]:
+    """``register_job_definition`` arguments (see the module docstring)."""
+    check_limits(job)
     bn = batch_names(n)
     cpu, memory = fargate_size(job.cpu, job.memory_mib)
     container: dict[str, Any] = {
@@ -101,10 +110,7 @@ def job_name(job: BatchJob) -> str:
 def submit_args(opts: EcsOptions, n: Names, job: BatchJob, *, definition: str, queue: str) -> dict[str, Any]:
     """``submit_job`` arguments: an array job of ``job.tasks`` children, or one plain job (Batch's arrays have at
     least 2 children) that gets MLSHIP_BATCH_TASK_INDEX=0."""
-    if job.tasks > ARRAY_MAX:
-        raise TargetError(f"--tasks {job.tasks} is more than an AWS Batch array job holds.",
-                          why=f"An array job has at most {ARRAY_MAX:,} children.",
-                          fix=f"Pass --tasks {ARRAY_MAX} or less (each task then scores a larger shard).")
+    check_limits(job)
     env = {**job.env, ENV_TASK_COUNT: str(job.tasks)}
     if job.tasks < ARRAY_MIN:
         env[ENV_TASK_INDEX] = "0"
@@ -168,6 +174,7 @@ def progress_line(summary: dict[str, int], tasks: int, retried: int = 0) -> str:
 def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region: str | None,
                poll_s: float) -> list[str]:
     """Every resource and call of the AWS Batch engine, in words (the first line says which engine and why)."""
+    check_limits(job)
     bn, where, queue = batch_names(n), region or "<your AWS region>", opts.batch.job_queue
     cpu, memory = fargate_size(job.cpu, job.memory_mib)
     tag_text = ", ".join(f"{k}={v}" for k, v in {**tags(opts, n.service), **job.labels}.items())

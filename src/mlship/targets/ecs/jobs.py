@@ -281,7 +281,7 @@ def checks(opts: EcsOptions, client_factory: ClientFactory | None, job: BatchJob
         error = not_s3(bad[0])
         return [Check(name="storage", ok=False, detail=error.message, fix=error.fix)]
     if opts.batch.job_queue:
-        return batch_array.checks(opts, client_factory)
+        return batch_array.checks(opts, client_factory, job)
     return preflight.checks(opts, client_factory, actions=batch_actions(opts), zones=1)
 
 
