@@ -186,6 +186,7 @@ def _locked(root: Path, runtime: str) -> Iterator[None]:
     import fcntl
 
     private_folder(folder(root))
+    (folder(root) / ".gitignore").write_text("*\n")
     with open(folder(root) / f"{runtime}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
