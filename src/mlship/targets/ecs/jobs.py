@@ -1,5 +1,6 @@
 """``mlship batch --target ecs``: a batch job as ECS RunTask fan-out on Fargate (no AWS Batch compute environment
-needed: it runs wherever the ``ecs`` target deploys).
+needed: it runs wherever the ``ecs`` target deploys); with ``targets.ecs.batch.job_queue`` ``run``, ``checks`` and
+the plan hand the job to ``batch_array`` (an AWS Batch array job), which shares ``prepare`` and ``log_tail``.
 
 ``run``: push the batch image to the service's ECR repository (by digest), ensure the log group
 ``/mlship/<service>/batch``, the execution role, the tasks' role (read the input, write the output; unless
