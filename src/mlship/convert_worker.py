@@ -56,7 +56,9 @@ PACKAGES = {
     "tensorflow": ("tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "onnx"),
 }
 COMMON_PACKAGES = ("numpy", "onnxruntime", "pydantic", "pyyaml")
-ENV_PREFIXES = ("KERAS_", "TF_", "TORCH", "PYTORCH_", "OMP_", "MLSHIP_", "ORT_", "PYTHONPATH", "CUDA_VISIBLE")
+#: environment variables the frameworks, converters and mlship's runtimes read while loading or converting
+ENV_PREFIXES = ("KERAS_", "TF_", "TORCH", "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_", "ORT_", "CUDA_VISIBLE",
+                "PYTHONPATH", "MLSHIP_TORCH")
 
 _spawned: list[subprocess.Popen[bytes]] = []  # kept (not garbage-collected while running); reaped by stop()
 
@@ -114,8 +116,7 @@ def stamp(runtime: str) -> dict[str, Any]:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)
-           and k not in (SWITCH_ENV, IDLE_ENV)}
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
     return {"mlship": __version__, "code": code.hexdigest(), "python": sys.version, "executable": sys.executable,
             "runtime": runtime, "packages": versions, "env": env}
 
