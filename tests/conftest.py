@@ -85,6 +85,17 @@ def iris_dir(tmp_path: Path, iris_model: Path) -> Path:
     return make_iris_project(tmp_path, iris_model)
 
 
+@pytest.fixture(scope="module")
+def iris_compiled(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
+    """The iris example project, one per test module, with its compiled model kept (as a second start finds it)."""
+    from mlship.contract_io import load_project
+    from mlship.serving.predictor import Predictor
+
+    root = make_iris_project(tmp_path_factory.mktemp("iris-compiled"), iris_model)
+    Predictor(load_project(root)).load()
+    return root
+
+
 def copy_project(source: Path, dest: Path, *, name: str | None = None, targets: dict[str, Any] | None = None,
                  **changes: Any) -> Project:
     """A copy of a project folder (without .mlship/) with a new name, ``targets`` and other top-level keys

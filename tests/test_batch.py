@@ -29,10 +29,8 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
-    root = make_iris_project(tmp_path_factory.mktemp("batch"), iris_model)
-    Predictor(load_project(root)).load()  # keeps the compiled model, as a second start of the server finds it
-    return root
+def project(iris_compiled: Path) -> Path:
+    return iris_compiled  # the iris project with its compiled model (conftest.py)
 
 
 def rows_table(n: int, seed: int = 0) -> pa.Table:

@@ -23,10 +23,7 @@ import psutil
 import pyarrow as pa
 import pytest
 
-from conftest import make_iris_project
 from mlship.batch import predict_fn
-from mlship.contract_io import load_project
-from mlship.serving.predictor import Predictor
 from test_batch import FEATURES, expected, rows_table
 
 pytestmark = [
@@ -39,10 +36,8 @@ CLASSES = ("setosa", "versicolor", "virginica")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
-    root = make_iris_project(tmp_path_factory.mktemp("engines"), iris_model)
-    Predictor(load_project(root)).load()  # keeps the compiled model, as `mlship batch` and the server find it
-    return root
+def project(iris_compiled: Path) -> Path:
+    return iris_compiled  # the iris project with its compiled model (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_iris_project
 from mlship.batch import BatchOptions, formats, rejects_path, run_batch
 from mlship.batch.run import _Pool
 from mlship.batch.storage import StorageError
@@ -25,10 +24,8 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
-    root = make_iris_project(tmp_path_factory.mktemp("speed"), iris_model)
-    Predictor(load_project(root)).load()  # keeps the compiled model
-    return root
+def project(iris_compiled: Path) -> Path:
+    return iris_compiled
 
 
 def rows(n: int, seed: int) -> list[dict[str, object]]:

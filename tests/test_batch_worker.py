@@ -19,27 +19,22 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_iris_project
 from mlship.batch import BatchOptions, run_batch
 from mlship.batch.image import layer_mb
 from mlship.batch.jobs import LABEL_JOB, manifest_name, part_name, rejects_name
 from mlship.batch.remote import JobFlags, batch_targets, run_on_target
 from mlship.batch.worker import run_task, task_slot
 from mlship.cli import app
-from mlship.contract_io import load_project
 from mlship.errors import ContractError
 from mlship.events import Event, Events
-from mlship.serving.predictor import Predictor
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 PRED = ["label", "probabilities_setosa", "probabilities_versicolor", "probabilities_virginica"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
-    root = make_iris_project(tmp_path_factory.mktemp("worker"), iris_model)
-    Predictor(load_project(root)).load()  # keeps the compiled model
-    return root
+def project(iris_compiled: Path) -> Path:
+    return iris_compiled  # the iris project with its compiled model (conftest.py)
 
 
 def rows_table(n: int, seed: int, first_id: int = 0) -> pa.Table:
