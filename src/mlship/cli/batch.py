@@ -27,8 +27,8 @@ def batch(
                                         "folder for a folder of inputs. Rejected rows go to <name>.rejects.<ext>. "
                                         "With s3:// / gs:// or --target: a folder / prefix of parts.")],
     file: FileOpt = None,
-    workers: Annotated[int | None, typer.Option(help="Processes, one model each (default: all cores; 1: in this "
-                                                "process).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Scorers: threads sharing a compiled model, else processes "
+                                                "with a model each (default: all cores; 1: in this process).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="The input column carried into the output "
                                                   "(default: `id` when the input has one).")] = None,
     max_rejects: Annotated[int | None, typer.Option("--max-rejects", help="Stop with exit 1 when more rows than "
