@@ -48,7 +48,8 @@ VERSION_LABEL = "org.opencontainers.image.version"
 
 
 class EcsTarget(Target, BatchTarget):
-    """The service on AWS ECS Fargate (see the module docstring); batch jobs as RunTask fan-out (``jobs``)."""
+    """The service on AWS ECS Fargate (see the module docstring); batch jobs as an AWS Batch array job or RunTask
+    fan-out (``jobs``)."""
 
     name: ClassVar[str] = "ecs"
     poll_s: ClassVar[float] = 5.0  # rollout polling (grows to 5 s)
