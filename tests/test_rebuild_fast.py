@@ -143,11 +143,12 @@ def assert_same_answers(got: list[dict[str, Any]], want: list[dict[str, Any]]) -
 BUILD_LOAD = ("import json, sys; from pathlib import Path; from mlship.contract_io import load_project; "
               "from mlship.serving.predictor import Predictor; p = Predictor(load_project(Path(sys.argv[1])), "
               "worker=True); p.load(); print(json.dumps([p.compiled is not None, p.worker_versions, "
-              "sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules)]))")
+              "sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules), p.input_path]))")
 
 
 def build_load(directory: Path) -> list[Any]:
-    """[compiled?, the versions the worker read, the frameworks imported] of a fresh process loading as a build."""
+    """[compiled?, the versions the worker read, the frameworks imported, the build's note] of a fresh process
+    loading as a build."""
     out = subprocess.run([sys.executable, "-c", BUILD_LOAD, str(directory)], capture_output=True, text=True,
                          timeout=300, check=True, env=os.environ)
     result: list[Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -160,8 +161,9 @@ def test_worker_converts_like_in_process(runtime: str, tmp_path: Path, workers: 
     workers.append(warm)
     save_model(runtime, warm / ARTIFACT[runtime], 2)  # a model-only change after the first build
     shutil.copy(warm / ARTIFACT[runtime], cold / ARTIFACT[runtime])
-    ok, versions, imported = build_load(warm)
+    ok, versions, imported, note = build_load(warm)
     assert ok and imported == [], imported  # the build itself imported no framework
+    assert note.endswith("; converted by this project's conversion worker"), note
     here = load(cold, worker=False)  # in-process: loads the original, converts and proves it here
     assert versions and versions == here.runtime.saved_versions(here.model)  # the image's pins
     assert len(worker_pids(warm)) == 1 and not (cold / convert_worker.FOLDER).exists()

@@ -181,7 +181,12 @@ class Predictor:
         from mlship import convert_worker
 
         self.worker_versions = convert_worker.convert(self.project)
-        return (reason, kept) if self.worker_versions is None else self._load_compiled()
+        if self.worker_versions is None:
+            return reason, kept
+        reason, kept = self._load_compiled()
+        if self.compiled is not None:  # `mlship build` says so: the worker lives on (docs/compiled-tensors.md)
+            self.input_path = f"{self.input_path}; converted by this project's conversion worker"
+        return reason, kept
 
     def _compile(self) -> str:
         """Convert the loaded model and check it; keep it for the next start. Returns why not on failure."""
