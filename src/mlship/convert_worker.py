@@ -222,6 +222,8 @@ def _spawn(root: Path, runtime: str, path: Path) -> tuple[socket.socket, int]:
 
 
 def _worker(root: Path, runtime: str) -> tuple[socket.socket, int]:
+    for proc in [p for p in _spawned if p.poll() is not None]:  # reap workers this process started that exited
+        _spawned.remove(proc)
     path = socket_path(root, runtime)
     with _locked(root, runtime):
         try:
