@@ -187,6 +187,24 @@ def test_every_model_change_is_converted_afresh(tmp_path: Path, workers: list[Pa
     assert len(pids) == 1  # one warm worker served all three changes
 
 
+def test_two_builds_at_once_share_one_worker(tmp_path: Path, workers: list[Path]) -> None:
+    """Two builds of one project at the same time: one worker is started (the lock), both get its answer."""
+    project = make_project(tmp_path / "p", "pytorch")
+    workers.append(project)
+    save_model("pytorch", project / ARTIFACT["pytorch"], 2)
+    results: list[dict[str, str] | None] = []
+    threads = [threading.Thread(target=lambda: results.append(convert_worker.convert(load_project(project))))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    # the second found the first's model current (as an unchanged model's build does: nothing re-read)
+    assert len(results) == 2 and None not in results and any("torch" in r for r in results if r), results
+    assert len(worker_pids(project)) == 1
+    assert record(project)["source_sha256"] == artifact_sha256(project / ARTIFACT["pytorch"])
+
+
 def test_killed_worker_and_stale_socket_fall_back(tmp_path: Path, workers: list[Path]) -> None:
     project = make_project(tmp_path / "p", "pytorch")
     workers.append(project)
