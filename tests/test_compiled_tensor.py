@@ -181,6 +181,37 @@ def test_torch_export_program_converts_through_dynamo(tmp_path: Path, trained: d
     assert "torch.export" in line and "onnxscript" in line, line
 
 
+def test_traced_module_whose_parameters_require_grad_converts_and_serves(tmp_path: Path) -> None:
+    """The way most users save TorchScript: torch.jit.trace of a module as it is, parameters requiring grad."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = tmp_path / "digits.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, torch.zeros(1, 8, 8))
+    assert all(p.requires_grad for p in traced.parameters())
+    traced.save(str(model))
+    project = torch_project(tmp_path / "traced", model)
+    data = yaml.safe_load((project / "mlship.yaml").read_text())
+    data["examples"] = []  # an untrained net: the examples' labels would not hold
+    (project / "mlship.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    result = invoke("validate", "-f", str(project / "mlship.yaml"))
+    assert result.exit_code == 0, result.output
+    assert any(x.startswith("ok compiled:") for x in result.output.splitlines()), result.output
+    x = np.random.default_rng(7).uniform(0, 16, (64, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
+    for mode in ("auto", "off"):  # the compiled model, then the TorchScript module served as it is
+        set_compile(project, mode)
+        predictor = Predictor(load_project(project))
+        predictor.load()
+        assert (predictor.compiled is not None) == (mode == "auto")
+        got = [[row["probabilities"][str(k)] for k in range(10)] for row in predictor.predict(x)]
+        np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+
+
 # -- a model the converter cannot handle ------------------------------------------------------------------
 def test_unconvertible_model_falls_back_with_the_reason(tmp_path: Path, trained: dict[str, Path]) -> None:
     import torch

@@ -366,7 +366,10 @@ class PytorchRuntime(Runtime):
         if tm.fixed_batch is not None and len(x) != tm.fixed_batch:
             parts = [self._forward_padded(tm, x[i:i + tm.fixed_batch]) for i in range(0, len(x), tm.fixed_batch)]
             return np.concatenate(parts)
-        with torch.inference_mode():
+        # TorchScript: no_grad, not inference_mode: a scripted module whose parameters require grad (the default
+        # for a traced nn.Module) that was once run with autograd on (by the user's code or an exporter) fails
+        # under inference_mode with "Inference tensors cannot be saved for backward"
+        with torch.no_grad() if tm.format == "torchscript" else torch.inference_mode():
             out = tm.module(torch.from_numpy(np.ascontiguousarray(x)))
         return _to_numpy(torch, out)
 

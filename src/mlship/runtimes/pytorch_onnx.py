@@ -79,8 +79,9 @@ def convert(torch: Any, module: Any, kind: str, shape: list[int], dtype: str) ->
 
 def _script(torch: Any, module: Any, example: tuple[Any, ...]) -> bytes:
     buffer = io.BytesIO()
-    try:
-        with _quiet():
+    try:  # under no_grad: a TorchScript module run with autograd on keeps a differentiable plan, which then
+        # fails under inference_mode ("Inference tensors cannot be saved for backward") when it is served
+        with _quiet(), torch.no_grad():
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     except Exception as exc:  # unsupported operators, data-dependent control flow, ...
