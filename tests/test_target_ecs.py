@@ -60,6 +60,8 @@ def make_project(source: Path, dest: Path, ecs: dict[str, Any] | None = None, **
     ({"log_retention_days": 10}, "targets.ecs.log_retention_days: CloudWatch Logs keeps logs 1, 3, 5"),
     ({"desired_count": 0}, "targets.ecs.desired_count: Input should be greater than or equal to 1"),
     ({"tags": {"mlship:service": "x"}}, "targets.ecs.tags: 'mlship:service' is set by mlship or AWS"),
+    ({"tags": {f"team{i}": "x" for i in range(48)}}, "targets.ecs.tags: 48 tags: AWS keeps at most 50 tags on a "
+                                                     "resource and mlship sets 3"),
     ({"min_count": 1}, "targets.ecs.max_count: auto scaling needs both min_count and max_count (or neither)"),
     ({"min_count": 3, "max_count": 2}, "targets.ecs.max_count: must be at least min_count (3), got 2"),
     ({"min_count": 2, "max_count": 4}, "targets.ecs.max_count: desired_count (1) must be between min_count and "

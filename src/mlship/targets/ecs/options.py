@@ -274,6 +274,9 @@ class EcsOptions(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 50 - len(OWN_TAGS):
+            raise ValueError(f"{len(value)} tags: AWS keeps at most 50 tags on a resource and mlship sets "
+                             f"{len(OWN_TAGS)} ({', '.join(OWN_TAGS)}); keep at most {50 - len(OWN_TAGS)} of yours")
         for key, tag in value.items():
             if key in OWN_TAGS or key.startswith("aws:"):
                 raise ValueError(f"{key!r} is set by mlship or AWS; choose another key")
