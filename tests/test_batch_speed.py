@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,42 @@ def test_a_chunk_with_a_few_bad_rows_scores_the_rest_as_one_array_with_the_row_p
                                                                  if i not in (0, 7, 123, 1999, 2000, 2500, 3999)]
     bad, bad_want = (pq.read_table(rejects_path(tmp_path / f"{n}.out.parquet")) for n in ("rows.parquet", "rows.jsonl"))
     assert bad.equals(bad_want) and bad.column("row").to_pylist() == [0, 7, 123, 1999, 2000, 2500, 3999]
+
+
+def test_a_compiled_run_imports_no_pandas_and_writes_statistics_where_readers_use_them(project: Path,
+                                                                                      tmp_path: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(rows(5000, seed=5)), tmp_path / "rows.parquet")
+    code = ("import sys; from pathlib import Path; from mlship.batch import BatchOptions, run_batch; "
+            "run_batch(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), BatchOptions(workers=1)); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'sklearn')))")
+    done = subprocess.run([sys.executable, "-c", code, str(project), str(tmp_path / "rows.parquet"),
+                           str(tmp_path / "out.parquet")], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"  # pa.array / to_numpy would import pandas: 0.2 s of a short run
+    meta = pq.ParquetFile(tmp_path / "out.parquet").metadata.row_group(0)
+    column = {meta.column(j).path_in_schema: meta.column(j) for j in range(meta.num_columns)}
+    assert column["id"].is_stats_set and column["id"].statistics.min == 1 and column["id"].compression == "SNAPPY"
+    assert column["label"].is_stats_set and column["label"].compression == "SNAPPY"
+    assert not column["probabilities_setosa"].is_stats_set
+    assert column["probabilities_setosa"].compression == "UNCOMPRESSED"  # computed floats do not compress
+    want = Predictor(load_project(project))
+    want.load()
+    got = pq.read_table(tmp_path / "out.parquet")
+    first = pa.Table.from_pylist(rows(5000, seed=5)).slice(0, 100).to_pylist()
+    answers = want.predict([[r[f] for f in FEATURES] for r in first])
+    assert got.column("label").to_pylist()[:100] == [a["label"] for a in answers]
+    assert got.column("probabilities_setosa").to_pylist()[:100] == [a["probabilities"]["setosa"] for a in answers]
+
+
+def test_arrow_columns_without_pa_array_equal_pa_arrays() -> None:
+    from mlship.batch.columns import arrow, arrow_table, float_matrix
+
+    cases = [(np.arange(5.0), pa.float64()), (np.arange(5), pa.int64()), ([3, 1, 2], pa.int64()),
+             ([1.5, -0.0], pa.float64()), (["setosa", "", "é"], pa.string()), ([], pa.string()), ([], pa.int64()),
+             ([None, 1.0], pa.float64()), ([True, False], pa.bool_())]
+    for values, kind in cases:
+        assert arrow(values, kind).equals(pa.array(values, kind)), (values, kind)
+    flat = {"label": ["a"], "p": [0.5], "n": [1], "b": [True], "none": [None]}
+    assert arrow_table(flat).equals(pa.table(flat))
+    chunked = pa.chunked_array([pa.array([1.0, None, 3.0]).slice(1), pa.array([4.0])])
+    matrix = float_matrix([chunked, pa.array([5.0, 6.0, 7.0])])
+    assert matrix.shape == (3, 2) and matrix[0, 1] == 5.0 and list(matrix[1:, 0]) == [3.0, 4.0]

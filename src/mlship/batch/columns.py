@@ -27,8 +27,61 @@ def compiled_columns(predictor: Predictor, matrix: Any) -> dict[str, Any] | None
         return None
     best = model.best(raw)  # on the model's own output, as CompiledModel.predict picks the label
     names = [predictor._label_str(c) for c in model.classes]  # the strings Predictor.predict answers
-    columns: dict[str, Any] = {"label": pa.array(names, pa.string()).take(pa.array(best))}
+    columns: dict[str, Any] = {"label": arrow(names, pa.string()).take(arrow(np.asarray(best, np.int64), pa.int64()))}
     proba = raw.astype(np.float64, copy=False)
     for j, name in enumerate(names):
         columns[f"probabilities_{name}"] = proba[:, j]
     return columns
+
+
+_NUMBERS = {pa.int64(): (np.int64, int), pa.float64(): (np.float64, float)}
+
+
+def arrow(values: Any, kind: pa.DataType) -> pa.Array:
+    """``pa.array(values, kind)`` without pyarrow's import of pandas (``pa.array`` and ``pa.scalar`` import it on
+    their first call where it is installed: 0.2 s of a batch run that never uses it): 64-bit numbers (a numpy array
+    or a list of exact ints / floats) and lists of str as Arrow buffers, an empty list as an empty array; anything
+    else (None values, other types) through ``pa.array``."""
+    if isinstance(values, pa.Array) and values.type == kind:
+        return values
+    n = len(values)
+    if kind in _NUMBERS:
+        dtype, py = _NUMBERS[kind]
+        if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == dtype:
+            return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(np.ascontiguousarray(values))])
+        if isinstance(values, list) and set(map(type, values)) <= {py}:
+            return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(np.asarray(values, dtype))])
+    if kind == pa.string() and isinstance(values, list) and set(map(type, values)) <= {str}:
+        data = [v.encode() for v in values]
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(np.fromiter(map(len, data), np.int64, n), out=offsets[1:], dtype=np.int32)
+        if n == 0 or offsets[-1] == sum(map(len, data)):  # no int32 overflow (2 GiB of text in one chunk)
+            return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    return pa.array(values, kind)
+
+
+_INFERRED = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+
+
+def arrow_table(columns: dict[str, list[Any]]) -> pa.Table:
+    """``pa.table(columns)`` for Python lists, typed as ``pa.array`` types them (bool, int64, float64, string, by the
+    values' one Python type) without its pandas import; other lists (None values, mixed types) through
+    ``pa.array``."""
+    arrays = []
+    for values in columns.values():
+        kinds = set(map(type, values))
+        kind = _INFERRED.get(kinds.pop()) if len(kinds) == 1 else None
+        arrays.append(arrow(values, kind) if kind is not None else pa.array(values))
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def float_matrix(columns: list[Any]) -> Any:
+    """Float64 Arrow columns (chunked or not) side by side as one ``(rows, columns)`` numpy array, read from their
+    value buffers (``to_numpy`` imports pandas on its first call); a null's slot holds whatever its buffer holds."""
+    def values(column: Any) -> Any:
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        parts = [np.full(len(c), np.nan) if c.buffers()[1] is None else
+                 np.frombuffer(c.buffers()[1], np.float64, len(c), c.offset * 8) for c in chunks]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0)
+
+    return np.column_stack([values(c) for c in columns])

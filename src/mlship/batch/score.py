@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from mlship.batch.columns import compiled_columns
+from mlship.batch.columns import arrow, arrow_table, compiled_columns, float_matrix
 from mlship.batch.formats import TEXT_KEY, records
 from mlship.errors import ContractError
 from mlship.serving.predictor import Predictor
@@ -48,7 +48,7 @@ class Scorer:
         assert isinstance(validator, Validator)
         self.validator = validator
         #: the prediction columns (names and types), from the warm-up: a chunk whose rows are all rejected has them
-        self.empty = pa.table(flatten(self.predictor.warm_up())).slice(0, 0)
+        self.empty = arrow_table(flatten(self.predictor.warm_up())).slice(0, 0)
         specs = project.contract.input.features.values()
         self._array_ok = self.predictor.compiled is not None and not project.contract.predict and all(
             f.type == "float" and f.enum is None and f.minimum is None and f.maximum is None for f in specs)
@@ -117,7 +117,7 @@ class Scorer:
                 dirty = bad if dirty is None else dirty | bad
         if dirty is not None and dirty.all():
             return None
-        return np.column_stack([c.to_numpy() for c in columns]), dirty
+        return float_matrix(columns), dirty
 
     def score(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Scored:
         """A chunk's predictions (input order) and rejects. Its clean rows go to the model as one array; the rows
@@ -157,16 +157,15 @@ class Scorer:
         columns: dict[str, Any] = {id_column: ids} if id_column else {}
         for field in self.empty.schema:
             value = flat.get(field.name, [])
-            columns[field.name] = value if isinstance(value, pa.Array) and value.type == field.type else pa.array(
-                value, field.type)
+            columns[field.name] = arrow(value, field.type)
         return pa.table(columns)
 
 def _rejects(start: int, bad: list[tuple[int, str]], id_column: str | None, ids: Any) -> pa.Table:
     """A chunk's rejects: the row number in the file, the id, the reason."""
-    columns: dict[str, Any] = {"row": pa.array([start + i for i, _ in bad], pa.int64())}
+    columns: dict[str, Any] = {"row": arrow([start + i for i, _ in bad], pa.int64())}
     if id_column is not None:
         columns[id_column] = ids
-    columns["reason"] = pa.array([why for _, why in bad], pa.string())
+    columns["reason"] = arrow([why for _, why in bad], pa.string())
     return pa.table(columns)
 
 
@@ -185,7 +184,7 @@ def _ids(table: pa.Table, ids: list[Any], name: str, positions: list[int]) -> An
     if name in table.column_names and len(positions) == table.num_rows:  # every row (positions are increasing)
         return table.column(name)
     if name in table.column_names:
-        return table.column(name).take(pa.array(positions, pa.int64()))
+        return table.column(name).take(arrow(positions, pa.int64()))
     if not ids:  # a JSON Lines chunk parsed by Arrow whose lines have no id: null, as the row path reads them
         return pa.nulls(len(positions))
     return [ids[i] for i in positions]

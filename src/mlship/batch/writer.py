@@ -53,8 +53,7 @@ class _Stream:
             if self.fmt == "parquet":
                 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-                self.parquet = pq.ParquetWriter(self.fh, table.schema,
-                                                use_dictionary=formats.dictionary_columns(table.schema))
+                self.parquet = pq.ParquetWriter(self.fh, table.schema, **formats.parquet_options(table.schema))
         elif table.schema != self.schema:
             self.discard()
             self.broken = True
