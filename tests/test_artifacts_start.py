@@ -129,3 +129,40 @@ def test_image_fetches_from_s3_at_start(s3: S3, iris_model: Path, tmp_path: Path
         (mount,) = volumes.values()
         assert mount == {"bind": "/tmp/mlship-cache", "mode": "ro"}
     assert not Path(next(iter(volumes))).exists()  # the copy is gone afterwards
+
+
+def test_local_target_serves_from_the_checked_copy_without_credentials(
+        s3: S3, iris_model: Path, tmp_path: Path, base_image_env: str, docker_engine: Any) -> None:
+    """`mlship deploy --target local` of a fetch_at_start model: the service's containers read this machine's checked
+    copy from their start cache (a read-only mount); no AWS credentials enter them; destroy removes the copy."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlship.cli import app
+    from mlship.targets.local_containers import start_cache_root
+
+    data = iris_model.read_bytes()
+    s3.put("local/iris.joblib", data)
+    folder = fetching_project(s3.uri("local/iris.joblib"), tmp_path / "svc")
+    with (folder / "mlship.yaml").open("a") as fh:
+        fh.write(f"targets:\n  local:\n    port: {free_port()}\n")
+    contract = str(folder / "mlship.yaml")
+    root = start_cache_root("fetcher")
+    try:
+        result = CliRunner().invoke(app, ["deploy", "-f", contract, "--target", "local", "--json"])
+        assert result.exit_code == 0, result.output
+        url = json.loads(result.stdout)["url"]
+        assert httpx.post(f"{url}/predict", json=IRIS_ROW, timeout=10).json()["label"] == "setosa"
+        (service,) = docker_engine.containers.list(filters={"label": "dev.mlship.service=fetcher"})
+        assert not [e for e in service.attrs["Config"]["Env"] if e.startswith("AWS_")]
+        (mount,) = service.attrs["Mounts"]
+        assert (mount["Source"], mount["Destination"], mount["RW"]) == (str(root), "/tmp/mlship-cache", False)
+        assert (root / "blobs" / sha256(data) / "iris.joblib").read_bytes() == data
+        result = CliRunner().invoke(app, ["destroy", "-f", contract, "--target", "local", "--json"])
+        assert result.exit_code == 0, result.output
+        assert not root.exists() and not docker_engine.containers.list(
+            all=True, filters={"label": "dev.mlship.service=fetcher"})
+    finally:
+        for c in docker_engine.containers.list(all=True, filters={"label": "dev.mlship.service=fetcher"}):
+            c.remove(force=True)

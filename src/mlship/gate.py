@@ -95,23 +95,29 @@ def start_cache(project: Project) -> Iterator[dict[str, dict[str, str]]]:
     if not (project.remote and project.contract.serve.fetch_at_start):
         yield {}
         return
-    from mlship.artifacts.cache import meta_file
     from mlship.artifacts.image import START_CACHE
+
+    with tempfile.TemporaryDirectory(prefix="mlship-gate-cache-") as tmp:
+        fill_start_cache(project, Path(tmp))
+        yield {tmp: {"bind": START_CACHE, "mode": "ro"}}
+
+
+def fill_start_cache(project: Project, root: Path) -> None:
+    """Add this machine's checked copy of the project's artifact (and its provenance) to ``root``, laid out as the
+    image's start cache (``blobs/<sha256>/<name>``, ``meta/``), readable by the image's non-root user."""
+    from mlship.artifacts.cache import meta_file
     from mlship.artifacts.resolve import resolve_artifact
 
     artifact = resolve_artifact(project)
-    with tempfile.TemporaryDirectory(prefix="mlship-gate-cache-") as tmp:
-        root = Path(tmp)
-        blob = root / "blobs" / str(artifact.sha256)
-        blob.mkdir(parents=True)
-        shutil.copyfile(artifact.path, blob / artifact.path.name)
-        meta = meta_file(str(artifact.sha256))
-        if meta.is_file():
-            (root / "meta").mkdir()
-            shutil.copyfile(meta, root / "meta" / meta.name)
-        for path in [root, *root.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        yield {str(root): {"bind": START_CACHE, "mode": "ro"}}
+    blob = root / "blobs" / str(artifact.sha256)
+    blob.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact.path, blob / artifact.path.name)
+    meta = meta_file(str(artifact.sha256))
+    if meta.is_file():
+        (root / "meta").mkdir(exist_ok=True)
+        shutil.copyfile(meta, root / "meta" / meta.name)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _run(project: Project, image: str, report: GateReport, environment: dict[str, str], timeout_s: float | None,

@@ -367,7 +367,7 @@ class LocalTarget(LocalContainers, LocalBatch, Target):
                     container.stop(timeout=self.stop_timeout)
                 container.remove(force=True)
                 removed.append(f"container {container.name} ({image})")
-        return removed
+        return removed + self._remove_start_cache()
 
     # --- environment ---------------------------------------------------------------------------------
     def _environment(self) -> tuple[dict[str, str], str | None]:

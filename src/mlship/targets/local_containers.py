@@ -1,6 +1,10 @@
 """The local target's containers: finding them by name and label, starting, readiness, clearing what a killed
 deploy left, and settling a deploy interrupted by Ctrl-C (the policy is in :mod:`mlship.targets.local`).
 
+``serve.fetch_at_start``: the service's containers find this machine's checked copy of the artifact in their start
+cache, a read-only bind mount of ``<cache>-local-start/<service>`` (:func:`start_cache_root`), the way the test gate
+runs them: no credentials enter a container on this machine; destroy removes the folder.
+
 Names: ``mlship-<service>`` (the service), ``mlship-<service>-candidate`` (a deploy's candidate) and
 ``mlship-<service>-previous`` (the old service while a deploy switches). Every container carries the labels
 :data:`LABEL_SERVICE`, :data:`LABEL_TARGET`, :data:`LABEL_IMAGE`, :data:`LABEL_PREVIOUS`, :data:`LABEL_ROLE`,
@@ -10,12 +14,14 @@ Names: ``mlship-<service>`` (the service), ``mlship-<service>-candidate`` (a dep
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from mlship.contract_io import Project
@@ -39,6 +45,14 @@ LABEL_PREVIOUS = "dev.mlship.previous"
 LABEL_CONFIG = "dev.mlship.config"
 
 
+def start_cache_root(service: str) -> Path:
+    """Where the local target keeps ``service``'s start cache (serve.fetch_at_start), beside the artifact cache."""
+    from mlship.artifacts.cache import cache_dir
+
+    cache = cache_dir()
+    return cache.with_name(f"{cache.name}-local-start") / service
+
+
 class LocalContainers:
     """The container side of :class:`mlship.targets.local.LocalTarget` (a mixin: the target sets the fields)."""
 
@@ -52,6 +66,7 @@ class LocalContainers:
     stop_timeout: int
     ready_timeout: float
     _client: Any
+    _start_filled: bool = False
 
     @property
     def url(self) -> str:
@@ -267,6 +282,7 @@ class LocalContainers:
                   LABEL_PREVIOUS: previous, LABEL_ROLE: role, LABEL_CONFIG: config,
                   LABEL_DEPLOY: self.deploy_id, LABEL_OWNER: owner_label()}
         host_config = api.create_host_config(
+            binds=self._start_binds() or None,
             port_bindings={CONTAINER_PORT: (host, port)},
             restart_policy={"Name": restart, **({"MaximumRetryCount": 5} if restart == "on-failure" else {})},
         )
@@ -283,6 +299,25 @@ class LocalContainers:
                 self._remove_mine(name, wait_s=2.0 if isinstance(exc, KeyboardInterrupt) else 0.0)
             raise
         return self.docker.containers.get(made["Id"])
+
+    def _start_binds(self) -> dict[str, dict[str, str]]:
+        """The start cache's read-only mount (serve.fetch_at_start; see the module docstring), filled with the
+        project's artifact once per command; kept while it holds an artifact an image of the service may read."""
+        from mlship.artifacts.image import START_CACHE
+        from mlship.gate import fill_start_cache
+
+        root = start_cache_root(self.service)
+        if self.project.remote and self.project.contract.serve.fetch_at_start and not self._start_filled:
+            fill_start_cache(self.project, root)
+            self._start_filled = True
+        return {str(root): {"bind": START_CACHE, "mode": "ro"}} if root.is_dir() else {}
+
+    def _remove_start_cache(self) -> list[str]:
+        root = start_cache_root(self.service)
+        if not root.is_dir():
+            return []
+        shutil.rmtree(root)
+        return [f"start cache {root}"]
 
     def _ready(self, url: str) -> bool:
         try:
