@@ -169,7 +169,9 @@ def test_clean_csv_and_float32_chunks_take_the_column_path_with_the_row_paths_va
 def test_the_pool_gives_chunks_to_ready_workers_and_scores_the_rest_itself(tmp_path: Path, iris_model: Path) -> None:
     from mlship.batch.run import _Pool
 
-    native = make_iris_project(tmp_path, iris_model, "serve:\n  compile: 'off'\n")  # scikit-learn: processes
+    native = make_iris_project(tmp_path, iris_model, "serve:\n  compile: 'off'\n")
+    contract = native / "mlship.yaml"  # a bounded feature: rows go through the validator, in processes
+    contract.write_text(contract.read_text().replace("sepal_length: float", "sepal_length: {type: float, minimum: 0}"))
     table = rows_table(6000, seed=9)
     with _Pool(native / "mlship.yaml", 1000, 3) as pool:  # this process + 2 spawned workers
         assert pool.threads is None

@@ -34,6 +34,44 @@ def compiled_columns(predictor: Predictor, matrix: Any) -> dict[str, Any] | None
     return columns
 
 
+
+def native_columns(predictor: Predictor, rows: Any) -> dict[str, Any] | None:
+    """The same columns from the model as it is (no compiled model): the runtime's own predict on the chunk's
+    rows, what the server calls for a batch of rows, its output turned into columns as ``Predictor.predict`` turns
+    it into dicts (labels through the Predictor's label strings, probabilities as float64; a regression's values as
+    float64). None (``Predictor.predict`` then answers, or words the error) when the model fails, or its output is
+    not a finite probability per class or a finite float value per row."""
+    task = predictor.project.contract.task
+    if predictor.compiled is not None or predictor.model is None or not len(rows):
+        return None
+    try:
+        out = predictor.runtime.predict(predictor.model, rows, predictor.features)
+    except Exception:  # Predictor.predict calls it again and says why
+        return None
+    n = len(rows)
+    if len(out.values) != n:
+        return None
+    if task == "regression":
+        values = np.asarray(out.values)
+        if values.dtype != np.float64 or values.shape != (n,) or not np.isfinite(values).all():
+            return None
+        return {"value": values}
+    try:
+        kinds, codes = np.unique(np.asarray(out.values), return_inverse=True)
+    except (TypeError, ValueError):  # values numpy cannot sort (mixed types): one at a time
+        return None
+    labels = arrow([predictor._label_str(k) for k in kinds], pa.string())
+    columns: dict[str, Any] = {"label": labels.take(arrow(codes.reshape(-1).astype(np.int64), pa.int64()))}
+    if out.probabilities is None or out.classes is None:
+        return columns
+    proba = np.asarray(out.probabilities, dtype=np.float64)
+    names = [predictor._label_str(c) for c in out.classes]
+    if proba.shape != (n, len(names)) or not np.isfinite(proba).all():
+        return None
+    for j, name in enumerate(names):
+        columns[f"probabilities_{name}"] = np.ascontiguousarray(proba[:, j])
+    return columns
+
 _NUMBERS = {pa.int64(): (np.int64, int), pa.float64(): (np.float64, float)}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from mlship.batch.columns import arrow, arrow_table, compiled_columns, float_matrix
+from mlship.batch.columns import arrow, arrow_table, compiled_columns, float_matrix, native_columns
 from mlship.batch.formats import TEXT_KEY, records
 from mlship.errors import ContractError
 from mlship.serving.predictor import Predictor
@@ -50,12 +50,16 @@ class Scorer:
         #: the prediction columns (names and types), from the warm-up: a chunk whose rows are all rejected has them
         self.empty = arrow_table(flatten(self.predictor.warm_up())).slice(0, 0)
         specs = project.contract.input.features.values()
-        self._array_ok = self.predictor.compiled is not None and not project.contract.predict and all(
+        #: chunks go to the model as one array when every feature is an unbounded float and no predict snippet
+        #: answers: the compiled model, or the runtime's own predict on the array (what the server calls for rows)
+        self._array_ok = not project.contract.predict and all(
             f.type == "float" and f.enum is None and f.minimum is None and f.maximum is None for f in specs)
         #: the features when all are floats: a JSON Lines chunk is then parsed by Arrow into float64 columns
         self.json_floats = self.features if all(f.type == "float" for f in specs) else None
-        #: chunks go to onnxruntime as one array, which runs without the GIL: threads of one process score in parallel
-        self.releases_gil = self._array_ok
+        #: the model runs without the GIL (onnxruntime; scikit-learn's predict in numpy and Cython): threads of one
+        #: process score chunks in parallel
+        self.releases_gil = self._array_ok and (self.predictor.compiled is not None
+                                                or self.predictor.runtime.name == "sklearn")
 
     def rows(self, values: dict[str, list[Any]], n: int,
              problems: list[str | None]) -> tuple[list[int], list[list[Any]], list[tuple[int, str]]]:
@@ -95,7 +99,7 @@ class Scorer:
 
     def _clean_matrix(self, table: pa.Table) -> tuple[Any, Any] | None:
         """(the chunk as one float64 array, a mask of its rows the validator must see, or None when there are
-        none) when the compiled model serves and every feature is an unbounded float; a row whose values are all
+        none) when every feature is an unbounded float and no predict snippet answers; a row whose values are all
         finite float64 is what the validator would pass unchanged. None when no row is clean or a column is not
         float64 (then every row takes the row path). A CSV chunk's text and float32 columns are cast as the row path
         casts them (a text that is not a number anywhere in the chunk: None)."""
@@ -138,8 +142,11 @@ class Scorer:
         return Scored(index, predictions, _rejects(start, [(int(dirty_at[i]), why) for i, why in bad], id_column, ids))
 
     def _array_path(self, table: pa.Table, matrix: Any, id_column: str | None) -> pa.Table:
-        fast = compiled_columns(self.predictor, matrix)
-        out = [] if fast is not None or not len(matrix) else self.predictor.predict(matrix)
+        native = self.predictor.compiled is None
+        # the server hands a runtime its rows as lists of floats; scikit-learn's makes the same float64 array of them
+        rows = matrix if not native or self.predictor.runtime.name == "sklearn" else matrix.tolist()
+        fast = native_columns(self.predictor, rows) if native else compiled_columns(self.predictor, matrix)
+        out = [] if fast is not None or not len(matrix) else self.predictor.predict(rows)
         ids = _ids(table, [], id_column, list(range(table.num_rows))) if id_column else None
         return self._predictions(fast if fast is not None else flatten(out), id_column, ids)
 
