@@ -9,7 +9,8 @@ peak memory as the input grows; every ratio printed is measured in this one run.
   process per core, each with its model and its share of the rows loaded before the clock starts), for the fitted
   model (the joblib file the example trains: ``predict_proba`` on the array) and for the compiled model `mlship
   batch` scores with (onnxruntime); the ceiling is the higher of the two.
-- `mlship batch`: ``run_batch`` (what the command calls) in a fresh Python, Parquet in and out, every row checked.
+- `mlship batch`: ``run_batch`` (what the command calls) in a fresh Python, Parquet in and out, every row checked;
+  with the compiled model, and with the fitted one as it is (``serve.compile: 'off'``).
   ``scoring`` is the report's seconds less the model load (reading, checking, scoring, writing: what the ceiling
   is compared with, as the ceiling leaves out its model load too); ``run`` adds the model load, ``process`` adds
   Python's start and imports.
@@ -70,6 +71,16 @@ def project(name: str, root: Path) -> Path:
     init_project(root / "model" / model, directory=root, sample=root / "rows.csv")
     Predictor(load_project(root)).load()  # compiles once, as a deploy does
     return root
+
+
+def not_compiled(root: Path) -> Path:
+    """A copy of the project with ``serve.compile: 'off'``: the fitted model as it is (as for a model whose conversion
+    fails), scored through the runtime's own predict."""
+    off = root.with_name(f"{root.name}-off")
+    shutil.copytree(root, off, ignore=shutil.ignore_patterns(".mlship"))
+    with (off / "mlship.yaml").open("a") as fh:
+        fh.write("serve:\n  compile: 'off'\n")
+    return off
 
 
 def ranges(name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -294,17 +305,18 @@ def main() -> None:
             data = Path(tmp) / f"{name}-{args.rows}.parquet"
             write_rows(name, data, args.rows)
             best = 0.0
-            for workers in args.workers:
-                got = min((batch(root, data, Path(tmp) / "out.parquet", workers or None) for _ in range(args.repeat)),
-                          key=lambda g: g["run"])
-                rate, run_rate = got["rows"] / (got["run"] - got["load"]), got["rows"] / got["run"]
-                cmd_rate = got["rows"] / got["command"]
-                best = max(best, rate)
-                print(f"[{name}] mlship batch {args.rows:,} rows, workers {workers or f'default ({cores})'}: "
-                      f"scoring {got['run'] - got['load']:.2f}s = {rate:,.0f} rows/s = {rate / ceil:.2f}x the "
-                      f"ceiling; run with the model load ({got['load']:.2f}s) {got['run']:.2f}s = {run_rate:,.0f} "
-                      f"rows/s = {run_rate / ceil:.2f}x; process {got['command']:.2f}s = {cmd_rate:,.0f} rows/s; "
-                      f"peak RSS {got['peak_mb']:,.0f} MB")
+            for model, where in (("compiled", root), ("not compiled", not_compiled(root))):
+                for workers in args.workers:
+                    got = min((batch(where, data, Path(tmp) / "out.parquet", workers or None)
+                               for _ in range(args.repeat)), key=lambda g: g["run"])
+                    rate, run_rate = got["rows"] / (got["run"] - got["load"]), got["rows"] / got["run"]
+                    cmd_rate = got["rows"] / got["command"]
+                    best = max(best, rate)
+                    print(f"[{name}] mlship batch {args.rows:,} rows, {model}, workers "
+                          f"{workers or f'default ({cores})'}: scoring {got['run'] - got['load']:.2f}s = "
+                          f"{rate:,.0f} rows/s = {rate / ceil:.2f}x the ceiling; run with the model load "
+                          f"({got['load']:.2f}s) {got['run']:.2f}s = {run_rate:,.0f} rows/s = {run_rate / ceil:.2f}x; "
+                          f"process {got['command']:.2f}s = {cmd_rate:,.0f} rows/s; peak RSS {got['peak_mb']:,.0f} MB")
             data.unlink()
             if args.http_requests:
                 for per, rate in http_loop(name, root, args.http_requests, args.http_seconds).items():

@@ -53,7 +53,7 @@ class BatchReport:
 
 @dataclass
 class BatchOptions:
-    workers: int | None = None  # processes; None: all cores; 1: in this process
+    workers: int | None = None  # scorers (threads or processes); None: all cores; 1: in this process
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     id_column: str | None = None  # None: `id` when the input has it
     max_rejects: int | None = None
@@ -113,12 +113,13 @@ def _pairs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
 
 
 class _Pool:
-    """``workers`` scorers. When the chunks go to the model as one array and the model is the compiled one
-    (onnxruntime releases the GIL while it runs), they are ``workers`` threads of this process sharing its one
-    loaded model: no process to start, no chunk to pickle. Otherwise ``workers`` processes, one loaded model each:
-    this one and ``workers - 1`` spawned ones; a chunk goes to a spawned worker when one is ready and has fewer than
-    two chunks queued, else this process scores it itself (while the workers start, a Python and a model load each,
-    and whenever they are all busy), so no core waits and no more processes score than ``workers``."""
+    """``workers`` scorers. When the chunks go to the model as one array and the model runs without the GIL (the
+    compiled one in onnxruntime; a scikit-learn model in numpy and Cython), they are ``workers`` threads of this
+    process sharing its one loaded model: no process to start, no chunk to pickle. Otherwise ``workers``
+    processes, one loaded model each: this one and ``workers - 1`` spawned ones; a chunk goes to a spawned worker
+    when one is ready and has fewer than two chunks queued, else this process scores it itself (while the workers
+    start, a Python and a model load each, and whenever they are all busy), so no core waits and no more processes
+    score than ``workers``."""
 
     def __init__(self, contract: Path, chunk_rows: int, workers: int) -> None:
         self.contract, self.chunk_rows, self.workers = contract, chunk_rows, workers
