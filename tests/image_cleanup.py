@@ -152,3 +152,14 @@ def remove_images(cli: Any, before: set[str], made: Made, base_image: str) -> st
     except DockerException as exc:
         return f"test images: not removed: {str(exc).splitlines()[0][:200]}"
     return f"test images: removed {len(gone)} of the {len(ours)} images this session built ({freed})"
+
+
+def remove_service(cli: Any, name: str) -> None:
+    """Remove service ``name``'s containers and its images (tagged ``name:...``) but its dependency stage's image
+    (label dev.mlship.stage=deps, tag ``name:mlship-deps-cache``): a later build in this session with the same lock
+    (torch's, a minute to install) reuses its layers, and the session's cleanup removes it at the end."""
+    for container in cli.containers.list(all=True, filters={"label": f"dev.mlship.service={name}"}):
+        container.remove(force=True)
+    for image in cli.images.list(name=name):
+        if image.labels.get("dev.mlship.stage") != "deps":
+            cli.images.remove(image.id, force=True)

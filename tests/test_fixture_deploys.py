@@ -7,8 +7,9 @@ Each: `mlship init` (no hand-written contract; only the deploy port is set) -> `
 (a real image and the test gate) -> POST /predict through the deploy's URL answers what the original object
 answers in-process -> `mlship destroy`. The Keras 2 image also holds exactly one TensorFlow package.
 
-The images are big (torch, TensorFlow: about 1 GB each): each is built once, and removed when its test ends
-(the session's image cleanup removes them too). bench/fixtures_bench.py times the same round trips.
+The images are big (torch, TensorFlow: about 1 GB each): each is built once, and removed when its test ends but
+for its dependency stage, which the session's image cleanup removes (test_wrapped_models.py's image has the same
+torch lock and builds on its layers). bench/fixtures_bench.py times the same round trips.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import image_cleanup
 from conftest import free_port
 from mlship.cli import app
 from mlship.contract_io import load_project
@@ -82,7 +84,8 @@ def _user_code_lines(root: Path) -> int:
 @contextmanager
 def deployed(root: Path, artifact: str, init_args: list[str], engine: Any) -> Iterator[Deployed]:
     """`mlship init <artifact> <init_args>` in ``root``, the local target on a free port, `mlship deploy`; the
-    containers and images of the service are removed afterwards, whatever happened."""
+    containers and images of the service are removed afterwards, whatever happened (its dependency stage at the
+    session's end, so that a later build with the same lock reuses its layers)."""
     name = f"fx-{root.name[:12].lower().replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()
     try:
@@ -98,10 +101,7 @@ def deployed(root: Path, artifact: str, init_args: list[str], engine: Any) -> It
         yield Deployed(root, name, init_args, report["url"], report["build"]["image"], report, started,
                        _user_code_lines(root), log=result.output)
     finally:
-        for container in engine.containers.list(all=True, filters={"label": f"dev.mlship.service={name}"}):
-            container.remove(force=True)
-        for image in engine.images.list(name=name):
-            engine.images.remove(image.id, force=True)
+        image_cleanup.remove_service(engine, name)  # its deps stage stays: test_wrapped_models builds the same one
 
 
 def image_size_mb(engine: Any, image: str) -> float:

@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_iris
 from typer.testing import CliRunner
 
+import image_cleanup
 from conftest import TEST_BASE_IMAGE
 from mlship.cli import app
 from mlship.contract_io import load_project
@@ -330,7 +331,4 @@ def test_image_builds_and_mlship_test_passes(project: Path, docker_engine: Any, 
         print(f"\nnetwrap image: {built.size / 1e6:.0f} MB, built in {seconds:.0f}s, "
               f"first prediction {report['first_prediction_s']}s")
     finally:
-        for container in docker_engine.containers.list(all=True, filters={"label": "dev.mlship.service=netwrap-iris"}):
-            container.remove(force=True)
-        for image in docker_engine.images.list(name="netwrap-iris"):
-            docker_engine.images.remove(image.id, force=True)
+        image_cleanup.remove_service(docker_engine, "netwrap-iris")
