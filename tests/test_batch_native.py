@@ -17,6 +17,7 @@ import pytest
 
 from conftest import make_iris_project
 from mlship.batch import BatchOptions, rejects_path, run_batch
+from mlship.batch.columns import native_columns
 from mlship.batch.run import _Pool
 from mlship.batch.score import Scorer
 from mlship.contract_io import load_project
@@ -70,6 +71,8 @@ def test_a_model_not_compiled_scores_arrays_on_threads_with_the_servers_answers(
     with _Pool(root / "mlship.yaml", 4096, 2) as pool:
         assert pool.threads is not None and pool.executor is None  # no process started, no chunk pickled
     rows = data(features, 12_000)
+    columns = native_columns(scorer.predictor, np.array([[r[f] for f in features] for r in rows[6:20]]))
+    assert columns is not None and "label" in columns  # the column path, not Predictor.predict's dicts
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
     two = run_batch(root, tmp_path / "rows.parquet", tmp_path / "two.parquet", BatchOptions(workers=2,
                                                                                              chunk_rows=4096))
@@ -100,3 +103,33 @@ def test_a_model_not_compiled_scores_arrays_on_threads_with_the_servers_answers(
         assert reason.startswith(f"{features[1]}: ")
         with pytest.raises(InvalidInput):  # the server refuses the same row (422)
             validator.validate({f: rows[i][f] for f in features})
+
+
+def test_a_regressor_not_compiled_gives_the_servers_values(tmp_path: Path) -> None:
+    import joblib
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    from mlship.init import init_project
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 10, (300, 3))
+    model = GradientBoostingRegressor(n_estimators=20, random_state=0).fit(x, x @ [1.0, -2.0, 0.5])
+    (tmp_path / "model").mkdir()
+    joblib.dump(model, tmp_path / "model" / "reg.joblib")
+    init_project(tmp_path / "model" / "reg.joblib", directory=tmp_path)
+    with (tmp_path / "mlship.yaml").open("a") as fh:
+        fh.write(OFF)
+    project = load_project(tmp_path)
+    assert project.contract.task == "regression"
+    features = project.contract.feature_names
+    rows = data(features, 12_000)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    report = run_batch(tmp_path, tmp_path / "rows.parquet", tmp_path / "out.parquet", BatchOptions(chunk_rows=4096))
+    assert (report.rows, report.rejects) == (12_000, len(PLANTED))
+    predictor = Predictor(project)
+    predictor.load()
+    good = [[r[f] for f in features] for i, r in enumerate(rows) if i not in PLANTED]
+    assert list(native_columns(predictor, np.array(good[:10]))) == ["value"]  # the column path, not a fallback
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == ["id", "value"]
+    assert out.column("value").to_pylist() == [a["value"] for a in predictor.predict(good)]
