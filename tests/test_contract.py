@@ -174,12 +174,19 @@ def test_wrong_feature_type_names_allowed_types() -> None:
         ("max_body_bytes: 10", "serve.max_body_bytes", "greater than or equal to 256, got 10"),
         ("auth: token", "serve.auth", "'none' or 'api_key', got 'token'"),
         ("api_keys_env: 'MY-KEYS'", "serve.api_keys_env", "got 'MY-KEYS'"),
+        ("compile: on", "serve.compile", "YAML read on/yes/true as a boolean; write auto"),
     ],
 )
 def test_bad_serve_values_name_the_field(serve: str, path: str, text: str) -> None:
     err = error_of(MINIMAL + f"serve:\n  {serve}\n")
     assert f"mlship.yaml:10 -> {path}:" in err.message
     assert text in err.message
+
+
+@pytest.mark.parametrize("value", ["off", "'off'", "no", "false"])
+def test_compile_off_unquoted_is_off(value: str) -> None:
+    # YAML 1.1 reads an unquoted off (and no, false) as a boolean
+    assert parse_contract(MINIMAL + f"serve:\n  compile: {value}\n").serve.compile == "off"
 
 
 def test_non_numeric_timeout_is_rejected() -> None:

@@ -57,6 +57,17 @@ class ServeOptions(Strict):
         description="Environment variable holding comma-separated API keys.",
     )
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_boolean(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted off/no/false as a boolean: `compile: off` means the value "off"
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError("YAML read on/yes/true as a boolean; write auto (ONNX when proven equal) or onnx "
+                             "(require it)")
+        return value
+
     @field_validator("port")
     @classmethod
     def _port_in_range(cls, value: int) -> int:
