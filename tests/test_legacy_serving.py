@@ -24,7 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import TEST_BASE_IMAGE, WHEEL_CACHE, free_port
-from legacy_models import SKLEARN_024, old_sklearn_tree
+from legacy_models import SKLEARN_024, old_tree_copy
 from legacy_models import base_image as bullseye_image
 from mlship.cli import app
 from mlship.contract_io import load_project
@@ -40,7 +40,7 @@ SERVICE_LABEL = "dev.mlship.service"
 
 @pytest.fixture(scope="module")
 def old_tree(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    return old_sklearn_tree(docker_engine, tmp_path_factory.mktemp("old-tree"), WHEEL_CACHE)
+    return old_tree_copy(docker_engine, tmp_path_factory.mktemp("old-tree"), WHEEL_CACHE)  # trained once a session
 
 
 @pytest.fixture(scope="module")
