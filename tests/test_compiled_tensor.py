@@ -24,7 +24,9 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TEST_BASE_IMAGE, build_image, load_example_module, metric, running
+import keras_digits
+import torch_digits
+from conftest import TEST_BASE_IMAGE, build_image, metric, running
 from image_leftovers import image_leftovers
 from mlship import compiled
 from mlship.cli import app
@@ -70,17 +72,13 @@ def set_compile(directory: Path, mode: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+digits_model = keras_digits.digits_model  # both examples' models, trained once a session by their own train.py
+digits_models = torch_digits.digits_models  # (test_runtime_tensorflow.py, test_runtime_pytorch_digits.py use them)
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both examples' models, trained once by their own train.py."""
-    root = tmp_path_factory.mktemp("tensor-models")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch_model = load_example_module(TORCH_EXAMPLE / "train.py", "torch_digits_train").train(
-            root / "torch" / "digits.pt")
-        keras_model = load_example_module(KERAS_EXAMPLE / "train.py", "keras_digits_train").train(
-            root / "keras" / "digits.keras")
-    return {"pytorch": Path(torch_model), "tensorflow": Path(keras_model)}
+def trained(digits_models: Path, digits_model: Path) -> dict[str, Path]:
+    return {"pytorch": digits_models / "digits.pt", "tensorflow": digits_model}
 
 
 @pytest.fixture(scope="module", params=["pytorch", "tensorflow"])

@@ -12,7 +12,6 @@ import io
 import json
 import shutil
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,9 @@ import pytest
 import torch
 import yaml
 
+import torch_digits
 from cli_helpers import invoke
-from conftest import REPO, TEST_BASE_IMAGE, build_image, free_port, load_example_module, running
+from conftest import REPO, TEST_BASE_IMAGE, build_image, free_port, running
 from mlship.contract_io import load_project
 from mlship.errors import BuildError
 from mlship.runtimes import pytorch as rt
@@ -35,18 +35,7 @@ DIGITS = REPO / "examples" / "torch-digits"
 ZERO = json.loads((DIGITS / "rows.json").read_text())["instances"][0]  # sklearn's digits.images[0], a 0
 
 
-def _train_module() -> Any:
-    return load_example_module(DIGITS / "train.py", "torch_digits_train")
-
-
-@pytest.fixture(scope="session")
-def digits_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model/ with digits.pt (TorchScript), digits.pt2 (torch.export) and digits_state.pt, trained once."""
-    out = tmp_path_factory.mktemp("digits") / "model" / "digits.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice
-        _train_module().train(out)
-    return out.parent
+digits_models = torch_digits.digits_models  # trained once a session (test_compiled_tensor.py too)
 
 
 def digits_project(directory: Path, models: Path, **changes: Any) -> Path:
