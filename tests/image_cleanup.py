@@ -111,6 +111,20 @@ def _json(line: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _listed(cli: Any) -> list[Any]:
+    """The engine's top-level images. The SDK inspects each one it lists: one that another session removes in between
+    answers 404, and the listing is taken again (5 times at most)."""
+    from docker.errors import NotFound
+
+    for attempt in range(5):
+        try:
+            return list(cli.images.list())
+        except NotFound:
+            if attempt == 4:
+                raise
+    return []
+
+
 def remove_images(cli: Any, before: set[str], made: Made, base_image: str) -> str:
     """Remove the images of ``made`` (see tests/conftest.py, _remove_session_images); returns one line."""
     from docker.errors import DockerException
@@ -142,7 +156,7 @@ def remove_images(cli: Any, before: set[str], made: Made, base_image: str) -> st
     try:
         running = {c.attrs.get("Image") for c in cli.containers.list()}
         base = cli.images.get(base_image).id
-        ours = [img for img in cli.images.list()  # top level: removing one removes its untagged parents too
+        ours = [img for img in _listed(cli)  # top level: removing one removes its untagged parents too
                 if img.id not in before and img.id != base and set(img.tags) <= made.tags and mlship(img)
                 and (img.id.removeprefix("sha256:")[:12] in made.ids or left_untagged(img))]
         disk = layers_size()
