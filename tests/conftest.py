@@ -1,5 +1,5 @@
 """Shared fixtures: a trained iris model, project folders, images on a real engine; the real server processes
-are in servers.py (every name re-exported here)."""
+are in server_processes.py (every name re-exported here)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import image_cleanup
-from servers import (
+from server_processes import (
     GATED_PREDICT,
     IRIS_ROW,
     Hammer,

@@ -20,7 +20,7 @@ import yaml
 
 from cli_helpers import invoke
 from conftest import running, write_custom_project
-from servers import post
+from server_processes import post
 
 TEXTS = ["win money now", "free prize claim now", "cheap pills free offer", "you won a free cruise",
          "meeting at noon", "see you tomorrow", "lunch with the team", "notes from the meeting"]

@@ -17,7 +17,7 @@ import yaml
 
 from cli_helpers import invoke
 from conftest import IRIS, Server, make_iris_project, running
-from servers import post
+from server_processes import post
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
