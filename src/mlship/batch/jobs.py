@@ -2,6 +2,7 @@
 (:class:`JobRun`), and what a target that runs batch jobs implements (:class:`BatchTarget`).
 
     job = batch_job(project, input_uri="s3://b/in/", output_uri="s3://b/out/", tasks=50)
+    target.check_job(job)                  # pure: a flag this target cannot take (--job-queue): ContractError
     target.batch_preflight(job)            # read-only, fast: credentials, bucket access
     target.batch_plan(job, image)          # --dry-run: every resource and call, no credentials
     run = target.run_batch(job, image, progress)
@@ -76,6 +77,7 @@ class BatchJob:
     timeout_s: int  # per task
     env: dict[str, str] = field(default_factory=dict)  # the worker's env (not the task index: see task_env)
     labels: dict[str, str] = field(default_factory=dict)  # on every resource the job creates
+    job_queue: str | None = None  # --job-queue: this run's queue, over the contract's (a target with queues: ecs)
 
     @property
     def job_id(self) -> str:
@@ -100,6 +102,16 @@ class JobRun:
 
 class BatchTarget(ABC):
     """A target that can run batch jobs inherits this too (``targets/base.py``'s Target stays as it is)."""
+
+    def check_job(self, job: BatchJob) -> None:
+        """Pure, before the preflight and the plan: a ContractError (exit 2) for a flag this target cannot take.
+        This default refuses ``--job-queue``; a target whose job engine has queues overrides it."""
+        if job.job_queue is not None:
+            name = getattr(self, "name", type(self).__name__)
+            raise ContractError(f"--job-queue does not apply to --target {name}.",
+                                why=f"The {name} target's job engine has no job queues: --job-queue picks the AWS "
+                                "Batch job queue that `--target ecs` runs an array job on.",
+                                fix="Leave --job-queue out, or pass --target ecs with it.")
 
     @abstractmethod
     def batch_preflight(self, job: BatchJob) -> list[Check]:
@@ -146,7 +158,8 @@ def job_name(service: str) -> str:
 
 def batch_job(project: Project, *, input_uri: str, output_uri: str, tasks: int, parallelism: int | None = None,
               max_retries: int = 3, cpu: float = 1.0, memory_mib: int = 2048, timeout_s: int = 3600,
-              id_column: str | None = None, fmt: str = "parquet", chunk_rows: int | None = None) -> BatchJob:
+              id_column: str | None = None, fmt: str = "parquet", chunk_rows: int | None = None,
+              job_queue: str | None = None) -> BatchJob:
     """The job for ``project`` from the CLI's flags; bad flags are ContractErrors naming the flag."""
     _positive("--tasks", tasks, "Pass --tasks 1 or more (one task per shard of the input).")
     _positive("--parallelism", parallelism or tasks, "Leave --parallelism out (all tasks at once) or pass 1 or more.")
@@ -173,4 +186,4 @@ def batch_job(project: Project, *, input_uri: str, output_uri: str, tasks: int, 
     return BatchJob(name=job_name(service), input_uri=input_uri, output_uri=output_uri, tasks=tasks,
                     parallelism=min(parallelism or tasks, tasks), max_retries=max_retries, cpu=cpu,
                     memory_mib=memory_mib, timeout_s=timeout_s, env=env,
-                    labels={LABEL_SERVICE: service, LABEL_JOB: run_id})
+                    labels={LABEL_SERVICE: service, LABEL_JOB: run_id}, job_queue=job_queue)

@@ -40,6 +40,7 @@ class JobFlags:
     id_column: str | None = None
     fmt: str = "parquet"
     chunk_rows: int | None = None
+    job_queue: str | None = None  # --job-queue (targets whose job engine has queues: BatchTarget.check_job)
 
 
 def batch_targets() -> list[str]:
@@ -109,6 +110,7 @@ def run_on_target(contract: Path | None, target_name: str, flags: JobFlags, *, d
                             succeeded=0, job_id=job.job_id, dry_run=dry_run)
     with get_target(target_name, project) as target:
         assert isinstance(target, BatchTarget)
+        target.check_job(job)
         if dry_run:
             from mlship.image.context import plan_project
 
@@ -132,7 +134,7 @@ def _job(project: Any, flags: JobFlags) -> BatchJob:
     return batch_job(project, input_uri=flags.input_uri, output_uri=flags.output_uri, tasks=flags.tasks,
                      parallelism=flags.parallelism, max_retries=flags.max_retries, cpu=flags.cpu,
                      memory_mib=flags.memory_mib, timeout_s=flags.timeout_s, id_column=flags.id_column,
-                     fmt=flags.fmt, chunk_rows=flags.chunk_rows)
+                     fmt=flags.fmt, chunk_rows=flags.chunk_rows, job_queue=flags.job_queue)
 
 
 def _finish(report: BatchRunReport, job: BatchJob, run: JobRun) -> BatchRunReport:

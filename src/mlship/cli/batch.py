@@ -13,6 +13,7 @@ from rich.markup import escape
 from mlship.cli._app import FileOpt, _errors, app, err, out
 from mlship.cli.images import BaseOpt, JsonOpt
 from mlship.cli.render import emit_json, events, json_errors
+from mlship.errors import ContractError
 from mlship.reports import BatchRunReport
 
 if TYPE_CHECKING:  # pyarrow is imported by mlship.batch.run: not at `mlship build`'s start
@@ -46,6 +47,10 @@ def batch(
     = 3600,
     fmt: Annotated[str, typer.Option("--format", help="The parts' format with --target or object storage: parquet, "
                                      "csv, jsonl.")] = "parquet",
+    job_queue: Annotated[str | None, typer.Option("--job-queue", help="With --target ecs: run the job as an AWS "
+                                                  "Batch array job on this job queue (name or ARN; its compute "
+                                                  "environments FARGATE or FARGATE_SPOT), for this run in place of "
+                                                  "targets.ecs.batch.job_queue.")] = None,
     base_image: BaseOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --target: print the job's resources and calls; "
                                           "build and start nothing, no credentials needed.")] = False,
@@ -58,7 +63,12 @@ def batch(
     with _errors(), json_errors("batch", as_json):
         flags = JobFlags(input, output, tasks=tasks, parallelism=parallelism, max_retries=max_retries, cpu=cpu,
                          memory_mib=memory, timeout_s=task_timeout, id_column=id_column, fmt=fmt,
-                         chunk_rows=chunk_rows)
+                         chunk_rows=chunk_rows, job_queue=job_queue)
+        if job_queue is not None and target is None:
+            raise ContractError("--job-queue needs --target ecs.",
+                                why="--job-queue picks the AWS Batch job queue that `--target ecs` runs an array job "
+                                "on; without --target the rows are scored in this process.",
+                                fix=f"Pass --target ecs --job-queue {job_queue}, or leave --job-queue out.")
         if target is not None:
             report = run_on_target(file, target, flags, dry_run=dry_run, base_image=base_image, events=events())
         elif "://" in input or "://" in output:

@@ -1,5 +1,5 @@
-"""``mlship batch --target ecs`` with ``targets.ecs.batch.job_queue``: the job as an AWS Batch array job on your
-Fargate job queue (without a queue: ECS RunTask fan-out, ``jobs.py``).
+"""``mlship batch --target ecs`` with a job queue (``--job-queue``, else ``targets.ecs.batch.job_queue``): the job
+as an AWS Batch array job on your Fargate job queue (without a queue: ECS RunTask fan-out, ``jobs.py``).
 
 ``run``: what both engines share (``jobs.prepare``: push by digest, the log group ``/mlship/<service>/batch``, the
 execution role, the tasks' role that reads the input and writes the output); the job definition
@@ -37,6 +37,7 @@ from mlship.targets.ecs.batch_array_spec import (
     job_definition,
     progress_line,
     queue_check,
+    queue_source,
     submit_args,
 )
 from mlship.targets.ecs.jobs_spec import cost, fargate_size
@@ -204,12 +205,12 @@ def checks(opts: EcsOptions, client_factory: ClientFactory | None, job: BatchJob
         return found
     aws = Aws(opts, client_factory=client_factory, attempts=1, timeout_s=preflight.TIMEOUT_S)
     try:
-        return [*found, _queue(aws, str(opts.batch.job_queue))]
+        return [*found, _queue(aws, str(opts.batch.job_queue), queue_source(job))]
     finally:
         aws.close()
 
 
-def _queue(aws: Aws, name: str) -> Check:
+def _queue(aws: Aws, name: str, source: str) -> Check:
     try:
         queues = aws.call(f"describe job queue {name}", "batch", "describe_job_queues",
                           action="batch:DescribeJobQueues", jobQueues=[name])["jobQueues"]
@@ -220,7 +221,7 @@ def _queue(aws: Aws, name: str) -> Check:
                                 computeEnvironments=wanted)["computeEnvironments"] if wanted else []
     except TargetError as exc:
         return Check(name="job queue", ok=False, detail=exc.message, fix=exc.fix)
-    return queue_check(name, queue, environments, aws.region)
+    return queue_check(name, queue, environments, aws.region, source)
 
 
 # --- destroy ------------------------------------------------------------------------------------------------

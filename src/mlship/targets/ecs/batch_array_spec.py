@@ -123,13 +123,20 @@ def submit_args(opts: EcsOptions, n: Names, job: BatchJob, *, definition: str, q
     return args
 
 
+def queue_source(job: BatchJob) -> str:
+    """Where the job's queue comes from: ``--job-queue`` (this run) or ``targets.ecs.batch.job_queue``."""
+    return "--job-queue" if job.job_queue else "targets.ecs.batch.job_queue"
+
+
 def queue_check(name: str, queue: dict[str, Any] | None, environments: list[dict[str, Any]],
-                region: str) -> Check:
-    """The verdict on ``targets.ecs.batch.job_queue`` from describe_job_queues / describe_compute_environments."""
-    fallback = "or remove targets.ecs.batch.job_queue to run the job as ECS RunTask fan-out"
+                region: str, source: str = "targets.ecs.batch.job_queue") -> Check:
+    """The verdict on the job queue (named by ``source``) from describe_job_queues / describe_compute_environments."""
+    fallback = ("or leave --job-queue out (then targets.ecs.batch.job_queue, or ECS RunTask fan-out without it)"
+                if source == "--job-queue" else
+                "or remove targets.ecs.batch.job_queue to run the job as ECS RunTask fan-out")
     if queue is None:
         return Check(name="job queue", ok=False, detail=f"AWS Batch job queue {name} does not exist in {region}",
-                     fix=f"Fix targets.ecs.batch.job_queue (`aws batch describe-job-queues` lists yours), create it "
+                     fix=f"Fix {source} (`aws batch describe-job-queues` lists yours), create it "
                      f"with a FARGATE compute environment (docs/batch.md), {fallback}.")
     qname = queue.get("jobQueueName", name)
     if queue.get("state") != "ENABLED":
@@ -189,8 +196,10 @@ def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region:
                "many tasks run at once" if job.parallelism < job.tasks else
                "as many at once as the compute environments' maxvCpus allow")
     return [
-        f"engine: AWS Batch array job on job queue {queue} (targets.ecs.batch.job_queue is set; without it the job "
-        "runs as ECS RunTask fan-out)",
+        f"engine: AWS Batch array job on job queue {queue} (" + (
+            "from --job-queue, for this run: it takes the place of targets.ecs.batch.job_queue; without either the "
+            "job runs as ECS RunTask fan-out)" if job.job_queue else
+            "targets.ecs.batch.job_queue is set; without it the job runs as ECS RunTask fan-out)"),
         f"check credentials and region {where}; job queue {queue} exists, is ENABLED and VALID, and its compute "
         f"environments are FARGATE or FARGATE_SPOT; list {job.input_uri}; the bucket of {job.output_uri} exists; "
         f"every resource below is tagged {tag_text}",

@@ -16,7 +16,7 @@ from typing import Any
 
 from mlship.batch.jobs import WORKER_MODULE_COMMAND, BatchJob, task_env
 from mlship.errors import TargetError
-from mlship.targets.ecs.options import FARGATE_SIZES, EcsOptions
+from mlship.targets.ecs.options import FARGATE_SIZES, EcsOptions, with_job_queue
 from mlship.targets.ecs.spec import Names, key_value, tags
 
 CONTAINER = "batch"
@@ -106,6 +106,7 @@ def cost(seconds: list[float], cpu_units: int, memory_mib: int, vcpu_hour: float
 def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region: str | None,
                poll_s: float) -> list[str]:
     """Every resource and call of ``run_batch``, in words (with a job queue: batch_array_spec.plan_lines)."""
+    opts = with_job_queue(opts, job.job_queue)
     if opts.batch.job_queue:
         from mlship.targets.ecs import batch_array_spec
 
@@ -118,8 +119,8 @@ def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region:
     env = ", ".join(f"{k}={v}" for k, v in sorted(job.env.items()))
     prices = opts.batch
     return [
-        "engine: ECS RunTask fan-out on Fargate (targets.ecs.batch.job_queue is not set; set it to an AWS Batch job "
-        "queue on Fargate to run an array job there)",
+        "engine: ECS RunTask fan-out on Fargate (targets.ecs.batch.job_queue is not set; set it, or pass --job-queue, "
+        "to an AWS Batch job queue on Fargate to run an array job there)",
         f"check credentials (sts:GetCallerIdentity) and region {where}; list {job.input_uri}; the bucket of "
         f"{job.output_uri} exists; every resource below is tagged {tag_text}",
         f"ECR repository {n.repository} (scan on push, tagged) if missing; push {image} (referenced by digest)",

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from mlship.errors import ContractError
 from mlship.targets.common import env_name, env_strings, plain_env_name
 
 RESERVED_ENV = ("PORT",)
@@ -23,6 +24,7 @@ _LISTENER_ARN = re.compile(r"^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{
 _HOST = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
 _PATH_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+_JOB_QUEUE = re.compile(r"^(arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/)?[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 def _memory_steps(low: int, high: int, step: int) -> tuple[int, ...]:
@@ -113,11 +115,35 @@ class EcsBatchOptions(BaseModel):
     @field_validator("job_queue")
     @classmethod
     def _job_queue(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(
-                r"^(arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/)?[A-Za-z0-9][A-Za-z0-9_-]{0,127}$", value):
-            raise ValueError("expected a job queue name (letters, digits, hyphens and underscores, at most 128) or "
-                             "its ARN (arn:aws:batch:REGION:ACCOUNT:job-queue/NAME)")
-        return value
+        return None if value is None else job_queue_name(value)
+
+
+def with_job_queue(opts: EcsOptions, queue: str | None) -> EcsOptions:
+    """The options of one batch run: ``--job-queue`` (when given) over ``targets.ecs.batch.job_queue``; the
+    contract's own options are left as they are."""
+    if queue is None:
+        return opts
+    return opts.model_copy(update={"batch": opts.batch.model_copy(update={"job_queue": job_queue_flag(queue)})})
+
+
+def job_queue_flag(value: str) -> str:
+    """``--job-queue``, checked as ``targets.ecs.batch.job_queue`` is (:func:`job_queue_name`): a ContractError."""
+    try:
+        return job_queue_name(value)
+    except ValueError as exc:
+        error = ContractError(f"--job-queue: {exc}, got {value!r}",
+                              why="AWS Batch names a job queue by its name or its ARN; SubmitJob takes nothing else.",
+                              fix="Pass the queue's name or ARN (`aws batch describe-job-queues --query "
+                              "'jobQueues[].[jobQueueName,jobQueueArn]'` lists yours), or leave --job-queue out.")
+    raise error
+
+
+def job_queue_name(value: str) -> str:
+    """An AWS Batch job queue's name or ARN (``targets.ecs.batch.job_queue`` and ``--job-queue``), else ValueError."""
+    if not _JOB_QUEUE.match(value):
+        raise ValueError("expected a job queue name (letters, digits, hyphens and underscores, at most 128) or "
+                         "its ARN (arn:aws:batch:REGION:ACCOUNT:job-queue/NAME)")
+    return value
 
 
 class EcsOptions(BaseModel):

@@ -33,7 +33,7 @@ from mlship.targets.base import CONTAINER_PORT, Deployment, Progress, Target, Ta
 from mlship.targets.common import smoke_test
 from mlship.targets.ecs import jobs, jobs_spec, lifecycle, listener, resources, scaling, service, teardown
 from mlship.targets.ecs.api import Aws, ClientFactory
-from mlship.targets.ecs.options import EcsOptions
+from mlship.targets.ecs.options import EcsOptions, with_job_queue
 from mlship.targets.ecs.spec import (
     STOP_TIMEOUT_S,
     health_start_period,
@@ -270,6 +270,9 @@ class EcsTarget(Target, BatchTarget):
         return arn
 
     # --- batch jobs (mlship batch --target ecs) ------------------------------------------------------
+    def check_job(self, job: BatchJob) -> None:  # --job-queue, checked as targets.ecs.batch.job_queue is
+        with_job_queue(self.opts, job.job_queue)
+
     def batch_preflight(self, job: BatchJob) -> list[Check]:
         return jobs.checks(self.opts, type(self).client_factory, job)
 
