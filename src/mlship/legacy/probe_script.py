@@ -7,8 +7,9 @@ model's own libraries). It runs only files mlship has read and trusted first (ml
     python probe_script.py MODEL ROWS.json OUT.json [ONNX_DIR]
 
 With ONNX_DIR (skl2onnx installed), the model is also converted for mlship's compiled path: model-double.onnx
-(float64 input) and model-float.onnx (float32, for converters and onnxruntime kernels that support only that),
-probabilities as one array (no ZipMap); mlship checks them on its side.
+(float64 input) and model-float.onnx (float32: first for trees, forests and gradient boosting, which compare float32
+features in scikit-learn; else for converters and onnxruntime kernels that support only that), probabilities as one
+array (no ZipMap); mlship checks them on its side, in the order the output lists them.
 """
 
 from __future__ import annotations
@@ -65,8 +66,14 @@ def probe(model_path: str, rows: list[list[float]]) -> dict[str, Any]:
     return out
 
 
+#: estimators that cast their input to float32 (scikit-learn's tree DTYPE): their float32 conversion is tried first,
+#: it takes the same branches as scikit-learn (mlship/runtimes/sklearn_onnx.py keeps the same list)
+FLOAT32_BASES = frozenset({"BaseDecisionTree", "BaseForest", "BaseGradientBoosting", "IsolationForest"})
+
+
 def convert(model_path: str, n_features: int, folder: str) -> dict[str, Any]:
-    """Write the ONNX conversions that work into ``folder``; their names, the converter and the failures."""
+    """Write the ONNX conversions that work into ``folder``; their names (in the order mlship tries them), the
+    converter and the failures."""
     import joblib
     import skl2onnx
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
@@ -75,7 +82,10 @@ def convert(model_path: str, n_features: int, folder: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         model = joblib.load(model_path)
         made, errors = [], []
-        for name, kind in (("double", DoubleTensorType), ("float", FloatTensorType)):
+        kinds = [("double", DoubleTensorType), ("float", FloatTensorType)]
+        if any(c.__name__ in FLOAT32_BASES and c.__module__.startswith("sklearn.") for c in type(model).__mro__):
+            kinds.reverse()
+        for name, kind in kinds:
             types = [("input", kind([None, n_features]))]
             try:
                 try:

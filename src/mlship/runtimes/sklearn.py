@@ -217,51 +217,10 @@ class SklearnRuntime(Runtime):
         return "numpy (checked against pandas)"
 
     def to_onnx(self, model: Any, features: list[str]) -> tuple[bytes, list[int], str]:
-        """skl2onnx conversion with one float64 input (the model's columns) and no ZipMap (plain arrays out)."""
-        from mlship.compiled import NotCompiled, Unavailable, loading_problem
+        """skl2onnx conversion (runtimes/sklearn_onnx.py: the input type the model computes with)."""
+        from mlship.runtimes.sklearn_onnx import convert
 
-        try:
-            import skl2onnx
-            from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
-        except ImportError:
-            raise Unavailable("skl2onnx is not installed (pip install 'mlship[sklearn]' installs it)") from None
-        import sklearn
-
-        if self.saved_version and self.saved_version != sklearn.__version__:
-            raise NotCompiled(f"the artifact was saved with scikit-learn {self.saved_version} and "
-                              f"{sklearn.__version__} is installed here; converting needs the version that wrote it")
-        names = getattr(model, "feature_names_in_", None)
-        try:
-            columns = [features.index(str(n)) for n in names] if names is not None else list(range(len(features)))
-        except ValueError:
-            raise NotCompiled("the model's feature names differ from input.features") from None
-        # float64 input first (the same numbers the original model gets); float32 where a converter or
-        # onnxruntime supports only that (tree regressors, LinearSVC): trees compare float32 features in
-        # scikit-learn too, and the parity check decides for the rest
-        failures = []
-        for tensor_type in (DoubleTensorType, FloatTensorType):
-            types = [("input", tensor_type([None, len(columns)]))]
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    try:  # probabilities as one array, not a list of dicts (ZipMap)
-                        onx = skl2onnx.to_onnx(model, initial_types=types, options={"zipmap": False})
-                    except NameError as exc:  # a converter without the option (regressors, LinearSVC)
-                        if "zipmap" not in str(exc):
-                            raise
-                        onx = skl2onnx.to_onnx(model, initial_types=types)
-            except Exception as exc:  # skl2onnx raises many types (RuntimeError, MissingShapeCalculator, ...)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                failures.append(f"skl2onnx cannot convert {type(model).__name__}: {exc.__class__.__name__}"
-                                + (f": {first[:200]}" if first else ""))
-                continue
-            data = onx.SerializeToString()
-            problem = loading_problem(data)
-            if problem is None:
-                return data, columns, f"skl2onnx {skl2onnx.__version__}"
-            failures.append(problem)
-        raise NotCompiled(failures[0])
-
+        return convert(model, features, self.saved_version)
 
     def predict(self, model: Any, rows: list[list[Any]], features: list[str]) -> ModelOutput:
         if model is self._array_model:
