@@ -44,7 +44,7 @@ class BatchReport:
     chunks: int = 0
     resumed_chunks: int = 0  # chunks found complete from an earlier run
     seconds: float = 0.0
-    load_seconds: float = 0.0  # of ``seconds``: loading the model (in this process) before the first chunk
+    load_seconds: float = 0.0  # of ``seconds``: loading the model (in this process) and pyarrow's readers/writers
 
     @property
     def rows_per_s(self) -> float:
@@ -81,10 +81,13 @@ def run_batch(contract_path: Path | None, input_path: Path, output_path: Path,
     report = BatchReport()
     started = time.perf_counter()
     workers = opts.workers or os.cpu_count() or 1
+    before = time.perf_counter()
+    formats.prepare({formats.file_format(path) for pair in pairs for path in pair})
+    prepared = time.perf_counter() - before
     with _Pool(contract, opts.chunk_rows, workers) as pool:
         for source, target in pairs:
             _one_file(pool, contract, source, target, opts, report, started)
-    report.load_seconds = pool.load_seconds
+    report.load_seconds = prepared + pool.load_seconds
     report.seconds = time.perf_counter() - started
     return report
 

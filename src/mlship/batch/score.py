@@ -105,8 +105,6 @@ class Scorer:
         casts them (a text that is not a number anywhere in the chunk: None)."""
         if not self._array_ok or not self.features or not all(name in table.column_names for name in self.features):
             return None
-        import pyarrow.compute as pc  # type: ignore[import-untyped]
-
         text = bool((table.schema.metadata or {}).get(TEXT_KEY))
         try:
             columns = [_as_float64(table.column(name), text) for name in self.features]
@@ -114,14 +112,18 @@ class Scorer:
             return None
         if any(c.type != pa.float64() for c in columns):
             return None
-        dirty = None
+        matrix = float_matrix(columns)  # a null's slot holds any value: the nulls are added to the dirty rows
+        finite = np.isfinite(matrix).all(axis=1)
+        dirty = None if finite.all() else ~finite
         for c in columns:
-            if c.null_count or not pc.all(pc.is_finite(c)).as_py():
-                bad = np.asarray(pc.invert(pc.fill_null(pc.is_finite(c), False)))
-                dirty = bad if dirty is None else dirty | bad
+            if c.null_count:
+                import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+                nulls = np.asarray(pc.is_null(c))
+                dirty = nulls if dirty is None else dirty | nulls
         if dirty is not None and dirty.all():
             return None
-        return float_matrix(columns), dirty
+        return matrix, dirty
 
     def score(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Scored:
         """A chunk's predictions (input order) and rejects. Its clean rows go to the model as one array; the rows
@@ -147,7 +149,7 @@ class Scorer:
         rows = matrix if not native or self.predictor.runtime.name == "sklearn" else matrix.tolist()
         fast = native_columns(self.predictor, rows) if native else compiled_columns(self.predictor, matrix)
         out = [] if fast is not None or not len(matrix) else self.predictor.predict(rows)
-        ids = _ids(table, [], id_column, list(range(table.num_rows))) if id_column else None
+        ids = _ids(table, [], id_column, None) if id_column else None
         return self._predictions(fast if fast is not None else flatten(out), id_column, ids)
 
     def _row_path(self, table: pa.Table, id_column: str | None) -> tuple[pa.Table, list[int], list[tuple[int, str]],
@@ -186,10 +188,12 @@ def _as_float64(column: Any, text: bool) -> Any:
     return column
 
 
-def _ids(table: pa.Table, ids: list[Any], name: str, positions: list[int]) -> Any:
-    """The id column at ``positions``, in the input's own type."""
-    if name in table.column_names and len(positions) == table.num_rows:  # every row (positions are increasing)
-        return table.column(name)
+def _ids(table: pa.Table, ids: list[Any], name: str, positions: list[int] | None) -> Any:
+    """The id column at ``positions`` (None: every row), in the input's own type."""
+    if name in table.column_names and (positions is None or len(positions) == table.num_rows):  # every row
+        return table.column(name)  # (positions are increasing)
+    if positions is None:
+        positions = list(range(table.num_rows))
     if name in table.column_names:
         return table.column(name).take(arrow(positions, pa.int64()))
     if not ids:  # a JSON Lines chunk parsed by Arrow whose lines have no id: null, as the row path reads them
