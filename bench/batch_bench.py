@@ -4,11 +4,10 @@ peak memory as the input grows; every ratio printed is measured in this one run.
     python bench/batch_bench.py                                   # iris + forest, 1M rows, all the figures
     python bench/batch_bench.py --examples forest --rows 4000000 --memory-rows 1000000 4000000 20000000
 
-- ceiling: the model's probabilities and each row's label (the argmax's class name, taken from an Arrow array of
-  the names, as the output holds it) on float64 rows already in memory, in 65,536-row slices, on all cores (one
-  process per core, each with its model and its share of the rows loaded before the clock starts), for the fitted
-  model (the joblib file the example trains: ``predict_proba`` on the array) and for the compiled model `mlship
-  batch` scores with (onnxruntime); the ceiling is the higher of the two.
+- ceilings (bench/batch_ceiling.py), on all cores: in memory, the model's probabilities and labels on float64 rows
+  already in memory, for the fitted model (``predict_proba``) and the compiled one (onnxruntime), the higher of the
+  two; file to file, a hand-written script per core on its own share of the rows in its own Parquet file (read,
+  score as above, write the id, labels and probabilities), with its reading and writing share of the time.
 - `mlship batch`: ``run_batch`` (what the command calls) in a fresh Python, Parquet in and out, every row checked;
   with the compiled model, and with the fitted one as it is (``serve.compile: 'off'``).
   ``scoring`` is the report's seconds less the model load (reading, checking, scoring, writing: what the ceiling
@@ -25,10 +24,8 @@ Say the machine's load next to the figures (printed first and last): they are ta
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,140 +35,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = {"iris": (REPO / "examples" / "iris-sklearn", "iris.joblib"),
-            "forest": (REPO / "examples" / "forest-sklearn", "forest.joblib")}
-SLICE = 65_536
-
-
-def train_module(name: str) -> Any:
-    folder, _ = EXAMPLES[name]
-    spec = importlib.util.spec_from_file_location(f"train_{name}", folder / "train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def project(name: str, root: Path) -> Path:
-    """A project folder for the example, as `mlship init` writes it, with its compiled model kept."""
-    from mlship.contract_io import load_project
-    from mlship.init import init_project
-    from mlship.serving.predictor import Predictor
-
-    folder, model = EXAMPLES[name]
-    train_module(name).train(root / "model" / model)
-    shutil.copy(folder / "rows.csv", root / "rows.csv")
-    init_project(root / "model" / model, directory=root, sample=root / "rows.csv")
-    Predictor(load_project(root)).load()  # compiles once, as a deploy does
-    return root
-
-
-def not_compiled(root: Path) -> Path:
-    """A copy of the project with ``serve.compile: 'off'``: the fitted model as it is (as for a model whose conversion
-    fails), scored through the runtime's own predict."""
-    off = root.with_name(f"{root.name}-off")
-    shutil.copytree(root, off, ignore=shutil.ignore_patterns(".mlship"))
-    with (off / "mlship.yaml").open("a") as fh:
-        fh.write("serve:\n  compile: 'off'\n")
-    return off
-
-
-def ranges(name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The features and a range per feature: the example rows' min..max, widened by half its span each side."""
-    import pyarrow.csv as pacsv  # type: ignore[import-untyped]
-
-    table = pacsv.read_csv(EXAMPLES[name][0] / "rows.csv")
-    features = list(train_module(name).FEATURES)
-    low = np.array([min(table.column(f).to_pylist()) for f in features], dtype=float)
-    high = np.array([max(table.column(f).to_pylist()) for f in features], dtype=float)
-    span = np.maximum(high - low, 1.0)
-    return features, low - span / 2, high + span / 2
-
-
-def matrix(name: str, n: int, seed: int) -> tuple[list[str], np.ndarray]:
-    features, low, high = ranges(name)
-    return features, np.random.default_rng(seed).uniform(low, high, (n, len(features)))
-
-
-def write_rows(name: str, path: Path, n: int) -> None:
-    """``n`` rows (id + features) written in 1M-row pieces: memory stays small for 20M rows."""
-    features, _ = matrix(name, 1, 0)
-    schema = pa.schema([("id", pa.int64())] + [(f, pa.float64()) for f in features])
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, n, 1_000_000):
-            k = min(1_000_000, n - start)
-            _, x = matrix(name, k, start)
-            writer.write_table(pa.table({"id": np.arange(start, start + k), **{f: x[:, j] for j, f in
-                                                                              enumerate(features)}}))
-
-
-_MODEL: Any = None
-_ROWS: Any = None
-
-
-def _ceiling_init(root: str, which: str, name: str, n: int, seed: int, barrier: Any) -> None:
-    """One ceiling process: the model (``fitted``: the example's joblib file; ``compiled``: the ONNX model mlship
-    batch serves), its rows as a float64 array in memory, warmed up."""
-    global _MODEL, _ROWS
-    import warnings
-
-    warnings.simplefilter("ignore")  # a model fitted on a DataFrame warns once about an array's missing names
-    if which == "fitted":
-        import joblib  # type: ignore[import-untyped]
-
-        _MODEL = joblib.load(Path(root) / "model" / EXAMPLES[name][1])
-    else:
-        from mlship.contract_io import load_project
-        from mlship.serving.predictor import Predictor
-
-        predictor = Predictor(load_project(Path(root)))
-        predictor.load()
-        _MODEL = predictor.compiled
-    _, _ROWS = matrix(name, n, seed)
-    _ceiling_slice(0)
-    barrier.wait()
-
-
-def _ceiling_slice(start: int) -> Any:
-    """predict_proba (or the compiled model's probabilities) on one slice, and the label of each row: the argmax's
-    class name, taken from an Arrow array of the names, as the batch output holds it."""
-    x = _ROWS[start:start + SLICE]
-    if hasattr(_MODEL, "predict_proba"):
-        proba = _MODEL.predict_proba(x)
-        names = [str(c) for c in _MODEL.classes_]
-        best = proba.argmax(axis=1)
-    else:
-        proba = _MODEL.run(x)
-        names = [str(c) for c in _MODEL.classes]
-        best = _MODEL.best(proba)
-    return pa.array(names, pa.string()).take(pa.array(best)), proba
-
-
-def _ceiling_run(_: int) -> float:
-    started = time.perf_counter()
-    for start in range(0, len(_ROWS), SLICE):
-        _ceiling_slice(start)
-    return time.perf_counter() - started
-
-
-def ceiling(name: str, root: Path, n: int, cores: int, which: str) -> float:
-    """Rows/s of the model's probabilities + labels on in-memory float64 rows, one process per core, started
-    together (after each loaded its model and rows), in 65,536-row slices."""
-    ctx = get_context("spawn")
-    rates = []
-    for _ in range(2):  # the best of two
-        barrier = ctx.Barrier(cores)
-        with ProcessPoolExecutor(cores, mp_context=ctx, initializer=_ceiling_init,
-                                 initargs=(str(root), which, name, n // cores, 7, barrier)) as pool:
-            rates.append(n // cores * cores / max(pool.map(_ceiling_run, range(cores))))
-    return max(rates)
+from batch_ceiling import file_to_file, in_memory
+from batch_data import EXAMPLES, matrix, not_compiled, project, write_rows
 
 
 def _tree_rss(pid: int) -> int:
@@ -296,12 +162,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.examples:
             root = project(name, Path(tmp) / name)
-            fitted = ceiling(name, root, args.rows, cores, "fitted")
-            compiled = ceiling(name, root, args.rows, cores, "compiled")
-            ceil = max(fitted, compiled)
-            print(f"[{name}] ceiling (probabilities + labels, rows in memory, {cores} processes): fitted model's "
-                  f"predict_proba {fitted:,.0f} rows/s, compiled model {compiled:,.0f} rows/s; the ceiling is the "
-                  f"higher, {ceil:,.0f} rows/s")
+            fitted = in_memory(name, root, args.rows, cores, "fitted")
+            compiled = in_memory(name, root, args.rows, cores, "compiled")
+            which, ceil = ("compiled", compiled) if compiled >= fitted else ("fitted", fitted)
+            print(f"[{name}] ceiling in memory (probabilities + labels, rows in memory, {cores} processes): fitted "
+                  f"model's predict_proba {fitted:,.0f} rows/s, compiled model {compiled:,.0f} rows/s; the ceiling "
+                  f"is the higher, {ceil:,.0f} rows/s")
+            files, io_share = file_to_file(name, root, args.rows, cores, which, Path(tmp))
+            print(f"[{name}] ceiling file to file (a script per core on its own Parquet file, the {which} model, "
+                  f"no row checked): {files:,.0f} rows/s = {files / ceil:.2f}x the in-memory ceiling; reading and "
+                  f"writing the files are {io_share:.0%} of its time: about {1 - io_share:.2f}x the in-memory "
+                  "ceiling is what any file-to-file run can reach here")
             data = Path(tmp) / f"{name}-{args.rows}.parquet"
             write_rows(name, data, args.rows)
             best = 0.0
@@ -314,7 +185,8 @@ def main() -> None:
                     best = max(best, rate)
                     print(f"[{name}] mlship batch {args.rows:,} rows, {model}, workers "
                           f"{workers or f'default ({cores})'}: scoring {got['run'] - got['load']:.2f}s = "
-                          f"{rate:,.0f} rows/s = {rate / ceil:.2f}x the ceiling; run with the model load "
+                          f"{rate:,.0f} rows/s = {rate / ceil:.2f}x the in-memory ceiling, {rate / files:.2f}x the "
+                          f"file-to-file one; run with the model load "
                           f"({got['load']:.2f}s) {got['run']:.2f}s = {run_rate:,.0f} rows/s = {run_rate / ceil:.2f}x; "
                           f"process {got['command']:.2f}s = {cmd_rate:,.0f} rows/s; peak RSS {got['peak_mb']:,.0f} MB")
             data.unlink()
