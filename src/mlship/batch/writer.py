@@ -27,6 +27,9 @@ from mlship.batch.storage import StorageError
 
 PART = formats.PART_SUFFIX
 _STOP = (-1, None, None)
+#: the output is synced to disk each time this much more was written, on the writer's thread while chunks are
+#: scored, so that the final fsync (on the run's critical path) has at most this much left to write
+SYNC_EVERY = 8 << 20
 
 
 def part_path(parts: Path, kind: str, index: int) -> Path:
@@ -41,6 +44,7 @@ class _Stream:
         self.path, self.fmt, self.kind = path, fmt, kind
         self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         self.fh: Any = None
+        self.synced = 0  # bytes of the temporary file known to be on disk
         self.parquet: Any = None
         self.schema: pa.Schema | None = None
         self.broken = False  # a part's schema differed: assembled from the parts on close
@@ -62,6 +66,10 @@ class _Stream:
             self.parquet.write_table(table)
         else:
             formats.write_more(table, self.fh, self.fmt, header=self.fh.tell() == 0)
+        if self.fh.tell() - self.synced >= SYNC_EVERY:
+            self.fh.flush()
+            os.fdatasync(self.fh.fileno())
+            self.synced = self.fh.tell()
 
     def finish(self, parts: list[Path]) -> None:
         if self.broken or self.fh is None:  # schemas to unify, or no chunk at all
