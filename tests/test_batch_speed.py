@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,34 @@ def test_a_writer_failure_is_an_error_and_leaves_no_partial_output(project: Path
     pacsv.write_csv(data, tmp_path / "flat.csv")
     report = run_batch(project, tmp_path / "flat.csv", out, BatchOptions(workers=2, chunk_rows=1000))
     assert report.rows == 5000 and out.exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that fills up during a run."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if made.returncode:
+        pytest.skip(f"mounting a tmpfs needs root: {made.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # parts written by the writer's thread / by the scoring threads
+def test_a_full_disk_is_an_error_that_leaves_no_output(project: Path, tmp_path: Path, tiny_disk: Path,
+                                                       workers: int) -> None:
+    pq.write_table(pa.Table.from_pylist(rows(40_000, seed=5)), tmp_path / "rows.parquet")
+    out = tiny_disk / "preds.parquet"
+    failed = r"writing \S*(preds\.parquet|(part|rejects)-\d{6}\.arrow) failed: .*No space left"
+    with pytest.raises(StorageError, match=failed):
+        run_batch(project, tmp_path / "rows.parquet", out, BatchOptions(workers=workers, chunk_rows=2000))
+    left = [p.name for p in tiny_disk.iterdir()]
+    assert left == [".preds.parquet.parts"], left  # no output, no rejects file, no temporary output file
+    assert not [p for p in (tiny_disk / ".preds.parquet.parts").iterdir() if ".tmp" in p.name]
 
 
 def test_a_chunk_with_a_few_bad_rows_scores_the_rest_as_one_array_with_the_row_paths_answers(

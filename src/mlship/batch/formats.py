@@ -197,14 +197,19 @@ def records(table: pa.Table, columns: list[str],
 
 def write_table(table: pa.Table, path: Path, fmt: str, durable: bool = True) -> None:
     """Write one table to ``path`` atomically: a temporary file next to it, fsync (unless not ``durable``: a
-    process killed at any point still leaves the whole file or none), rename."""
+    process killed at any point still leaves the whole file or none), rename; on a failure the temporary file is
+    removed."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("wb") as fh:
-        _write(table, fh, fmt)
-        fh.flush()
-        if durable:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            _write(table, fh, fmt)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an unwritable column: no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 #: the format of `mlship batch`'s part files (in the parts folder, not a user format): Arrow IPC, written and read

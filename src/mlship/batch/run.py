@@ -151,9 +151,13 @@ class _Pool:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, index: int, start: int, table: pa.Table, id_column: str | None) -> Future[score.Scored]:
+    def submit(self, index: int, start: int, table: pa.Table, id_column: str | None,
+               keep: Callable[[score.Scored], None] | None = None) -> Future[score.Scored]:
+        """A chunk to score. On threads, ``keep`` (writing the chunk's part files) runs on the scoring thread right
+        after it, so that parts are written in parallel (``Scored.kept`` says so); elsewhere the caller writes them
+        (a process's chunk comes back pickled; this process's own is better written by the writer's thread)."""
         if self.threads is not None:
-            return self.threads.submit(self.first.score, index, start, table, id_column)
+            return self.threads.submit(self._score_and_keep, index, start, table, id_column, keep)
         if self.executor is not None and all(f.done() for f in self.starting):
             self.queued = [f for f in self.queued if not f.done()]
             if len(self.queued) < 2 * (self.workers - 1):
@@ -162,6 +166,14 @@ class _Pool:
         done: Future[score.Scored] = Future()
         done.set_result(self.first.score(index, start, table, id_column))
         return done
+
+    def _score_and_keep(self, index: int, start: int, table: pa.Table, id_column: str | None,
+                        keep: Callable[[score.Scored], None] | None) -> score.Scored:
+        scored = self.first.score(index, start, table, id_column)
+        if keep is not None:
+            keep(scored)
+            scored.kept = True
+        return scored
 
 
 def _manifest(contract: Path, source: Path, chunk_rows: int, id_column: str | None) -> dict[str, Any]:
@@ -231,7 +243,7 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
 
     def finish(future: Future[score.Scored]) -> None:
         scored = future.result()
-        writer.put(scored.index, scored.predictions, scored.rejects)
+        writer.put(scored.index, scored.predictions, scored.rejects, written=scored.kept)
         _count(scored.predictions.num_rows + scored.rejects.num_rows, scored.rejects.num_rows)
 
     def _count(rows: int, bad: int) -> None:
@@ -261,7 +273,7 @@ def _one_file(pool: _Pool, contract: Path, source: Path, target: Path, opts: Bat
                 writer.kept(index)
                 _count(table.num_rows, bad)
                 continue
-            pending.append(pool.submit(index, index * opts.chunk_rows, table, id_column))
+            pending.append(pool.submit(index, index * opts.chunk_rows, table, id_column, writer.write_parts))
             for future in [f for f in pending if f.done()]:  # in any order: the writer puts them in order
                 pending.remove(future)
                 finish(future)

@@ -27,6 +27,7 @@ class Scored:
     index: int  # the chunk's number
     predictions: pa.Table
     rejects: pa.Table
+    kept: bool = False  # its part files are written (by the thread that scored it)
 
 
 class Scorer:

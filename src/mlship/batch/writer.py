@@ -14,21 +14,25 @@ output is left; the parts already written stay for a resumed run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from mlship.batch import formats
 from mlship.batch.storage import StorageError
 
+if TYPE_CHECKING:
+    from mlship.batch.score import Scored
+
 PART = formats.PART_SUFFIX
-_STOP = (-1, None, None)
-#: the output is synced to disk each time this much more was written, on the writer's thread while chunks are
-#: scored, so that the final fsync (on the run's critical path) has at most this much left to write
+_STOP = (-1, None, None, True)
+#: the output is synced to disk each time this much more was written, on the writer's thread while it waits for
+#: chunks, so that the final fsync (on the run's critical path) has less left to write
 SYNC_EVERY = 8 << 20
 
 
@@ -66,7 +70,10 @@ class _Stream:
             self.parquet.write_table(table)
         else:
             formats.write_more(table, self.fh, self.fmt, header=self.fh.tell() == 0)
-        if self.fh.tell() - self.synced >= SYNC_EVERY:
+
+    def sync(self) -> None:
+        """Put what was written so far on disk, once at least SYNC_EVERY more bytes are waiting."""
+        if self.fh is not None and not self.broken and self.fh.tell() - self.synced >= SYNC_EVERY:
             self.fh.flush()
             os.fdatasync(self.fh.fileno())
             self.synced = self.fh.tell()
@@ -90,7 +97,8 @@ class _Stream:
         except (OSError, pa.ArrowException):
             pass
         if self.fh is not None:
-            self.fh.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of the buffered end: the file goes anyway
+                self.fh.close()
         self.fh = self.parquet = None
         self.tmp.unlink(missing_ok=True)
 
@@ -101,22 +109,38 @@ class ChunkWriter:
     def __init__(self, parts: Path, target: Path, rejects: Path, fmt: str, depth: int = 4) -> None:
         self.parts = parts
         self.streams = {"part": _Stream(target, fmt, "part"), "rejects": _Stream(rejects, fmt, "rejects")}
-        self.queue: queue.Queue[tuple[int, pa.Table | None, pa.Table | None]] = queue.Queue(maxsize=max(depth, 1))
+        self.queue: queue.Queue[tuple[int, pa.Table | None, pa.Table | None, bool]] = queue.Queue(
+            maxsize=max(depth, 1))
         self.error: BaseException | None = None
         self.writing: Path | None = None  # the file being written (for the error message)
         self.count = 0  # chunks appended to the output so far, in order
         self.thread = threading.Thread(target=self._run, name="mlship-batch-writer", daemon=True)
         self.thread.start()
 
-    def put(self, index: int, predictions: pa.Table, rejects: pa.Table) -> None:
-        """A scored chunk: its parts are written, then it joins the output in chunk order."""
-        self._send((index, predictions, rejects))
+    def put(self, index: int, predictions: pa.Table, rejects: pa.Table, written: bool = False) -> None:
+        """A scored chunk: its parts are written (unless ``written``: :meth:`write_parts` did), then it joins the
+        output in chunk order."""
+        self._send((index, predictions, rejects, written))
+
+    def write_parts(self, scored: Scored) -> None:
+        """A scored chunk's part files, for the threads that score chunks: parts are then written in parallel, not
+        all on the writer's thread."""
+        self._parts(scored.index, scored.predictions, scored.rejects)
+
+    def _parts(self, index: int, predictions: pa.Table, rejects: pa.Table) -> None:
+        """Rejects first, the part last: a chunk is complete when its part is there."""
+        for kind, table in (("rejects", rejects), ("part", predictions)):
+            path = part_path(self.parts, kind, index)
+            try:
+                formats.write_table(table, path, formats.PART_FORMAT, False)
+            except (OSError, pa.ArrowException) as exc:
+                raise self._error(exc, path) from None
 
     def kept(self, index: int) -> None:
         """A chunk whose parts an earlier run wrote: read back from them when its turn in the output comes."""
-        self._send((index, None, None))
+        self._send((index, None, None, True))
 
-    def _send(self, item: tuple[int, pa.Table | None, pa.Table | None]) -> None:
+    def _send(self, item: tuple[int, pa.Table | None, pa.Table | None, bool]) -> None:
         while True:
             self._raise()
             try:
@@ -157,10 +181,10 @@ class ChunkWriter:
     def _raise(self) -> None:
         if self.error is not None:
             self.abort()
-            raise self._error(self.error)
+            raise self.error if isinstance(self.error, StorageError) else self._error(self.error)
 
-    def _error(self, exc: BaseException) -> StorageError:
-        where = self.writing or self.parts
+    def _error(self, exc: BaseException, where: Path | None = None) -> StorageError:
+        where = where or self.writing or self.parts
         return StorageError(f"writing {where} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                             why="The output is written as chunks are scored; no partial output is left in its "
                             "place (chunks finished so far are kept in the parts folder for a resumed run).",
@@ -172,13 +196,11 @@ class ChunkWriter:
         waiting: dict[int, tuple[pa.Table | None, pa.Table | None]] = {}
         try:
             while True:
-                index, predictions, rejects = self.queue.get()
+                index, predictions, rejects, written = self.queue.get()
                 if index < 0:
                     return
-                if predictions is not None and rejects is not None:
-                    for kind, table in (("rejects", rejects), ("part", predictions)):  # the part last: complete
-                        self.writing = part_path(self.parts, kind, index)
-                        formats.write_table(table, self.writing, formats.PART_FORMAT, False)
+                if predictions is not None and rejects is not None and not written:
+                    self._parts(index, predictions, rejects)
                 waiting[index] = (predictions, rejects)
                 while self.count in waiting:
                     tables = dict(zip(("part", "rejects"), waiting.pop(self.count), strict=True))
@@ -189,5 +211,10 @@ class ChunkWriter:
                                       formats.read_part(part_path(self.parts, kind, self.count)))
                     self.count += 1
                 self.writing = None
+                if self.queue.empty():  # idle: sync now rather than in close, on the run's critical path
+                    for stream in self.streams.values():
+                        self.writing = stream.path
+                        stream.sync()
+                    self.writing = None
         except BaseException as exc:  # raised to the caller by its next put / close
             self.error = exc
