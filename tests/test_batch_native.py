@@ -133,3 +133,22 @@ def test_a_regressor_not_compiled_gives_the_servers_values(tmp_path: Path) -> No
     out = pq.read_table(tmp_path / "out.parquet")
     assert out.column_names == ["id", "value"]
     assert out.column("value").to_pylist() == [a["value"] for a in predictor.predict(good)]
+
+
+def test_labels_are_taken_by_the_argmax_only_when_they_are_the_models(iris_off: Path) -> None:
+    """The label column comes from the most probable class when every label the model gave is that class (one list
+    comparison); a label that is not (another runtime's, a model's own rule) sends the chunk through np.unique,
+    and the column still holds the model's labels."""
+    from mlship.batch.columns import _labels_by_argmax
+
+    predictor = Predictor(load_project(iris_off))
+    predictor.load()
+    proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
+    classes = ["setosa", "versicolor", "virginica"]
+    by_argmax = _labels_by_argmax(predictor, ["setosa", "virginica", "versicolor"], classes, proba)
+    assert by_argmax is not None and by_argmax.to_pylist() == ["setosa", "virginica", "versicolor"]
+    assert _labels_by_argmax(predictor, ["setosa", "virginica", "setosa"], classes, proba) is None
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]] * 1000
+    columns = native_columns(predictor, rows)
+    assert columns is not None
+    assert columns["label"].to_pylist() == [p["label"] for p in predictor.predict(rows)]

@@ -56,21 +56,38 @@ def native_columns(predictor: Predictor, rows: Any) -> dict[str, Any] | None:
         if values.dtype != np.float64 or values.shape != (n,) or not np.isfinite(values).all():
             return None
         return {"value": values}
-    try:
-        kinds, codes = np.unique(np.asarray(out.values), return_inverse=True)
-    except (TypeError, ValueError):  # values numpy cannot sort (mixed types): one at a time
-        return None
-    labels = arrow([predictor._label_str(k) for k in kinds], pa.string())
-    columns: dict[str, Any] = {"label": labels.take(arrow(codes.reshape(-1).astype(np.int64), pa.int64()))}
-    if out.probabilities is None or out.classes is None:
+    proba = names = None
+    if out.probabilities is not None and out.classes is not None:
+        proba = np.asarray(out.probabilities, dtype=np.float64)
+        names = [predictor._label_str(c) for c in out.classes]
+        if proba.shape != (n, len(names)) or not np.isfinite(proba).all():
+            return None
+    label = _labels_by_argmax(predictor, out.values, out.classes, proba) if proba is not None else None
+    if label is None:
+        try:
+            kinds, codes = np.unique(np.asarray(out.values), return_inverse=True)
+        except (TypeError, ValueError):  # values numpy cannot sort (mixed types): one at a time
+            return None
+        label = arrow([predictor._label_str(k) for k in kinds], pa.string()).take(
+            arrow(codes.reshape(-1).astype(np.int64), pa.int64()))
+    columns: dict[str, Any] = {"label": label}
+    if proba is None or names is None:
         return columns
-    proba = np.asarray(out.probabilities, dtype=np.float64)
-    names = [predictor._label_str(c) for c in out.classes]
-    if proba.shape != (n, len(names)) or not np.isfinite(proba).all():
-        return None
     for j, name in enumerate(names):
         columns[f"probabilities_{name}"] = np.ascontiguousarray(proba[:, j])
     return columns
+
+
+def _labels_by_argmax(predictor: Predictor, values: Any, classes: Any, proba: Any) -> pa.Array | None:
+    """The label column when every label is its row's most probable class (scikit-learn's classifiers): a take of
+    the class names by the argmax, checked equal to the model's labels (one list comparison), without sorting a
+    million strings (np.unique: 0.1-0.5 s per 1 M rows); None when they differ."""
+    best = proba.argmax(axis=1)
+    if np.asarray(list(classes), dtype=object)[best].tolist() != list(values):
+        return None
+    names = arrow([predictor._label_str(c) for c in classes], pa.string())
+    return names.take(arrow(best.astype(np.int64), pa.int64()))
+
 
 _NUMBERS = {pa.int64(): (np.int64, int), pa.float64(): (np.float64, float)}
 

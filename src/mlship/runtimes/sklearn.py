@@ -243,8 +243,9 @@ class SklearnRuntime(Runtime):
             except AttributeError:  # e.g. SVC(probability=False) exposes predict_proba but refuses
                 proba = None
             if proba is not None:
+                known = classes if isinstance(classes, np.ndarray) else np.asarray(list(classes), dtype=object)
                 return ModelOutput(
-                    values=[classes[i] for i in proba.argmax(axis=1)],
+                    values=known[proba.argmax(axis=1)].tolist(),  # as Python scalars (_jsonable's .item())
                     probabilities=proba,
                     classes=list(classes),
                 )
