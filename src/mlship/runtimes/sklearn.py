@@ -244,8 +244,10 @@ class SklearnRuntime(Runtime):
                 proba = None
             if proba is not None:
                 known = classes if isinstance(classes, np.ndarray) else np.asarray(list(classes), dtype=object)
+                best = proba.argmax(axis=1)
                 return ModelOutput(
-                    values=known[proba.argmax(axis=1)].tolist(),  # as Python scalars (_jsonable's .item())
+                    values=known[best].tolist() if known.ndim == 1 and best.ndim == 1  # Python scalars, as JSON has
+                    else [classes[i] for i in best],
                     probabilities=proba,
                     classes=list(classes),
                 )
