@@ -1,6 +1,6 @@
 """``mlship batch --target ecs``: a batch job as ECS RunTask fan-out on Fargate (no AWS Batch compute environment
 needed: it runs wherever the ``ecs`` target deploys); with a job queue (``--job-queue``, else
-``targets.ecs.batch.job_queue``: ``options.with_job_queue``) ``run``, ``checks`` and the plan hand the job to
+``targets.ecs.batch.job_queue``: ``EcsTarget._batch_opts``) ``run``, ``checks`` and the plan hand the job to
 ``batch_array`` (an AWS Batch array job), which shares ``prepare`` and ``log_tail``.
 
 ``run``: push the batch image to the service's ECR repository (by digest), ensure the log group
@@ -44,7 +44,7 @@ from mlship.targets.ecs.jobs_spec import (
     s3_policy,
     task_definition,
 )
-from mlship.targets.ecs.options import EcsOptions, with_job_queue
+from mlship.targets.ecs.options import EcsOptions
 from mlship.targets.ecs.spec import TASKS_TRUST, Names, key_value, owned, tags, task_differences
 
 LOG_LINES = 20  # a failed task's last log lines in the report
@@ -66,8 +66,8 @@ class Shard:
 
 def run(aws: Aws, opts: EcsOptions, n: Names, job: BatchJob, image: str, progress: Progress, *,
         poll_s: float) -> JobRun:
-    """See the module docstring; with a job queue an AWS Batch array job (batch_array.py)."""
-    opts = with_job_queue(opts, job.job_queue)
+    """See the module docstring; with a job queue an AWS Batch array job (batch_array.py). ``opts`` are the run's
+    (``--job-queue`` already in them: EcsTarget._batch_opts)."""
     if opts.batch.job_queue:
         from mlship.targets.ecs import batch_array
 
@@ -283,7 +283,6 @@ def checks(opts: EcsOptions, client_factory: ClientFactory | None, job: BatchJob
     if bad:
         error = not_s3(bad[0])
         return [Check(name="storage", ok=False, detail=error.message, fix=error.fix)]
-    opts = with_job_queue(opts, job.job_queue)
     if opts.batch.job_queue:
         return batch_array.checks(opts, client_factory, job)
     return preflight.checks(opts, client_factory, actions=batch_actions(opts), zones=1)

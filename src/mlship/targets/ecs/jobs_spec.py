@@ -16,7 +16,7 @@ from typing import Any
 
 from mlship.batch.jobs import WORKER_MODULE_COMMAND, BatchJob, task_env
 from mlship.errors import TargetError
-from mlship.targets.ecs.options import FARGATE_SIZES, EcsOptions, with_job_queue
+from mlship.targets.ecs.options import FARGATE_SIZES, EcsOptions
 from mlship.targets.ecs.spec import Names, key_value, tags
 
 CONTAINER = "batch"
@@ -106,7 +106,6 @@ def cost(seconds: list[float], cpu_units: int, memory_mib: int, vcpu_hour: float
 def plan_lines(opts: EcsOptions, n: Names, job: BatchJob, *, image: str, region: str | None,
                poll_s: float) -> list[str]:
     """Every resource and call of ``run_batch``, in words (with a job queue: batch_array_spec.plan_lines)."""
-    opts = with_job_queue(opts, job.job_queue)
     if opts.batch.job_queue:
         from mlship.targets.ecs import batch_array_spec
 

@@ -131,11 +131,11 @@ def job_queue_flag(value: str) -> str:
     try:
         return job_queue_name(value)
     except ValueError as exc:
-        error = ContractError(f"--job-queue: {exc}, got {value!r}",
-                              why="AWS Batch names a job queue by its name or its ARN; SubmitJob takes nothing else.",
-                              fix="Pass the queue's name or ARN (`aws batch describe-job-queues --query "
-                              "'jobQueues[].[jobQueueName,jobQueueArn]'` lists yours), or leave --job-queue out.")
-    raise error
+        raise ContractError(f"--job-queue: {exc}, got {value!r}",
+                            why="AWS Batch names a job queue by its name or its ARN; SubmitJob takes nothing else.",
+                            fix="Pass the queue's name or ARN (`aws batch describe-job-queues --query "
+                            "'jobQueues[].[jobQueueName,jobQueueArn]'` lists yours), or leave --job-queue out."
+                            ) from None
 
 
 def job_queue_name(value: str) -> str:

@@ -270,18 +270,23 @@ class EcsTarget(Target, BatchTarget):
         return arn
 
     # --- batch jobs (mlship batch --target ecs) ------------------------------------------------------
-    def check_job(self, job: BatchJob) -> None:  # --job-queue, checked as targets.ecs.batch.job_queue is
-        with_job_queue(self.opts, job.job_queue)
+    def _batch_opts(self, job: BatchJob) -> EcsOptions:
+        """This run's options: ``--job-queue`` (checked as targets.ecs.batch.job_queue is) over the contract's."""
+        return with_job_queue(self.opts, job.job_queue)
+
+    def check_job(self, job: BatchJob) -> None:
+        self._batch_opts(job)
 
     def batch_preflight(self, job: BatchJob) -> list[Check]:
-        return jobs.checks(self.opts, type(self).client_factory, job)
+        return jobs.checks(self._batch_opts(job), type(self).client_factory, job)
 
     def batch_plan(self, job: BatchJob, image: str) -> list[str]:
         region = self.opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return jobs_spec.plan_lines(self.opts, self.names, job, image=image, region=region, poll_s=self.poll_s)
+        return jobs_spec.plan_lines(self._batch_opts(job), self.names, job, image=image, region=region,
+                                    poll_s=self.poll_s)
 
     def run_batch(self, job: BatchJob, image: str, progress: Progress) -> JobRun:
-        return jobs.run(self.aws, self.opts, self.names, job, image, progress, poll_s=self.poll_s)
+        return jobs.run(self.aws, self._batch_opts(job), self.names, job, image, progress, poll_s=self.poll_s)
 
     # --- status / logs / rollback / destroy ----------------------------------------------------------
     def status(self) -> TargetStatus:
