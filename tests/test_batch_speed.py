@@ -112,7 +112,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True,
                           text=True)
     if made.returncode:
-        pytest.skip(f"mounting a tmpfs needs root: {made.stderr.strip()}")
+        pytest.skip("a full disk is made with a 256 KiB tmpfs, which only root can mount (the suite runs as root, "
+                    f"as the README says; here: {made.stderr.strip()})")
     try:
         yield where
     finally:

@@ -131,8 +131,9 @@ def jsonl_table(lines: list[bytes], features: list[str] | None) -> pa.Table:
         return pajson.read_json(pa.py_buffer(b"".join(lines)), read_options=pajson.ReadOptions(use_threads=False),
                                 parse_options=pajson.ParseOptions(explicit_schema=schema,
                                                                   unexpected_field_behavior="infer"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # Arrow cannot type this chunk:
-        return jsonl_table(lines, None)  # the row path parses each line and says why a bad one is rejected
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # Arrow cannot type this chunk; the row path parses each line and says why a bad one is rejected
+        return jsonl_table(lines, None)
 
 
 JSON_COLUMN = "__json"
